@@ -1,0 +1,249 @@
+"""The whole aadhelper exception tree, and how errors travel over the socket.
+
+Every failure a user can meet is one of these classes. Each class has a stable ``code`` that travels in
+error replies (``{"ok": false, "error": {"code": ..., "message": ..., "hint": ...}}``) so the thin client
+raises the same class the daemon raised, and a distinct ``exit_code`` so scripts can branch on the kind::
+
+    AadhelperError                     code "error"                 exit 1
+    ├── UsageError                     code "usage"                 exit 2   bad command-line arguments
+    ├── ConfigError                    code "config"                exit 3   config file, profile or key is wrong
+    │   ├── UnknownProfile             code "unknown_profile"       exit 3
+    │   └── NoProfileForUrl            code "no_profile_for_url"    exit 3   no git URL mapping matches
+    ├── SecretStoreError               code "secret_store"          exit 4   the OS keyring failed
+    │   ├── SecretMissing              code "secret_missing"        exit 4   nothing stored for the profile
+    │   ├── KeyringUnavailable         code "keyring_unavailable"   exit 4   no keyring backend / bus
+    │   └── KeyringLocked              code "keyring_locked"        exit 4   collection locked, no prompt possible
+    ├── AuthorityError                 code "authority"             exit 5   the authority answered with an error
+    │   ├── AuthenticationFailed       code "auth_failed"           exit 5   invalid_client, unauthorized_client, ...
+    │   ├── LoginRequired              code "login_required"        exit 6   refresh token expired/revoked, MFA needed
+    │   ├── LoginFailed                code "login_failed"          exit 6   an interactive login ended without tokens
+    │   └── AuthorityUnavailable       code "authority_unavailable" exit 7   network, 5xx, 429, malformed reply
+    ├── DaemonNotRunning               code "daemon_not_running"    exit 8   nothing answers on the socket
+    ├── ProtocolError                  code "protocol"              exit 9   a malformed message on the socket
+    └── Cancelled                      code "cancelled"             exit 130 the user pressed Ctrl-C
+
+Messages never contain a secret: constructors take only names, codes and the authority's non-secret
+fields (``error``, AADSTS code, ``error_description`` trimmed of trace ids). This module is stdlib-only and
+imports nothing, because the thin client loads it on every call.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, ClassVar
+
+# code -> class, filled by __init_subclass__, used to rebuild an exception from an error reply.
+_BY_CODE: dict[str, type[AadhelperError]] = {}
+
+
+class AadhelperError(Exception):
+    """Base of every expected aadhelper failure: printed as one line, no traceback."""
+
+    code: ClassVar[str] = "error"
+    exit_code: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        profile: str | None = None,
+        error: str | None = None,
+        aadsts: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.profile = profile
+        self.error = error
+        self.aadsts = aadsts
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Subclasses that only refine behaviour (not the wire identity) keep their parent's code.
+        if "code" in cls.__dict__:
+            _BY_CODE[cls.code] = cls
+
+    def one_line(self) -> str:
+        """The line a user sees: what failed, the profile, the authority's error and AADSTS code, the fix."""
+        parts = [self.message]
+        if self.profile and self.profile not in self.message:
+            parts[0] = f"{self.message} (profile {self.profile!r})"
+        if self.error:
+            detail = self.error + (f" AADSTS{self.aadsts}" if self.aadsts else "")
+            if detail not in self.message:
+                parts.append(f"[{detail}]")
+        line = " ".join(parts)
+        if self.hint:
+            line += f"; {self.hint}"
+        return line
+
+    def to_wire(self) -> dict[str, Any]:
+        """The error object of an error reply."""
+        wire: dict[str, Any] = {"code": self.code, "message": self.message}
+        for key in ("hint", "profile", "error", "aadsts"):
+            value = getattr(self, key)
+            if value is not None:
+                wire[key] = value
+        extra = self.wire_extra()
+        if extra:
+            wire.update(extra)
+        return wire
+
+    def wire_extra(self) -> dict[str, Any]:
+        """Subclass hook: further non-secret fields to send."""
+        return {}
+
+    def load_wire_extra(self, wire: Mapping[str, Any]) -> None:
+        """Subclass hook: read back what :meth:`wire_extra` sent."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.one_line()!r})"
+
+
+def error_from_wire(wire: Mapping[str, Any]) -> AadhelperError:
+    """Rebuild the exception a daemon sent; an unknown code becomes the base class (newer daemon, older client)."""
+    cls = _BY_CODE.get(str(wire.get("code", "")), AadhelperError)
+    aadsts = wire.get("aadsts")
+    exc = cls(
+        str(wire.get("message") or "the daemon reported an error without a message"),
+        hint=_opt_str(wire.get("hint")),
+        profile=_opt_str(wire.get("profile")),
+        error=_opt_str(wire.get("error")),
+        aadsts=aadsts if isinstance(aadsts, int) and not isinstance(aadsts, bool) else None,
+    )
+    exc.load_wire_extra(wire)
+    return exc
+
+
+def _opt_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+class UsageError(AadhelperError):
+    code = "usage"
+    exit_code = 2
+
+
+class ConfigError(AadhelperError):
+    """The configuration is wrong; the message names the file, the profile and the key."""
+
+    code = "config"
+    exit_code = 3
+
+
+class UnknownProfile(ConfigError):
+    code = "unknown_profile"
+
+
+class NoProfileForUrl(ConfigError):
+    """No profile's git URL prefix matches a remote URL (the git helper then stays silent)."""
+
+    code = "no_profile_for_url"
+
+
+class SecretStoreError(AadhelperError):
+    code = "secret_store"
+    exit_code = 4
+
+
+class SecretMissing(SecretStoreError):
+    code = "secret_missing"
+
+
+class KeyringUnavailable(SecretStoreError):
+    code = "keyring_unavailable"
+
+
+class KeyringLocked(SecretStoreError):
+    code = "keyring_locked"
+
+
+class AuthorityError(AadhelperError):
+    """The authority answered, with an error; ``retryable`` says whether trying again later can help."""
+
+    code = "authority"
+    exit_code = 5
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, retry_after: float | None = None, claims: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+        # A Conditional Access challenge: not a secret, passed back on the next interactive login.
+        self.claims = claims
+
+    def wire_extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.retry_after is not None:
+            extra["retry_after"] = self.retry_after
+        if self.claims is not None:
+            extra["claims"] = self.claims
+        return extra
+
+    def load_wire_extra(self, wire: Mapping[str, Any]) -> None:
+        retry_after = wire.get("retry_after")
+        if isinstance(retry_after, (int, float)) and not isinstance(retry_after, bool):
+            self.retry_after = float(retry_after)
+        self.claims = _opt_str(wire.get("claims"))
+
+
+class AuthenticationFailed(AuthorityError):
+    """The authority refused the client's credentials or configuration; retrying will not help."""
+
+    code = "auth_failed"
+
+
+class LoginRequired(AuthorityError):
+    """The user's sign-in is gone (expired or revoked refresh token, MFA or consent needed)."""
+
+    code = "login_required"
+    exit_code = 6
+
+
+class LoginFailed(AuthorityError):
+    """An interactive login (device code or browser) ended without tokens."""
+
+    code = "login_failed"
+    exit_code = 6
+
+
+class AuthorityUnavailable(AuthorityError):
+    """Transport failure, 5xx, throttling or a malformed reply: worth retrying with backoff."""
+
+    code = "authority_unavailable"
+    exit_code = 7
+    retryable = True
+
+
+class DaemonNotRunning(AadhelperError):
+    code = "daemon_not_running"
+    exit_code = 8
+
+
+class ProtocolError(AadhelperError):
+    code = "protocol"
+    exit_code = 9
+
+
+class Cancelled(AadhelperError):
+    code = "cancelled"
+    exit_code = 130
+
+
+#: Exit codes by class, for `aadhelper --help` and the README.
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "success"),
+    (1, "unexpected error"),
+    (2, "bad command-line arguments"),
+    (3, "configuration error (file, profile or key)"),
+    (4, "OS keyring error (missing secret, no keyring, locked keyring)"),
+    (5, "authentication failed (the authority refused the credentials)"),
+    (6, "login required or login failed (run `aadhelper login NAME`)"),
+    (7, "authority unavailable (network, 5xx, throttling, malformed reply)"),
+    (8, "daemon not running"),
+    (9, "protocol error between client and daemon"),
+    (130, "cancelled"),
+)

@@ -1,0 +1,89 @@
+"""Where aadhelper keeps its files: the socket, the config file, the state (log) directory.
+
+Environment overrides come first (``AADHELPER_SOCKET``, ``AADHELPER_CONFIG``, ``AADHELPER_STATE_DIR``).
+The socket path is computed with the standard library only, because the thin client needs it on every
+call and importing platformdirs costs ~13 ms; it follows the XDG rule platformdirs and systemd use
+(``$XDG_RUNTIME_DIR/aadhelper``, which is what ``%t/aadhelper`` means in a user unit). The config and
+state directories come from platformdirs, imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+from .errors import ConfigError
+
+APP_NAME = "aadhelper"
+SOCKET_NAME = "daemon.sock"
+
+
+def runtime_dir() -> str:
+    """The per-user runtime directory for the socket (not created here)."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isabs(xdg) and os.path.isdir(xdg):
+        return os.path.join(xdg, APP_NAME)
+    uid = os.getuid()
+    run_user = f"/run/user/{uid}"
+    try:
+        if os.stat(run_user).st_uid == uid:
+            return os.path.join(run_user, APP_NAME)
+    except OSError:
+        pass
+    # No session runtime dir (cron, ssh without pam_systemd): a private directory in the temp dir.
+    return os.path.join(os.environ.get("TMPDIR") or "/tmp", f"{APP_NAME}-{uid}")
+
+
+def socket_path() -> str:
+    """The daemon's Unix socket: ``$AADHELPER_SOCKET`` or ``<runtime dir>/daemon.sock``."""
+    return os.environ.get("AADHELPER_SOCKET") or os.path.join(runtime_dir(), SOCKET_NAME)
+
+
+def config_file() -> str:
+    """The TOML configuration file: ``$AADHELPER_CONFIG`` or ``<user config dir>/config.toml``."""
+    override = os.environ.get("AADHELPER_CONFIG")
+    if override:
+        return override
+    import platformdirs
+
+    return os.path.join(platformdirs.user_config_dir(APP_NAME, appauthor=False), "config.toml")
+
+
+def state_dir() -> str:
+    """Where the autostarted daemon writes its log: ``$AADHELPER_STATE_DIR`` or the user state dir."""
+    override = os.environ.get("AADHELPER_STATE_DIR")
+    if override:
+        return override
+    import platformdirs
+
+    return platformdirs.user_state_dir(APP_NAME, appauthor=False)
+
+
+def ensure_private_dir(path: str) -> str:
+    """Create ``path`` (and parents) with mode 0700, or check that an existing one is ours and private.
+
+    A directory owned by someone else is refused: whoever owns it could swap our socket for theirs.
+    A group/world-accessible one of ours is tightened, since older versions or a careless mkdir may have
+    left it so.
+    """
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{path} is not a directory", hint="remove it or point AADHELPER_SOCKET elsewhere")
+    if info.st_uid != os.getuid():
+        raise ConfigError(
+            f"{path} belongs to uid {info.st_uid}, not to you (uid {os.getuid()})",
+            hint="remove it or point AADHELPER_SOCKET elsewhere",
+        )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def console_script(name: str = APP_NAME) -> list[str]:
+    """The command that runs aadhelper from this installation (for autostart and unit files)."""
+    candidate = os.path.join(os.path.dirname(sys.executable), name)
+    if os.access(candidate, os.X_OK):
+        return [candidate]
+    return [sys.executable, "-m", "aadhelper"]

@@ -1,0 +1,98 @@
+"""Secret-bearing values: :class:`Secret`, the access :class:`Token`, and a grant's :class:`TokenResponse`.
+
+Their reprs and str() mask the secret part, so a token that reaches a log line, a traceback or an
+assertion message shows only its shape (``Token(Bearer, expires_on=..., access_token=<1234 chars>)``).
+Times are Unix epoch seconds as floats; the caller passes ``now`` so timed behaviour is testable with a
+fake clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class Secret:
+    """A string that must not leak: masked in repr/str, compared in constant time, read with ``reveal()``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError("Secret wraps a str")
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __len__(self) -> int:
+        return len(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        import hmac
+
+        return isinstance(other, Secret) and hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(("Secret", len(self._value)))
+
+    def __repr__(self) -> str:
+        return f"Secret(<{len(self._value)} chars>)"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> object:
+        raise TypeError("a Secret is not picklable")
+
+
+@dataclass(frozen=True, repr=False)
+class Token:
+    """An access token held in the daemon's memory."""
+
+    access_token: Secret
+    token_type: str
+    expires_on: float
+    #: When the authority advised refreshing (``refresh_in``), else None.
+    refresh_on: float | None = None
+    scopes: tuple[str, ...] = ()
+    obtained_at: float = 0.0
+
+    def valid_for(self, seconds: float, now: float) -> bool:
+        """True when at least ``seconds`` of validity are left at ``now``."""
+        return self.expires_on - now >= seconds
+
+    def remaining(self, now: float) -> float:
+        return self.expires_on - now
+
+    @property
+    def lifetime(self) -> float:
+        return self.expires_on - self.obtained_at
+
+    def header(self) -> str:
+        """The value of the Authorization header (without the ``Authorization: `` prefix)."""
+        return f"{self.token_type} {self.access_token.reveal()}"
+
+    def __repr__(self) -> str:
+        return (f"Token({self.token_type}, expires_on={self.expires_on:.0f}, scopes={list(self.scopes)}, "
+                f"access_token=<{len(self.access_token)} chars>)")
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, repr=False)
+class TokenResponse:
+    """What a grant returns: the access token and, for user sign-ins, the rotated refresh token."""
+
+    token: Token
+    refresh_token: Secret | None = None
+    #: Scopes the authority granted (space-separated in the reply), for the record; not secret.
+    granted_scope: str | None = None
+    id_token_claims: dict[str, object] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        rt = f"<{len(self.refresh_token)} chars>" if self.refresh_token else None
+        return f"TokenResponse({self.token!r}, refresh_token={rt})"
+
+    __str__ = __repr__
