@@ -1,9 +1,91 @@
-"""`aadhelper token`: placeholder until its issue lands."""
+"""``aadhelper header`` and ``aadhelper token``: print the current Authorization header or access token.
+
+These run on every curl/script call, so :func:`run_fast` parses their few options by hand and touches only
+the thin client (no argparse, trio, httpx, keyring or platformdirs); :func:`register` adds the same verbs to
+the argparse application, which handles ``--help`` and reports usage errors for anything unusual.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+from .. import client
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+VERBS = ("header", "token")
+
+
+def run_fast(argv: Sequence[str]) -> int | None:
+    """Run ``header``/``token`` from a plain command line; None when argparse should handle it instead."""
+    verb, rest = argv[0], list(argv[1:])
+    profile: str | None = None
+    scopes: list[str] = []
+    min_valid: int | None = None
+    as_json = False
+    while rest:
+        arg = rest.pop(0)
+        name, eq, value = arg.partition("=")
+        if arg == "--json":
+            as_json = True
+        elif name in ("--scope", "--min-valid"):
+            if not eq:
+                if not rest:
+                    return None
+                value = rest.pop(0)
+            if name == "--scope":
+                scopes.append(value)
+            elif value.isdigit():
+                min_valid = int(value)
+            else:
+                return None
+        elif arg.startswith("-") or profile is not None:
+            return None
+        else:
+            profile = arg
+    return emit(verb, profile=profile, scopes=scopes or None, min_valid=min_valid, as_json=as_json)
+
+
+def emit(verb: str, *, profile: str | None, scopes: list[str] | None, min_valid: int | None, as_json: bool) -> int:
+    reply = client.get_token(profile, scopes=scopes, min_valid=min_valid)
+    if as_json:
+        import json
+
+        fields: dict[str, Any] = {key: reply.get(key) for key in
+                                  ("access_token", "token_type", "expires_on", "profile", "scopes")}
+        if verb == "header":
+            fields["header"] = f"Authorization: {reply['token_type']} {reply['access_token']}"
+        sys.stdout.write(json.dumps(fields) + "\n")
+    elif verb == "header":
+        sys.stdout.write(f"Authorization: {reply['token_type']} {reply['access_token']}\n")
+    else:
+        sys.stdout.write(reply["access_token"] + "\n")
+    sys.stdout.flush()
+    return 0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add this verb's subparsers."""
+    helps = {"header": "print `Authorization: Bearer <token>` for a profile (for curl -H)",
+             "token": "print the access token of a profile"}
+    for verb in VERBS:
+        parser = sub.add_parser(verb, help=helps[verb], description=helps[verb] + ". Served from the daemon's "
+                                "memory; the daemon refreshes it before it expires.")
+        parser.add_argument("profile", nargs="?", help="profile name (default: the configured default profile)")
+        parser.add_argument("--scope", action="append", metavar="SCOPE",
+                            help="ask for these scopes instead of the profile's (repeatable)")
+        parser.add_argument("--min-valid", type=_seconds, metavar="SECONDS",
+                            help="minimum remaining validity of the token (default: the profile's, 300)")
+        parser.add_argument("--json", action="store_true",
+                            help="print access_token, token_type, expires_on, profile and scopes as JSON")
+        parser.set_defaults(func=lambda args, verb=verb: emit(verb, profile=args.profile, scopes=args.scope,
+                                                              min_valid=args.min_valid, as_json=args.json))
+
+
+def _seconds(value: str) -> int:
+    if not value.isdigit() or int(value) > 86400:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of seconds from 0 to 86400")
+    return int(value)

@@ -1,0 +1,53 @@
+"""Token sources, one per credential kind, and the factory that picks one for a profile.
+
+A :class:`TokenSource` turns a profile's long-lived credential into access tokens for a set of scopes.
+Sources get their ``httpx.AsyncClient`` and their secret store passed in (no globals), and report every
+failure as an :mod:`aadhelper.errors` class via :mod:`aadhelper.grants.http`. This package is the only
+user of httpx.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from ..config import Profile
+from ..errors import ConfigError
+from ..tokens import Secret, TokenResponse
+from .http import HttpClients
+
+#: Reads one secret of a profile from the store (in a worker thread): (profile, kind) -> value or None.
+SecretReader = Callable[[str, str], Awaitable[Secret | None]]
+#: Writes one secret of a profile (the refresh token after rotation).
+SecretWriter = Callable[[str, str, Secret], Awaitable[None]]
+
+
+class TokenSource(Protocol):
+    """Obtains fresh access tokens for one profile."""
+
+    async def acquire(self, scopes: tuple[str, ...]) -> TokenResponse:
+        """A new token for ``scopes`` from the authority (never from a cache)."""
+        ...
+
+
+class SecretAccess(Protocol):
+    """The daemon's async view of the secret store."""
+
+    async def get(self, profile: str, kind: str) -> Secret | None: ...
+
+    async def set(self, profile: str, kind: str, value: Secret) -> None: ...
+
+
+def make_source(profile: Profile, *, http: HttpClients, secrets: SecretAccess,
+                clock: Callable[[], float]) -> TokenSource:
+    """The token source for a profile's credential kind."""
+    client = http.get(profile.ca_bundle)
+    if profile.credential == "client_secret":
+        from .client_credentials import ClientSecretSource
+
+        return ClientSecretSource(profile, client=client, secrets=secrets, clock=clock)
+    raise ConfigError(f"profile {profile.name!r}: credential kind {profile.credential!r} is not supported",
+                      profile=profile.name)
+
+
+__all__ = ["HttpClients", "SecretAccess", "SecretReader", "SecretWriter", "TokenSource", "make_source"]
