@@ -23,9 +23,12 @@ DEFAULT_TIMEOUT = 60.0
 START_HINT = "start it with `aadhelper daemon` (or `systemctl --user start aadhelper.socket`)"
 
 
-def call(message: dict[str, Any], *, socket_path: str | None = None,
-         timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
-    """Send one request and return the reply's fields; an error reply is raised as its exception class."""
+def call(message: dict[str, Any], *, socket_path: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+         autostart: bool = False) -> dict[str, Any]:
+    """Send one request and return the reply's fields; an error reply is raised as its exception class.
+
+    With ``autostart``, a missing daemon is started (see :mod:`aadhelper.autostart`) and asked once more.
+    """
     path = socket_path or paths.socket_path()
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
@@ -33,6 +36,13 @@ def call(message: dict[str, Any], *, socket_path: str | None = None,
         try:
             sock.connect(path)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
+            if autostart:
+                from . import autostart as starter
+
+                if starter.enabled():
+                    starter.start_daemon(path)
+                    return call(message, socket_path=path, timeout=timeout)
             raise DaemonNotRunning(
                 f"no aadhelper daemon answers on {path} ({type(exc).__name__})", hint=START_HINT) from None
         except OSError as exc:
@@ -77,13 +87,13 @@ def _read_line(sock: _socket.socket, limit: int) -> bytes:
 
 
 def get_token(profile: str | None = None, *, scopes: list[str] | None = None, min_valid: int | None = None,
-              url: str | None = None, socket_path: str | None = None) -> dict[str, Any]:
+              url: str | None = None, socket_path: str | None = None, autostart: bool = False) -> dict[str, Any]:
     """The current token reply: ``access_token``, ``token_type``, ``expires_on``, ``profile``, ``scopes``.
 
     With ``url`` the daemon picks the profile by its git URL mappings and adds ``username``.
     """
     reply = call(protocol.request("token", profile=profile, scopes=scopes, min_valid=min_valid, url=url),
-                 socket_path=socket_path)
+                 socket_path=socket_path, autostart=autostart)
     if not isinstance(reply.get("access_token"), str) or not isinstance(reply.get("token_type"), str):
         raise ProtocolError("malformed token reply from the daemon")
     return reply

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -30,8 +30,10 @@ from .cache import TokenCache
 from .config import Config, Profile, load_config
 from .errors import AadhelperError, ConfigError, NoProfileForUrl, ProtocolError
 from .grants import HttpClients, make_source
-from .secret_store import SecretStore
 from .tokens import Secret
+
+if TYPE_CHECKING:
+    from .secret_store import SecretStore
 
 log = logging.getLogger("aadhelper.daemon")
 

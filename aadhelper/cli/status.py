@@ -1,9 +1,106 @@
-"""`aadhelper status`: placeholder until its issue lands."""
+"""``aadhelper status``: what the daemon holds, per profile, and what went wrong last."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from .. import client
+from ..errors import AadhelperError, error_from_wire
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add this verb's subparsers."""
+    parser = sub.add_parser(
+        "status", help="show the daemon and each profile's token state",
+        description="Show the daemon (pid, uptime, socket) and, per profile: credential kind, token state "
+                    "(valid until / expired / none), next scheduled refresh and the last error. Exits non-zero "
+                    "when a profile is in error (with that error's exit code) or no daemon runs (8).")
+    parser.add_argument("--json", action="store_true", help="print the daemon's status reply as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    reply = client.status()
+    reply.pop("v", None)
+    reply.pop("ok", None)
+    if args.json:
+        sys.stdout.write(json.dumps(reply, indent=2) + "\n")
+    else:
+        sys.stdout.write(render(reply, now=time.time()))
+    failing = first_failure(reply)
+    return failing.exit_code if failing else 0
+
+
+def first_failure(reply: dict[str, Any]) -> AadhelperError | None:
+    """The error of the first profile that cannot serve tokens (a broken config counts too)."""
+    daemon = reply.get("daemon", {})
+    if daemon.get("config_error"):
+        return error_from_wire(daemon["config_error"])
+    for profile in reply.get("profiles", []):
+        for token in profile.get("tokens", []):
+            error = token.get("last_error")
+            if error and token.get("state") in ("error", "login_required", "none", "expired"):
+                return error_from_wire(error)
+    return None
+
+
+def render(reply: dict[str, Any], *, now: float) -> str:
+    daemon = reply.get("daemon", {})
+    lines = [f"daemon: pid {daemon.get('pid')}, up {_duration(daemon.get('uptime', 0))}, "
+             f"socket {daemon.get('socket')}" + (" (socket-activated)" if daemon.get("socket_activated") else "")]
+    if daemon.get("config_error"):
+        lines.append(f"config: {error_from_wire(daemon['config_error']).one_line()}")
+    profiles = reply.get("profiles", [])
+    if not profiles and not daemon.get("config_error"):
+        lines.append("no profiles configured: add one with `aadhelper profile add NAME ...`")
+    for profile in profiles:
+        default = " (default)" if profile.get("default") else ""
+        lines.append(f"{profile.get('name')}{default}  {profile.get('credential')}")
+        tokens = profile.get("tokens", [])
+        if not tokens:
+            lines.append("  no token requested yet")
+        for token in tokens:
+            lines.append(f"  {' '.join(token.get('scopes', []))}  {_token_state(token, now)}")
+    return "\n".join(lines) + "\n"
+
+
+def _token_state(token: dict[str, Any], now: float) -> str:
+    state = token.get("state")
+    expires = token.get("expires_on")
+    if state in ("valid", "expiring") and expires:
+        text = f"valid until {_clock(expires)} ({_duration(expires - now)} left)"
+    elif state == "expired":
+        text = f"expired at {_clock(expires)}" if expires else "expired"
+    elif state == "login_required":
+        text = "login required"
+    elif state == "error":
+        text = "error"
+    else:
+        text = "no token"
+    if token.get("refreshing"):
+        text += ", refreshing now"
+    elif token.get("next_refresh"):
+        text += f", next refresh {_clock(token['next_refresh'])}"
+    error = token.get("last_error")
+    if error:
+        when = f" at {_clock(token['last_error_at'])}" if token.get("last_error_at") else ""
+        text += f"\n    last error{when}: {error_from_wire(error).one_line()}"
+    return text
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"

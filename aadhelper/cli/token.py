@@ -51,7 +51,7 @@ def run_fast(argv: Sequence[str]) -> int | None:
 
 
 def emit(verb: str, *, profile: str | None, scopes: list[str] | None, min_valid: int | None, as_json: bool) -> int:
-    reply = client.get_token(profile, scopes=scopes, min_valid=min_valid)
+    reply = client.get_token(profile, scopes=scopes, min_valid=min_valid, autostart=True)
     if as_json:
         import json
 
