@@ -1,9 +1,236 @@
-"""`aadhelper profile`: placeholder until its issue lands."""
+"""`aadhelper profile`: add, list, show and remove profiles, pick the default, map git URLs to a profile.
+
+Data (list, show) goes to stdout; confirmations and warnings go to stderr. After every change a running daemon
+is told to reload its configuration.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ..config import Config, Profile, load_config, normalize_git_url
+from ..errors import AadhelperError, SecretStoreError, UsageError
+
+#: Keyring entries a profile can own; `profile remove` deletes them all.
+SECRET_KINDS = ("client_secret", "refresh_token")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this verb's subparsers."""
+    parser = sub.add_parser(
+        "profile", help="manage profiles (an app registration in a tenant) in the config file",
+        description="Manage profiles in the config file ($AADHELPER_CONFIG or the user config dir). "
+                    "Comments and layout of the file are kept.")
+    parser.set_defaults(func=help_handler(parser))
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+
+    add = actions.add_parser("add", help="add a profile", description="Add a profile. The first one becomes the "
+                             "default. Then store its secret (`aadhelper secret set NAME`) or sign in "
+                             "(`aadhelper login NAME`, with --user).")
+    add.add_argument("name", metavar="NAME", help="profile name: letters, digits, '-', '_', '.'; at most 64")
+    add.add_argument("--tenant", required=True, help="tenant GUID or domain (common/organizations: --user only)")
+    add.add_argument("--client-id", required=True, help="application (client) id of the app registration")
+    add.add_argument("--scope", dest="scopes", action="append", required=True, metavar="SCOPE",
+                     help="default scope, e.g. https://graph.microsoft.com/.default; repeat for several")
+    add.add_argument("--authority", help="public, usgov, china or an https:// URL "
+                                         "(default: $AZURE_AUTHORITY_HOST, else public)")
+    add.add_argument("--ca-bundle", metavar="FILE", help="PEM file of CAs to trust for the authority's TLS")
+    add.add_argument("--min-valid", type=int, metavar="SECONDS",
+                     help="seconds a served token must still be valid (0-86400, default 300)")
+    add.add_argument("--user", action="store_true",
+                     help="sign in as a user (public client, no secret) instead of with a client secret")
+    add.add_argument("--git-url", dest="git_urls", action="append", default=[], metavar="URL",
+                     help="serve git remotes under this URL prefix with this profile; repeatable")
+    add.add_argument("--git-username", metavar="USER", help="username git gets for --git-url "
+                     "(default: the client id, or 'aadhelper' with --user)")
+    add.add_argument("--default", action="store_true", help="make it the default profile")
+    add.add_argument("--replace", action="store_true", help="overwrite an existing profile of that name")
+    add.set_defaults(func=_add)
+
+    listing = actions.add_parser("list", help="list profiles", description="List profiles; * marks the default.")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(func=_list)
+
+    show = actions.add_parser("show", help="show a profile's settings", description="Show every setting of a "
+                              "profile, with defaults and the resolved authority.")
+    show.add_argument("name", metavar="NAME", nargs="?", help="profile name (default: the default profile)")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(func=_show)
+
+    remove = actions.add_parser("remove", help="remove a profile and its stored secrets",
+                                description="Remove a profile from the config file and delete its client "
+                                            "secret and refresh token from the OS keyring.")
+    remove.add_argument("name", metavar="NAME", help="profile name")
+    remove.set_defaults(func=_remove)
+
+    default = actions.add_parser("default", help="set the default profile",
+                                 description="Make NAME the profile used when a command names none.")
+    default.add_argument("name", metavar="NAME", help="profile name")
+    default.set_defaults(func=_default)
+
+    git_url = actions.add_parser("git-url", help="map git remote URLs to a profile",
+                                 description="Git remotes whose URL starts with a mapped prefix (on whole path "
+                                             "segments; the longest prefix wins) get tokens of that profile.")
+    git_url.set_defaults(func=help_handler(git_url))
+    git_actions = git_url.add_subparsers(dest="git_action", metavar="ACTION")
+    for verb, help_text, func in (("add", "map a URL prefix to the profile", _git_url_add),
+                                  ("remove", "remove a URL prefix from the profile", _git_url_remove)):
+        action = git_actions.add_parser(verb, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        action.add_argument("name", metavar="NAME", help="profile name")
+        action.add_argument("url", metavar="URL", help="http(s) URL prefix, e.g. https://dev.azure.com/contoso/")
+        if verb == "add":
+            action.add_argument("--username", metavar="USER", help="username git gets with the token "
+                                "(default: the client id, or 'aadhelper' for user profiles)")
+        action.set_defaults(func=func)
+
+
+def notify_daemon(profile: str | None = None) -> None:
+    """Tell a running daemon to reload (all profiles, or one); no daemon is fine, a failure only a warning."""
+    from .. import client
+
+    try:
+        if client.reload(profile):
+            say("the running daemon reloaded its configuration")
+    except AadhelperError as exc:
+        warn(f"the running daemon did not reload: {exc.one_line()}; restart it to pick up the change")
+
+
+def say(line: str) -> None:
+    sys.stderr.write(f"aadhelper: {line}\n")
+
+
+def warn(line: str) -> None:
+    say(f"warning: {line}")
+
+
+def help_handler(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    def show_help(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return show_help
+
+
+def _add(args: argparse.Namespace) -> int:
+    from ..config_edit import add_profile
+
+    if args.git_username is not None and not args.git_urls:
+        raise UsageError("--git-username needs at least one --git-url")
+    ca_bundle = None
+    if args.ca_bundle is not None:
+        ca_bundle = os.path.abspath(os.path.expanduser(args.ca_bundle))
+        if not os.path.isfile(ca_bundle):
+            raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
+    config = add_profile(
+        None, args.name, tenant=args.tenant, client_id=args.client_id, scopes=args.scopes, authority=args.authority,
+        credential="user" if args.user else "client_secret", min_valid=args.min_valid, ca_bundle=ca_bundle,
+        git_urls=args.git_urls, git_username=args.git_username, make_default=args.default, replace=args.replace)
+    marker = " as the default" if config.default_profile == args.name else ""
+    say(f"added profile {args.name!r} to {config.path}{marker}")
+    notify_daemon()
+    nxt = f"aadhelper login {args.name}" if args.user else f"aadhelper secret set {args.name}"
+    say(f"next: `{nxt}`")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    config = load_config()
+    if args.json:
+        _print_json([_profile_json(config, p) for p in config.profiles.values()])
+        return 0
+    if not config.profiles:
+        say(f"no profiles in {config.path}; add one with `aadhelper profile add NAME ...`")
+        return 0
+    rows = [("", "NAME", "TENANT", "CLIENT ID", "CREDENTIAL")]
+    rows += [("*" if p.name == config.default_profile else "", p.name, p.tenant, p.client_id, p.credential)
+             for p in config.profiles.values()]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        sys.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    config = load_config()
+    profile = config.profile(args.name)
+    if args.json:
+        _print_json(_profile_json(config, profile))
+        return 0
+    rows = [("name", profile.name), ("default", "yes" if profile.name == config.default_profile else "no"),
+            ("tenant", profile.tenant), ("client_id", profile.client_id), ("credential", profile.credential),
+            ("scopes", " ".join(profile.scopes)), ("authority", profile.authority),
+            ("token_endpoint", profile.token_endpoint), ("min_valid", str(profile.min_valid)),
+            ("ca_bundle", profile.ca_bundle or "-"), ("config", config.path)]
+    rows += [("git_url", f"{g.url} (username {profile.git_username(g)})") for g in profile.git_urls]
+    for key, value in rows:
+        sys.stdout.write(f"{key:<15} {value}\n")
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    from ..config_edit import remove_profile
+
+    config = remove_profile(None, args.name)
+    say(f"removed profile {args.name!r} from {config.path}")
+    _delete_secrets(args.name)
+    if config.profiles and config.default_profile is None:
+        say("there is no default profile now; choose one with `aadhelper profile default NAME`")
+    notify_daemon()
+    return 0
+
+
+def _default(args: argparse.Namespace) -> int:
+    from ..config_edit import set_default_profile
+
+    config = set_default_profile(None, args.name)
+    say(f"the default profile in {config.path} is now {args.name!r}")
+    notify_daemon()
+    return 0
+
+
+def _git_url_add(args: argparse.Namespace) -> int:
+    from ..config_edit import add_git_url
+
+    config = add_git_url(None, args.name, args.url, args.username)
+    profile = config.profile(args.name)
+    mapping = next(g for g in profile.git_urls if g.url == normalize_git_url(args.url))
+    say(f"git remotes under {mapping.url} now use profile {args.name!r} "
+        f"(username {profile.git_username(mapping)})")
+    notify_daemon()
+    return 0
+
+
+def _git_url_remove(args: argparse.Namespace) -> int:
+    from ..config_edit import remove_git_url
+
+    remove_git_url(None, args.name, args.url)
+    say(f"removed git URL {args.url} from profile {args.name!r}")
+    notify_daemon()
+    return 0
+
+
+def _delete_secrets(name: str) -> None:
+    from .. import secret_store
+
+    try:
+        store = secret_store.open_secret_store()
+        deleted = [kind for kind in SECRET_KINDS if store.delete(name, kind)]
+    except SecretStoreError as exc:
+        warn(f"could not delete the stored secrets of profile {name!r}: {exc.one_line()}")
+        return
+    if deleted:
+        say(f"deleted its {' and '.join(k.replace('_', ' ') for k in deleted)} from the OS keyring")
+
+
+def _profile_json(config: Config, profile: Profile) -> dict[str, Any]:
+    return {**profile.as_dict(), "default": profile.name == config.default_profile}
+
+
+def _print_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+

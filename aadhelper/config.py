@@ -1,0 +1,478 @@
+"""The configuration: frozen :class:`Profile`/:class:`Config` values, parsed from TOML, with defaults and environment.
+
+Layers, later wins: built-in defaults -> the TOML file (``$AADHELPER_CONFIG`` or ``<user config dir>/config.toml``)
+-> environment (``AZURE_AUTHORITY_HOST`` for profiles without ``authority``; ``AADHELPER_NO_AUTOSTART=1``).
+:func:`parse_config` is pure (text in, value out); :func:`load_config` reads the file. Writing lives in
+:mod:`aadhelper.config_edit`. The file::
+
+    default_profile = "graph"           # optional when there is exactly one profile
+
+    [daemon]
+    autostart = true                    # clients start the daemon when none answers (env AADHELPER_NO_AUTOSTART=1: off)
+    idle_exit = 0                       # seconds without requests before a socket-activated daemon exits; 0 = never
+
+    [profiles.graph]                    # name: letters, digits, '-', '_', '.'; at most 64
+    tenant = "contoso.onmicrosoft.com"  # GUID or domain (common/organizations/consumers only for credential "user")
+    client_id = "11111111-2222-3333-4444-555555555555"
+    scopes = ["https://graph.microsoft.com/.default"]   # default scopes, at least one
+    authority = "public"                # public, usgov, china, https://host (default: $AZURE_AUTHORITY_HOST or public)
+    credential = "client_secret"        # client_secret (secret in the keyring) | user (sign in as a user, no secret)
+    min_valid = 300                     # seconds a served token must still be valid, 0..86400
+    ca_bundle = "/etc/ssl/my-ca.pem"    # CA file for the authority's TLS (absolute or ~/...)
+
+    [[profiles.ado.git]]                # git remotes served by profile "ado" (longest matching prefix wins)
+    url = "https://dev.azure.com/contoso/"
+    username = "me@contoso.com"         # optional; default: the client id (client_secret) or "aadhelper"
+
+Plain ``http://`` authorities are accepted only on a loopback host (tests, the demo). Unknown keys are errors,
+so a typo never silently falls back to a default. Every :class:`ConfigError` names the file, the profile and
+the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import stat
+import tomllib
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from . import paths
+from .errors import ConfigError, UnknownProfile
+
+CLOUDS: Mapping[str, str] = MappingProxyType({
+    "public": "https://login.microsoftonline.com",
+    "usgov": "https://login.microsoftonline.us",
+    # azure-identity's host for Azure China; Entra's national-cloud page also lists login.partner.microsoftonline.cn,
+    # which a profile can name as authority = "https://login.partner.microsoftonline.cn".
+    "china": "https://login.chinacloudapi.cn",
+})
+CREDENTIALS = ("client_secret", "user")
+#: Tenant aliases that are not a tenant: the client credentials grant refuses them (AADSTS9001023).
+TENANT_ALIASES = frozenset({"common", "organizations", "consumers"})
+#: git's username when a user-credential profile's mapping names none; Azure DevOps accepts any non-empty one.
+DEFAULT_GIT_USERNAME = "aadhelper"
+MAX_MIN_VALID = 86400
+
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,253}")
+# Printable, no whitespace: these travel as form fields, space-separated scope lists and git credential lines.
+_TOKEN_RE = re.compile(r"[!-~]{1,2000}")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_TOP_KEYS = ("default_profile", "daemon", "profiles")
+_DAEMON_KEYS = ("autostart", "idle_exit")
+_PROFILE_KEYS = ("tenant", "client_id", "scopes", "authority", "credential", "min_valid", "ca_bundle", "git")
+_GIT_KEYS = ("url", "username")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+@dataclass(frozen=True)
+class GitUrl:
+    """A git remote prefix served by a profile."""
+
+    url: str  # normalised: scheme + lower-case host[:port] + path, ending in "/"
+    username: str | None = None  # None: the profile's default (see Profile.git_username)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One app registration in one tenant: what the daemon needs to get its tokens."""
+
+    name: str
+    tenant: str
+    client_id: str
+    scopes: tuple[str, ...]
+    authority: str  # base URL, no trailing slash
+    credential: str  # one of CREDENTIALS
+    min_valid: int = 300
+    ca_bundle: str | None = None
+    git_urls: tuple[GitUrl, ...] = ()
+
+    @property
+    def token_endpoint(self) -> str:
+        return f"{self.authority}/{self.tenant}/oauth2/v2.0/token"
+
+    @property
+    def devicecode_endpoint(self) -> str:
+        return f"{self.authority}/{self.tenant}/oauth2/v2.0/devicecode"
+
+    @property
+    def authorize_endpoint(self) -> str:
+        return f"{self.authority}/{self.tenant}/oauth2/v2.0/authorize"
+
+    def git_username(self, git_url: GitUrl | None = None, account: str | None = None) -> str:
+        """The username git gets with the token: the mapping's, else the signed-in ``account`` (user profiles,
+        as Git Credential Manager sends), else the client id (what GCM sends for a service principal), else
+        :data:`DEFAULT_GIT_USERNAME`. Azure DevOps ignores it as long as it is not empty.
+        """
+        if git_url is not None and git_url.username:
+            return git_url.username
+        if self.credential == "client_secret":
+            return self.client_id
+        return account or DEFAULT_GIT_USERNAME
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every setting as JSON-ready values (nothing here is secret)."""
+        return {
+            "name": self.name, "tenant": self.tenant, "client_id": self.client_id, "scopes": list(self.scopes),
+            "authority": self.authority, "credential": self.credential, "min_valid": self.min_valid,
+            "ca_bundle": self.ca_bundle, "token_endpoint": self.token_endpoint,
+            "git_urls": [{"url": g.url, "username": self.git_username(g)} for g in self.git_urls],
+        }
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; ``profiles`` is read-only."""
+
+    path: str
+    profiles: Mapping[str, Profile] = field(default_factory=lambda: MappingProxyType({}))
+    default_profile: str | None = None
+    autostart: bool = True
+    idle_exit: int = 0
+
+    def profile(self, name: str | None) -> Profile:
+        """The named profile, or the default one for ``None``."""
+        if name is None:
+            if self.default_profile is None:
+                if not self.profiles:
+                    raise ConfigError(f"{self.path}: no profiles are configured", hint="add one with "
+                                      "`aadhelper profile add NAME --tenant T --client-id C --scope S`")
+                raise ConfigError(f"{self.path}: key 'default_profile' is not set and there are several profiles "
+                                  f"({', '.join(self.profiles)})",
+                                  hint="name one, or run `aadhelper profile default NAME`")
+            name = self.default_profile
+        try:
+            return self.profiles[name]
+        except KeyError:
+            raise unknown_profile(self.path, name, self.profiles) from None
+
+    def profile_for_url(self, url: str) -> tuple[Profile, GitUrl] | None:
+        """The profile whose git URL prefix matches ``url`` longest (userinfo ignored), or None."""
+        try:
+            want = _match_key(url)
+        except ValueError:
+            return None
+        best: tuple[int, Profile, GitUrl] | None = None
+        for profile in self.profiles.values():
+            for git_url in profile.git_urls:
+                origin, segments = _match_key(git_url.url)
+                if (origin == want[0] and want[1][:len(segments)] == segments
+                        and (best is None or len(segments) > best[0])):
+                    best = (len(segments), profile, git_url)
+        return None if best is None else (best[1], best[2])
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a value sits in the file, so every message names the file, the profile and the key."""
+
+    path: str
+    profile: str | None = None
+    section: str | None = None
+
+    def error(self, key: str | None, problem: str, hint: str | None = None) -> ConfigError:
+        parts = [self.path]
+        if self.profile is not None:
+            parts.append(f"profile {self.profile!r}")
+        if self.section is not None:
+            parts.append(self.section)
+        parts.append(problem if key is None else f"key {key!r} {problem}")
+        return ConfigError(": ".join(parts), hint=hint, profile=self.profile)
+
+
+def parse_config(text: str, path: str, environ: Mapping[str, str] = os.environ) -> Config:
+    """Parse and validate a config file's text; ``path`` is only for messages."""
+    data = parse_toml(text, path)
+    top = _Where(path)
+    _check_keys(data, _TOP_KEYS, top)
+    daemon = _table(data, "daemon", top)
+    where = _Where(path, section="section [daemon]")
+    _check_keys(daemon, _DAEMON_KEYS, where)
+    autostart = _get(daemon, "autostart", bool, where, "must be true or false", True)
+    idle_exit = _get_int(daemon, "idle_exit", where, 0, 10**9, 0)
+    if _env_flag(environ, "AADHELPER_NO_AUTOSTART", top):
+        autostart = False
+    profiles = {name: _parse_profile(name, raw, path, environ) for name, raw in _table(data, "profiles", top).items()}
+    _check_git_url_conflicts(profiles, path)
+    default = _get(data, "default_profile", str, top, "must be a profile name", None)
+    if default is not None and default not in profiles:
+        raise top.error("default_profile", f"names profile {default!r}, which is not configured "
+                                           f"(profiles: {', '.join(profiles) or 'none'})")
+    if default is None and len(profiles) == 1:
+        default = next(iter(profiles))
+    return Config(path, MappingProxyType(profiles), default, autostart, idle_exit)
+
+
+def unknown_profile(path: str, name: str, configured: Iterable[str]) -> UnknownProfile:
+    """The error for a profile name that is not in the file."""
+    return UnknownProfile(f"{path}: profile {name!r} is not configured (profiles: {', '.join(configured) or 'none'})",
+                          profile=name, hint="see `aadhelper profile list`")
+
+
+def parse_toml(text: str, path: str) -> dict[str, Any]:
+    """TOML text as plain data; a syntax error is a :class:`ConfigError` with line and column."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
+
+
+def load_config(path: str | None = None, environ: Mapping[str, str] = os.environ) -> Config:
+    """Read and parse the config file; a missing file is an empty configuration."""
+    path = path or paths.config_file()
+    try:
+        with open(path, "rb") as file:
+            _check_file_owner(path, os.fstat(file.fileno()))
+            data = file.read()
+    except FileNotFoundError:
+        return parse_config("", path, environ)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    return parse_config(text, path, environ)
+
+
+def resolve_authority(value: str | None, environ: Mapping[str, str] = os.environ) -> str:
+    """The authority base URL for a profile's ``authority`` value (None: ``AZURE_AUTHORITY_HOST``, else public)."""
+    try:
+        return _resolve_authority(value, environ)
+    except _Invalid as exc:
+        raise ConfigError(f"{exc.source} {exc}") from None
+
+
+def normalize_git_url(url: str) -> str:
+    """A git URL prefix in canonical form (``https://host[:port]/seg/.../``); ValueError says what is wrong."""
+    parts = _split_url(url, ("http", "https"))
+    if parts.userinfo:
+        raise ValueError("must not contain a user name or password (use the 'username' key)")
+    if parts.query_or_fragment:
+        raise ValueError("must not contain a query or fragment")
+    segments = [s for s in parts.path.split("/") if s]
+    return parts.origin + "/" + "".join(s + "/" for s in segments)
+
+
+class _Invalid(ValueError):
+    """A bad authority value; ``source`` says whether it came from the key or the environment."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        super().__init__(problem)
+        self.source = source
+
+
+def _resolve_authority(value: str | None, environ: Mapping[str, str]) -> str:
+    if value is None:
+        env = environ.get("AZURE_AUTHORITY_HOST", "").strip()
+        if not env:
+            return CLOUDS["public"]
+        # azure-identity's rule: a bare host means https.
+        value, source = (env if "://" in env else "https://" + env), "environment variable AZURE_AUTHORITY_HOST"
+    elif value in CLOUDS:
+        return CLOUDS[value]
+    else:
+        source = "key 'authority'"
+    try:
+        parts = _split_url(value, ("https", "http"))
+    except ValueError as exc:
+        raise _Invalid(source, f"{exc} (use public, usgov, china or an https:// URL)") from None
+    if parts.scheme == "http" and not _is_loopback(parts.host):
+        raise _Invalid(source, "must use https:// (plain http:// only for a loopback host such as 127.0.0.1)")
+    if parts.userinfo or parts.query_or_fragment:
+        raise _Invalid(source, "must be a plain https://host[/path] URL, without user, query or fragment")
+    return parts.origin + parts.path.rstrip("/")
+
+
+@dataclass(frozen=True)
+class _UrlParts:
+    scheme: str
+    host: str
+    port: int | None
+    path: str
+    userinfo: bool
+    query_or_fragment: bool
+
+    @property
+    def origin(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = "" if self.port in (None, _DEFAULT_PORTS.get(self.scheme)) else f":{self.port}"
+        return f"{self.scheme}://{host}{port}"
+
+
+def _split_url(url: str, schemes: tuple[str, ...]) -> _UrlParts:
+    if not url or any(c.isspace() or not c.isprintable() for c in url):
+        raise ValueError("must be a URL without spaces or control characters")
+    try:
+        split = urllib.parse.urlsplit(url)
+        port = split.port
+    except ValueError:
+        raise ValueError("is not a valid URL (check the host and port)") from None
+    scheme = split.scheme.lower()
+    if scheme not in schemes:
+        raise ValueError(f"must be an {' or '.join(s + '://' for s in schemes)} URL")
+    if not split.hostname:
+        raise ValueError("must name a host")
+    return _UrlParts(scheme, split.hostname.lower(), port, split.path, "@" in split.netloc,
+                     bool(split.query or split.fragment or url.endswith(("?", "#"))))
+
+
+def _match_key(url: str) -> tuple[str, tuple[str, ...]]:
+    """Origin and decoded path segments: prefixes compare on whole segments, ignoring userinfo and query."""
+    # git decodes the path it passes to helpers, so a remote's "%20" may arrive as a space.
+    parts = _split_url(url.replace(" ", "%20"), ("http", "https"))
+    return parts.origin, tuple(urllib.parse.unquote(s) for s in parts.path.split("/") if s)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str]) -> Profile:
+    if not _NAME_RE.fullmatch(name):
+        raise ConfigError(f"{path}: profile name {name!r} must be 1 to 64 letters, digits, '-', '_' or '.'",
+                          profile=name)
+    where = _Where(path, profile=name)
+    if not isinstance(raw, dict):
+        raise where.error(None, "must be a table ([profiles.NAME])")
+    _check_keys(raw, _PROFILE_KEYS, where)
+    tenant = _get_str(raw, "tenant", where, _TENANT_RE, "a tenant GUID or domain")
+    client_id = _get_str(raw, "client_id", where, _TOKEN_RE, "the application (client) id")
+    credential = _get(raw, "credential", str, where, f"must be one of {', '.join(CREDENTIALS)}", "client_secret")
+    if credential not in CREDENTIALS:
+        raise where.error("credential", f"must be one of {', '.join(CREDENTIALS)}, not {credential!r}")
+    if credential == "client_secret" and tenant.lower() in TENANT_ALIASES:
+        raise where.error("tenant", f"must name a real tenant (GUID or domain), not {tenant!r}, for credential "
+                                    "'client_secret': the client credentials grant has no user to pick a tenant "
+                                    "(AADSTS9001023)")
+    scopes = _get(raw, "scopes", list, where, "must be a list of scope strings", None)
+    if scopes is None:
+        raise where.error("scopes", "is missing (a list of at least one scope)")
+    if not scopes or not all(isinstance(s, str) and _TOKEN_RE.fullmatch(s) for s in scopes):
+        raise where.error("scopes", "must be a non-empty list of scopes, each a string without spaces")
+    authority_value = _get(raw, "authority", str, where, "must be a string", None)
+    try:
+        authority = _resolve_authority(authority_value, environ)
+    except _Invalid as exc:
+        raise where.error(None, f"{exc.source} {exc}") from None
+    ca_bundle = _get(raw, "ca_bundle", str, where, "must be a file path", None)
+    if ca_bundle is not None:
+        if ca_bundle == "~" or ca_bundle.startswith("~/"):
+            ca_bundle = environ.get("HOME", "~") + ca_bundle[1:]
+        if not os.path.isabs(ca_bundle) or "\0" in ca_bundle:
+            raise where.error("ca_bundle", "must be an absolute path (or start with ~/)")
+    return Profile(
+        name=name, tenant=tenant, client_id=client_id, scopes=tuple(scopes), authority=authority,
+        credential=credential, min_valid=_get_int(raw, "min_valid", where, 0, MAX_MIN_VALID, 300),
+        ca_bundle=ca_bundle, git_urls=_parse_git_urls(raw.get("git"), where),
+    )
+
+
+def _parse_git_urls(raw: object, where: _Where) -> tuple[GitUrl, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        raise where.error("git", "must be an array of tables ([[profiles.NAME.git]] with url = ...)")
+    result: list[GitUrl] = []
+    for number, item in enumerate(raw, 1):
+        item_where = _Where(where.path, where.profile, f"git URL #{number}")
+        _check_keys(item, _GIT_KEYS, item_where)
+        url = _get(item, "url", str, item_where, "must be a string", None)
+        if url is None:
+            raise item_where.error("url", "is missing")
+        try:
+            normalised = normalize_git_url(url)
+        except ValueError as exc:
+            raise item_where.error("url", str(exc)) from None
+        if any(g.url == normalised for g in result):
+            raise item_where.error("url", f"repeats {normalised!r}")
+        username = _get(item, "username", str, item_where, "must be a string", None)
+        if username is not None and not (username and username.isprintable() and len(username) <= 256):
+            raise item_where.error("username", "must be a non-empty printable string")
+        result.append(GitUrl(normalised, username))
+    return tuple(result)
+
+
+def _check_git_url_conflicts(profiles: Mapping[str, Profile], path: str) -> None:
+    owner: dict[str, str] = {}
+    for profile in profiles.values():
+        for git_url in profile.git_urls:
+            other = owner.setdefault(git_url.url, profile.name)
+            if other != profile.name:
+                raise _Where(path, profile.name, "git").error(
+                    "url", f"{git_url.url!r} is also mapped by profile {other!r}; a URL can belong to one profile only")
+
+
+def _check_keys(table: Mapping[str, object], allowed: tuple[str, ...], where: _Where) -> None:
+    unknown = [key for key in table if key not in allowed]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, allowed, n=1)
+        suggestion = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(allowed)})"
+        raise where.error(key, f"is not a known setting{suggestion}")
+
+
+def _table(data: Mapping[str, object], key: str, where: _Where) -> dict[str, object]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise where.error(key, f"must be a table ([{key}])")
+    return value
+
+
+def _get(table: Mapping[str, object], key: str, kind: type[Any], where: _Where, problem: str, default: Any) -> Any:
+    value = table.get(key)
+    if value is None:
+        return default
+    # bool is an int subclass: `min_valid = true` must not pass as 1.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise where.error(key, problem)
+    return value
+
+
+def _get_int(table: Mapping[str, object], key: str, where: _Where, low: int, high: int, default: int) -> int:
+    problem = f"must be an integer from {low} to {high}"
+    value: int = _get(table, key, int, where, problem, default)
+    if not low <= value <= high:
+        raise where.error(key, problem)
+    return value
+
+
+def _get_str(table: Mapping[str, object], key: str, where: _Where, pattern: re.Pattern[str], what: str) -> str:
+    value = _get(table, key, str, where, f"must be a string: {what}", None)
+    if value is None:
+        raise where.error(key, f"is missing ({what})")
+    if not pattern.fullmatch(value):
+        raise where.error(key, f"must be {what} without spaces, not {value!r}")
+    return str(value)
+
+
+def _env_flag(environ: Mapping[str, str], name: str, where: _Where) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise where.error(None, f"environment variable {name} must be 1 or 0, not {value!r}")
+
+
+def _check_file_owner(path: str, info: os.stat_result) -> None:
+    # Whoever can write the file can point a profile's authority at their own host and collect its secret.
+    if info.st_uid not in (os.getuid(), 0):
+        raise ConfigError(f"{path}: the config file belongs to uid {info.st_uid}, not to you; refusing to use it",
+                          hint="copy it to a file of your own or point AADHELPER_CONFIG elsewhere")
+    if info.st_mode & stat.S_IWOTH:
+        raise ConfigError(f"{path}: the config file is writable by everyone; refusing to use it",
+                          hint=f"run `chmod o-w {path}`")
