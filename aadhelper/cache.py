@@ -5,7 +5,7 @@ Rules (the issue's, and aws-vault's/azure-identity's practice):
 
 * A served token always has at least the requested minimum validity left (``Token.valid_for``).
 * Each entry has a keeper task that refreshes it *before* it gets there: at the authority's ``refresh_in``
-  when sent, else at 75–80 % (random jitter, so many profiles do not refresh in lock-step) of the time
+  when sent, else at 75-80 % (random jitter, so many profiles do not refresh in lock-step) of the time
   the token is servable (lifetime minus the largest minimum validity asked of it). Requests meanwhile get
   the old token at once.
 * Any number of concurrent requests for a missing or expired token share one authority request (single
@@ -24,6 +24,7 @@ trio, so tests can drive everything with trio's MockClock by passing ``clock=lam
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -309,7 +310,7 @@ class TokenCache:
         entry.poke()
 
     def _backoff(self, failures: int) -> float:
-        """Exponential backoff with jitter: 1 s, 2 s, 4 s ... capped at 5 min, each scaled by 0.5–1.0."""
+        """Exponential backoff with jitter: 1 s, 2 s, 4 s ... capped at 5 min, each scaled by 0.5-1.0."""
         base = min(BACKOFF_MAX, BACKOFF_START * math.pow(2, max(0, failures - 1)))
         return base * self._rng.uniform(0.5, 1.0)
 
@@ -341,10 +342,9 @@ class TokenCache:
             if due is None or due > now or entry.flight is not None or entry.token is None:
                 await self._wait(changed, None if due is None or due <= now else due - now)
                 continue
-            try:
+            # A failure is recorded in the entry; its schedule says when to try again.
+            with contextlib.suppress(AadhelperError):
                 await self._fetch(entry)
-            except AadhelperError:
-                pass  # recorded in the entry; its schedule says when to try again
 
     @staticmethod
     async def _wait(changed: trio.Event, seconds: float | None) -> None:

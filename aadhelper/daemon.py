@@ -10,6 +10,7 @@ sends can crash the daemon. Log lines carry profile names, scopes, codes and cou
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -398,10 +399,9 @@ async def serve(store: SecretStore, *, config_path: str | None = None, socket_pa
         async with TokenCache(lambda profile: make_source(profile, http=http, secrets=secrets, clock=clock),
                               clock=clock) as cache, trio.open_nursery() as nursery:
             daemon = Daemon(watcher, cache, socket_path=path, socket_activated=bool(activated))
-            try:
+            # A broken config is logged; the daemon still answers ping/status and reports it per request.
+            with contextlib.suppress(ConfigError):
                 watcher.current()
-            except ConfigError:
-                pass  # already logged; the daemon still answers ping/status and reports the error per request
 
             def report_status() -> None:
                 systemd.notify(f"STATUS={_status_line(cache)}")
@@ -430,10 +430,8 @@ async def serve(store: SecretStore, *, config_path: str | None = None, socket_pa
             await http.aclose()
         if lock_fd is not None:
             # Only the lock holder removes the path: a socket-activated daemon's socket belongs to systemd.
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
             os.close(lock_fd)
         log.info("aadhelper daemon stopped")
 
@@ -463,10 +461,8 @@ async def _watch_signals(scope: trio.CancelScope, watcher: ConfigWatcher) -> Non
             if signum == signal.SIGHUP:
                 log.info("SIGHUP: reloading the configuration")
                 systemd.notify("RELOADING=1")
-                try:
+                with contextlib.suppress(ConfigError):
                     watcher.reload()
-                except ConfigError:
-                    pass
                 systemd.notify("READY=1")
                 continue
             log.info("%s: shutting down", signal.Signals(signum).name)

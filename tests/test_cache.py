@@ -54,7 +54,7 @@ def open_cache(source: ScriptedSource) -> TokenCache:
 
 
 async def test_concurrent_cold_requests_share_one_fetch(autojump_clock: trio.testing.MockClock) -> None:
-    """If 100 requests arrive for a cold profile at once, then the source is asked exactly once and all get its token."""
+    """If 100 requests arrive for a cold profile at once, then the source is asked once and all get its token."""
     source = ScriptedSource()
     got: list[str] = []
     async with open_cache(source) as cache:

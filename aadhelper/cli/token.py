@@ -7,13 +7,13 @@ the argparse application, which handles ``--help`` and reports usage errors for 
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from .. import client
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Sequence
     from typing import Any
 
@@ -86,6 +86,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _seconds(value: str) -> int:
+    import argparse
+
     if not value.isdigit() or int(value) > 86400:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of seconds from 0 to 86400")
     return int(value)

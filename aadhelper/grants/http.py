@@ -141,7 +141,8 @@ def raise_for_error(status: int, headers: Mapping[str, str], body: Mapping[str, 
     retry_after = parse_retry_after(headers.get("retry-after"))
     if not isinstance(error, str) or not error:
         if status == 429 or status >= 500:
-            what = "throttled the request (HTTP 429)" if status == 429 else f"failed with HTTP {status}"
+            later = f", retry after {retry_after:.0f} s" if retry_after is not None else ""
+            what = f"throttled the request (HTTP 429{later})" if status == 429 else f"failed with HTTP {status}{later}"
             raise AuthorityUnavailable(f"the authority {what}", profile=profile, retry_after=retry_after,
                                        hint="aadhelper retries with backoff")
         raise AuthorityUnavailable(f"the authority answered the {action} with HTTP {status} and no error body",
@@ -154,7 +155,8 @@ def raise_for_error(status: int, headers: Mapping[str, str], body: Mapping[str, 
                               "retry_after": retry_after, "claims": claims if isinstance(claims, str) else None}
     text = f"the authority refused the {action}" + (f": {summary}" if summary else "")
     if status == 429 or status >= 500 or error in _RETRYABLE_ERRORS:
-        raise AuthorityUnavailable(text, **common)
+        later = f", retry after {retry_after:.0f} s" if retry_after is not None else ""
+        raise AuthorityUnavailable(f"{text} (HTTP {status}{later})", **common)
     if error in _LOGIN_ERRORS:
         common["hint"] = hint or f"run `aadhelper login {profile}`"
         raise LoginRequired(text, **common)
