@@ -14,7 +14,7 @@ VERB_MODULES = (profile, secret, daemon, token, status, login, git, service, dem
 Handler = Callable[[argparse.Namespace], int]
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse that raises :class:`UsageError` (one line, exit 2) instead of printing usage and exiting."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -23,14 +23,14 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     codes = "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES)
-    parser = _Parser(
+    parser = Parser(
         prog="aadhelper",
         description="Entra ID (Azure AD) access tokens for curl, git, kubectl and SDKs, from a per-user daemon.",
         epilog=f"exit codes:\n{codes}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"aadhelper {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for module in VERB_MODULES:
         module.register(sub)
     return parser
