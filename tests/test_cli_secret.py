@@ -9,7 +9,7 @@ import select
 from pathlib import Path
 
 import pytest
-from test_cli_profile import AADHELPER, ADO, GRAPH, StubDaemon, cli_env, one_error_line, run, run_in_process
+from tests.test_cli_profile import AADHELPER, ADO, GRAPH, StubDaemon, cli_env, one_error_line, run, run_in_process
 
 from aadhelper import secret_store
 from aadhelper.cli import main
