@@ -9,13 +9,13 @@ import select
 from pathlib import Path
 
 import pytest
-from tests.test_cli_profile import AADHELPER, ADO, GRAPH, StubDaemon, cli_env, one_error_line, run, run_in_process
 
 from aadhelper import secret_store
 from aadhelper.cli import main
 from aadhelper.errors import KeyringLocked
 from aadhelper.secret_store import KeyringSecretStore
 from aadhelper.tokens import Secret
+from tests.test_cli_profile import AADHELPER, ADO, GRAPH, StubDaemon, cli_env, one_error_line, run, run_in_process
 
 SECRET = "Zq8~fake.client-secret_0123456789abcdefXYZ"
 
