@@ -291,3 +291,48 @@ def test_thin_client_does_not_import_heavy_modules(env: dict[str, str]) -> None:
         result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=30)
     sensitive(result.stdout.split()[-1])
     assert "HEAVY [] 0" in result.stderr, result.stderr
+
+
+def test_ssl_cert_file_is_honoured_without_ca_bundle(env: dict[str, str], authority: SimulatedAuthority,
+                                                     ca_pem_file: Path) -> None:
+    """If a profile names no CA bundle but SSL_CERT_FILE points at the authority's CA, then TLS verifies with it;
+    without either, the error says certificate verification failed and how to fix it."""
+    cli(env, "profile", "add", "plain", "--tenant", TENANT, "--client-id", APP, "--scope", GRAPH_SCOPE,
+        "--authority", authority.url, check=True)
+    cli(env, "secret", "set", "plain", input=authority_secret(env, "graph") + "\n", check=True)
+    with DaemonProcess(dict(env, SSL_CERT_FILE=str(ca_pem_file))):
+        assert cli(env, "header", "plain", check=True).stdout.startswith("Authorization: Bearer ")
+    untrusted = {k: v for k, v in env.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    with DaemonProcess(untrusted):
+        result = cli(untrusted, "header", "plain")
+        assert result.returncode == 7
+        assert "certificate verification failed" in result.stderr and "ca_bundle" in result.stderr
+
+
+def authority_secret(env: dict[str, str], profile: str) -> str:
+    """The secret stored for a profile, read back from the real keyring (to reuse it for another profile)."""
+    value = KeyringSecretStore().get(profile, "client_secret")
+    assert value is not None
+    return value.reveal()
+
+
+def test_scope_and_min_valid_options(env: dict[str, str], authority: SimulatedAuthority, ca_pem_file: Path) -> None:
+    """If a client asks for another resource or more validity, then it gets a token for that audience, a separate
+    cache entry, and a clear error when the authority's lifetime cannot satisfy the minimum validity."""
+    arm_app, arm_secret = "11111111-0000-0000-0000-000000000003", "arm-secret-" + secrets.token_urlsafe(12)
+    sensitive(arm_secret)
+    authority.add_client(arm_app, tenant=TENANT, secret=arm_secret,
+                         resources=("https://graph.microsoft.com", "https://management.azure.com"))
+    add_profile(env, "arm", authority.url, ca_pem_file, client_id=arm_app)
+    cli(env, "secret", "set", "arm", input=arm_secret + "\n", check=True)
+    with DaemonProcess(env):
+        arm = token_of(env, "arm", "--scope", "https://management.azure.com/.default")
+        graph = token_of(env, "arm")
+        assert arm != graph
+        assert authority.validate(arm, audience="https://management.azure.com")
+        assert authority.validate(graph, audience="https://graph.microsoft.com")
+        assert token_of(env, "arm", "--min-valid", "600") == graph
+        too_long = cli(env, "token", "arm", "--min-valid", "7200")
+        assert too_long.returncode == 3 and "valid for 3600 s" in too_long.stderr
+        bad = cli(env, "token", "arm", "--min-valid", "soon")
+        assert bad.returncode == 2 and "--min-valid" in bad.stderr

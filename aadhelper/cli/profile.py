@@ -133,9 +133,23 @@ def _add(args: argparse.Namespace) -> int:
     marker = " as the default" if config.default_profile == args.name else ""
     say(f"added profile {args.name!r} to {config.path}{marker}")
     notify_daemon()
+    for url in config.profile(args.name).git_urls:
+        git_setup_hint(url.url)
     nxt = f"aadhelper login {args.name}" if args.user else f"aadhelper secret set {args.name}"
     say(f"next: `{nxt}`")
     return 0
+
+
+def git_setup_hint(prefix: str) -> None:
+    """The git settings a URL mapping needs: git sends a path to helpers only with useHttpPath."""
+    scheme, _, rest = prefix.partition("://")
+    host, _, path = rest.partition("/")
+    origin = f"{scheme}://{host}"
+    if path:
+        say(f"for git: `git config --global credential.{origin}.useHttpPath true` (git sends the path, so "
+            f"{prefix} can match)")
+    say(f"for git: `git config --global credential.{origin}.helper ''` then "
+        f"`git config --global --add credential.{origin}.helper aadhelper`")
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -201,6 +215,7 @@ def _git_url_add(args: argparse.Namespace) -> int:
     mapping = next(g for g in profile.git_urls if g.url == normalize_git_url(args.url))
     say(f"git remotes under {mapping.url} now use profile {args.name!r} "
         f"(username {profile.git_username(mapping)})")
+    git_setup_hint(mapping.url)
     notify_daemon()
     return 0
 
