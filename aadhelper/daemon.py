@@ -31,6 +31,7 @@ from .cache import TokenCache
 from .config import Config, Profile, load_config
 from .errors import AadhelperError, ConfigError, NoProfileForUrl, ProtocolError
 from .grants import HttpClients, make_source
+from .grants.refresh import SignIns
 from .tokens import Secret
 
 if TYPE_CHECKING:
@@ -231,6 +232,9 @@ class _Activity:
 class Daemon:
     """Answers requests: configuration + token cache + dispatch. Transport-independent, so tests can call it."""
 
+    #: The user profiles' sign-in state, set by :func:`serve`; ``status`` reads it (None: not shown).
+    sign_ins: SignIns | None = None
+
     def __init__(self, config: ConfigWatcher, cache: TokenCache, *, socket_path: str,
                  socket_activated: bool) -> None:
         self.config = config
@@ -295,6 +299,14 @@ class Daemon:
         profiles = []
         for name, profile in sorted(configured.items()):
             tokens = [r for r in records if r["profile"] == name]
+            login = await self.sign_ins.login_required(name) \
+                if self.sign_ins is not None and profile.credential == "user" else None
+            if login is not None and not any(r["state"] == "login_required" for r in tokens):
+                # No refresh token, or a dead one: say so for the profile's scopes even before anyone asked.
+                tokens.append({"profile": name, "credential": profile.credential, "scopes": list(profile.scopes),
+                               "state": "login_required", "expires_on": None, "next_refresh": None,
+                               "refreshing": False, "refreshes": 0, "failures": 0, "last_error": login.to_wire(),
+                               "last_error_at": None})
             profiles.append({"name": name, "credential": profile.credential, "default": name == default,
                              "tokens": tokens})
         return protocol.ok_reply(daemon=daemon, profiles=profiles)
@@ -395,16 +407,21 @@ async def serve(store: SecretStore, *, config_path: str | None = None, socket_pa
     watcher = ConfigWatcher(config_path or paths.config_file())
     http = HttpClients()
     secrets = AsyncSecrets(store)
+    # One per daemon, outliving the token sources the cache recreates: refreshes of a profile never overlap.
+    sign_ins = SignIns(secrets)
     try:
-        async with TokenCache(lambda profile: make_source(profile, http=http, secrets=secrets, clock=clock),
+        async with TokenCache(lambda profile: make_source(profile, http=http, secrets=secrets, clock=clock,
+                                                          sign_ins=sign_ins),
                               clock=clock) as cache, trio.open_nursery() as nursery:
             daemon = Daemon(watcher, cache, socket_path=path, socket_activated=bool(activated))
+            daemon.sign_ins = sign_ins
+            nursery.start_soon(sign_ins.keep_storing)
             # A broken config is logged; the daemon still answers ping/status and reports it per request.
             with contextlib.suppress(ConfigError):
                 watcher.current()
 
             def report_status() -> None:
-                systemd.notify(f"STATUS={_status_line(cache)}")
+                systemd.status(_status_line(cache))
 
             cache.on_change = report_status
             listener = trio.SocketListener(trio.socket.from_stdlib_socket(listen_sock))
@@ -416,16 +433,16 @@ async def serve(store: SecretStore, *, config_path: str | None = None, socket_pa
 
             await nursery.start(trio.serve_listeners, limited, [listener])
             if handle_signals:
-                nursery.start_soon(_watch_signals, nursery.cancel_scope, watcher)
+                await nursery.start(_watch_signals, nursery.cancel_scope, watcher)
             idle_exit = _idle_exit(watcher)
             if activated and idle_exit:
                 nursery.start_soon(_exit_when_idle, daemon, idle_exit, nursery.cancel_scope)
             log.info("aadhelper %s listening on %s (pid %d%s)", __version__, path, os.getpid(),
                      ", socket-activated" if activated else "")
-            systemd.notify("READY=1", f"STATUS=listening on {path}")
+            systemd.ready(f"listening on {path}")
             task_status.started(DaemonInfo(pid=os.getpid(), socket_path=path, socket_activated=bool(activated)))
     finally:
-        systemd.notify("STOPPING=1")
+        systemd.stopping()
         with trio.CancelScope(shield=True):
             await http.aclose()
         if lock_fd is not None:
@@ -455,15 +472,19 @@ def _status_line(cache: TokenCache) -> str:
     return f"{profiles} profile(s) cached; next refresh {when}"
 
 
-async def _watch_signals(scope: trio.CancelScope, watcher: ConfigWatcher) -> None:
+async def _watch_signals(scope: trio.CancelScope, watcher: ConfigWatcher,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        # Started only once the handlers are in place: READY=1 before that would let an early SIGTERM kill us
+        # with the default action, without STOPPING=1.
+        task_status.started()
         async for signum in signals:
             if signum == signal.SIGHUP:
                 log.info("SIGHUP: reloading the configuration")
-                systemd.notify("RELOADING=1")
+                systemd.reloading()
                 with contextlib.suppress(ConfigError):
                     watcher.reload()
-                systemd.notify("READY=1")
+                systemd.ready()
                 continue
             log.info("%s: shutting down", signal.Signals(signum).name)
             scope.cancel()
