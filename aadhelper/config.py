@@ -32,12 +32,10 @@ the key.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
 import re
 import stat
 import tomllib
-import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -45,14 +43,8 @@ from typing import Any
 
 from . import paths
 from .errors import ConfigError, UnknownProfile
+from .urls import InvalidAuthority, match_key, normalize_git_url, resolve_authority_url
 
-CLOUDS: Mapping[str, str] = MappingProxyType({
-    "public": "https://login.microsoftonline.com",
-    "usgov": "https://login.microsoftonline.us",
-    # azure-identity's host for Azure China; Entra's national-cloud page also lists login.partner.microsoftonline.cn,
-    # which a profile can name as authority = "https://login.partner.microsoftonline.cn".
-    "china": "https://login.chinacloudapi.cn",
-})
 CREDENTIALS = ("client_secret", "user")
 #: Tenant aliases that are not a tenant: the client credentials grant refuses them (AADSTS9001023).
 TENANT_ALIASES = frozenset({"common", "organizations", "consumers"})
@@ -64,7 +56,6 @@ _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,253}")
 # Printable, no whitespace: these travel as form fields, space-separated scope lists and git credential lines.
 _TOKEN_RE = re.compile(r"[!-~]{1,2000}")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _TOP_KEYS = ("default_profile", "daemon", "profiles")
 _DAEMON_KEYS = ("autostart", "idle_exit")
 _PROFILE_KEYS = ("tenant", "client_id", "scopes", "authority", "credential", "min_valid", "ca_bundle", "git")
@@ -157,13 +148,13 @@ class Config:
     def profile_for_url(self, url: str) -> tuple[Profile, GitUrl] | None:
         """The profile whose git URL prefix matches ``url`` longest (userinfo ignored), or None."""
         try:
-            want = _match_key(url)
+            want = match_key(url)
         except ValueError:
             return None
         best: tuple[int, Profile, GitUrl] | None = None
         for profile in self.profiles.values():
             for git_url in profile.git_urls:
-                origin, segments = _match_key(git_url.url)
+                origin, segments = match_key(git_url.url)
                 if (origin == want[0] and want[1][:len(segments)] == segments
                         and (best is None or len(segments) > best[0])):
                     best = (len(segments), profile, git_url)
@@ -245,104 +236,6 @@ def load_config(path: str | None = None, environ: Mapping[str, str] = os.environ
     return parse_config(text, path, environ)
 
 
-def resolve_authority(value: str | None, environ: Mapping[str, str] = os.environ) -> str:
-    """The authority base URL for a profile's ``authority`` value (None: ``AZURE_AUTHORITY_HOST``, else public)."""
-    try:
-        return _resolve_authority(value, environ)
-    except _Invalid as exc:
-        raise ConfigError(f"{exc.source} {exc}") from None
-
-
-def normalize_git_url(url: str) -> str:
-    """A git URL prefix in canonical form (``https://host[:port]/seg/.../``); ValueError says what is wrong."""
-    parts = _split_url(url, ("http", "https"))
-    if parts.userinfo:
-        raise ValueError("must not contain a user name or password (use the 'username' key)")
-    if parts.query_or_fragment:
-        raise ValueError("must not contain a query or fragment")
-    segments = [s for s in parts.path.split("/") if s]
-    return parts.origin + "/" + "".join(s + "/" for s in segments)
-
-
-class _Invalid(ValueError):
-    """A bad authority value; ``source`` says whether it came from the key or the environment."""
-
-    def __init__(self, source: str, problem: str) -> None:
-        super().__init__(problem)
-        self.source = source
-
-
-def _resolve_authority(value: str | None, environ: Mapping[str, str]) -> str:
-    if value is None:
-        env = environ.get("AZURE_AUTHORITY_HOST", "").strip()
-        if not env:
-            return CLOUDS["public"]
-        # azure-identity's rule: a bare host means https.
-        value, source = (env if "://" in env else "https://" + env), "environment variable AZURE_AUTHORITY_HOST"
-    elif value in CLOUDS:
-        return CLOUDS[value]
-    else:
-        source = "key 'authority'"
-    try:
-        parts = _split_url(value, ("https", "http"))
-    except ValueError as exc:
-        raise _Invalid(source, f"{exc} (use public, usgov, china or an https:// URL)") from None
-    if parts.scheme == "http" and not _is_loopback(parts.host):
-        raise _Invalid(source, "must use https:// (plain http:// only for a loopback host such as 127.0.0.1)")
-    if parts.userinfo or parts.query_or_fragment:
-        raise _Invalid(source, "must be a plain https://host[/path] URL, without user, query or fragment")
-    return parts.origin + parts.path.rstrip("/")
-
-
-@dataclass(frozen=True)
-class _UrlParts:
-    scheme: str
-    host: str
-    port: int | None
-    path: str
-    userinfo: bool
-    query_or_fragment: bool
-
-    @property
-    def origin(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        port = "" if self.port in (None, _DEFAULT_PORTS.get(self.scheme)) else f":{self.port}"
-        return f"{self.scheme}://{host}{port}"
-
-
-def _split_url(url: str, schemes: tuple[str, ...]) -> _UrlParts:
-    if not url or any(c.isspace() or not c.isprintable() for c in url):
-        raise ValueError("must be a URL without spaces or control characters")
-    try:
-        split = urllib.parse.urlsplit(url)
-        port = split.port
-    except ValueError:
-        raise ValueError("is not a valid URL (check the host and port)") from None
-    scheme = split.scheme.lower()
-    if scheme not in schemes:
-        raise ValueError(f"must be an {' or '.join(s + '://' for s in schemes)} URL")
-    if not split.hostname:
-        raise ValueError("must name a host")
-    return _UrlParts(scheme, split.hostname.lower(), port, split.path, "@" in split.netloc,
-                     bool(split.query or split.fragment or url.endswith(("?", "#"))))
-
-
-def _match_key(url: str) -> tuple[str, tuple[str, ...]]:
-    """Origin and decoded path segments: prefixes compare on whole segments, ignoring userinfo and query."""
-    # git decodes the path it passes to helpers, so a remote's "%20" may arrive as a space.
-    parts = _split_url(url.replace(" ", "%20"), ("http", "https"))
-    return parts.origin, tuple(urllib.parse.unquote(s) for s in parts.path.split("/") if s)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str]) -> Profile:
     if not _NAME_RE.fullmatch(name):
         raise ConfigError(f"{path}: profile name {name!r} must be 1 to 64 letters, digits, '-', '_' or '.'",
@@ -367,8 +260,8 @@ def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str]
         raise where.error("scopes", "must be a non-empty list of scopes, each a string without spaces")
     authority_value = _get(raw, "authority", str, where, "must be a string", None)
     try:
-        authority = _resolve_authority(authority_value, environ)
-    except _Invalid as exc:
+        authority = resolve_authority_url(authority_value, environ)
+    except InvalidAuthority as exc:
         raise where.error(None, f"{exc.source} {exc}") from None
     ca_bundle = _get(raw, "ca_bundle", str, where, "must be a file path", None)
     if ca_bundle is not None:

@@ -20,8 +20,9 @@ import tomlkit.exceptions
 from tomlkit.items import AoT
 
 from . import paths
-from .config import Config, normalize_git_url, parse_config, parse_toml, unknown_profile
+from .config import Config, parse_config, parse_toml, unknown_profile
 from .errors import ConfigError
+from .urls import normalize_git_url
 
 _Table = MutableMapping[str, Any]
 

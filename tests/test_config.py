@@ -13,16 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aadhelper import config_edit
-from aadhelper.config import (
-    DEFAULT_GIT_USERNAME,
-    Config,
-    GitUrl,
-    load_config,
-    normalize_git_url,
-    parse_config,
-    resolve_authority,
-)
+from aadhelper.config import DEFAULT_GIT_USERNAME, Config, GitUrl, load_config, parse_config
 from aadhelper.errors import ConfigError, UnknownProfile
+from aadhelper.urls import normalize_git_url, resolve_authority
 
 PATH = "/home/u/.config/aadhelper/config.toml"
 NO_ENV: dict[str, str] = {}

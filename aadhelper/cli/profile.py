@@ -13,8 +13,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ..config import Config, Profile, load_config, normalize_git_url
+from ..config import Config, Profile, load_config
 from ..errors import AadhelperError, SecretStoreError, UsageError
+from ..urls import normalize_git_url
 
 #: Keyring entries a profile can own; `profile remove` deletes them all.
 SECRET_KINDS = ("client_secret", "refresh_token")
