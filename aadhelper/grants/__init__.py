@@ -9,12 +9,15 @@ user of httpx.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..config import Profile
 from ..errors import ConfigError
 from ..tokens import Secret, TokenResponse
 from .http import HttpClients
+
+if TYPE_CHECKING:
+    from .refresh import SignIns
 
 #: Reads one secret of a profile from the store (in a worker thread): (profile, kind) -> value or None.
 SecretReader = Callable[[str, str], Awaitable[Secret | None]]
@@ -39,13 +42,21 @@ class SecretAccess(Protocol):
 
 
 def make_source(profile: Profile, *, http: HttpClients, secrets: SecretAccess,
-                clock: Callable[[], float]) -> TokenSource:
-    """The token source for a profile's credential kind."""
+                clock: Callable[[], float], sign_ins: SignIns | None = None) -> TokenSource:
+    """The token source for a profile's credential kind.
+
+    ``sign_ins`` is the daemon's per-profile refresh state for user profiles; it must outlive the sources (one
+    per daemon), or refreshes of one profile could overlap. None gives the source its own (tests, one-off use).
+    """
     client = http.get(profile.ca_bundle)
     if profile.credential == "client_secret":
         from .client_credentials import ClientSecretSource
 
         return ClientSecretSource(profile, client=client, secrets=secrets, clock=clock)
+    if profile.credential == "user":
+        from .refresh import RefreshTokenSource, SignIns
+
+        return RefreshTokenSource(profile, client=client, sign_ins=sign_ins or SignIns(secrets), clock=clock)
     raise ConfigError(f"profile {profile.name!r}: credential kind {profile.credential!r} is not supported",
                       profile=profile.name)
 

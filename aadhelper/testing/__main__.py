@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--device-code-interval", type=int, default=5, metavar="S", help="device-code polling interval")
     add("--refresh-token-reuse", choices=("revoke", "allow"), default="revoke",
         help="what presenting a used refresh token does (default revoke; Entra: allow)")
+    add("--refresh-token-reuse-grace", type=float, default=0.0, metavar="S",
+        help="with revoke: seconds the latest used refresh token may be presented again (default 0)")
     add("--tls-cert", metavar="FILE", help="PEM certificate (chain) to serve HTTPS with")
     add("--tls-key", metavar="FILE", help="PEM private key, when not in --tls-cert")
     add("--serve-resource", action="store_true", help="also run a protected resource for the first --resource")
@@ -70,6 +72,7 @@ def serve(args: argparse.Namespace) -> int:
                                    token_lifetime=args.lifetime, refresh_in=args.refresh_in)
     authority.device_code_interval = args.device_code_interval
     authority.refresh_token_reuse = args.refresh_token_reuse
+    authority.refresh_token_reuse_grace = args.refresh_token_reuse_grace
     try:
         authority.add_tenant(args.tenant)
         for client_id in args.client:

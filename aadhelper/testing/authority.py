@@ -12,6 +12,7 @@ faults (:class:`~aadhelper.testing.faults.Fault`), device-code approval, lifetim
 
 from __future__ import annotations
 
+import hashlib
 import ssl
 import threading
 import time
@@ -49,6 +50,8 @@ class RecordedRequest:
     #: ``basic`` (Authorization header), ``body`` (client_secret in the form) or None.
     client_auth: str | None
     params: dict[str, str] = field(repr=False)
+    #: SHA-256 (hex) of each secret parameter, so a test can tell whether two requests presented the same secret.
+    digests: dict[str, str] = field(default_factory=dict, repr=False)
     #: The kind of the injected fault that met this request, if any.
     fault: str | None = None
     #: The HTTP status answered; None while in progress and for a dropped connection.
@@ -71,6 +74,9 @@ class SimulatedAuthority(Service):
         #: "revoke": a used refresh token presented again revokes its whole grant (strict OAuth servers);
         #: "allow": old refresh tokens keep working, as on Entra.
         self.refresh_token_reuse: Literal["revoke", "allow"] = "revoke"
+        #: With "revoke": seconds after its first use during which the grant's latest redeemed refresh token may be
+        #: presented again (a client retrying a lost reply), as Okta's grace period and Auth0's reuse interval allow.
+        self.refresh_token_reuse_grace: float = 0.0
         self.refresh_token_length: int = 1200
         self.device_code_lifetime: int = 900
         self.device_code_interval: int = 5
@@ -255,6 +261,8 @@ class SimulatedAuthority(Service):
         except EntraError as exc:
             record.error = exc.error
             response = Response.json(exc.status, trace.body(exc), {**trace.headers(), **exc.headers})
+        if fault is not None:
+            response = fault.after_answer(response, self._stopping)
         return self._finish(record, response)
 
     def _record(self, request: HttpRequest, endpoint: str, tenant_name: str | None, params: dict[str, str],
@@ -264,7 +272,8 @@ class SimulatedAuthority(Service):
             grant_type=params.get("grant_type"), client_id=basic[0] if basic else params.get("client_id"),
             scope=params.get("scope"), time=now,
             client_auth="basic" if basic else "body" if "client_secret" in params else None,
-            params={k: f"<{len(v)} chars>" if k in _SECRET_PARAMS else v for k, v in params.items()})
+            params={k: f"<{len(v)} chars>" if k in _SECRET_PARAMS else v for k, v in params.items()},
+            digests={k: hashlib.sha256(v.encode()).hexdigest() for k, v in params.items() if k in _SECRET_PARAMS})
         with self._changed:
             self._records.append(record)
             self._changed.notify_all()

@@ -2,7 +2,9 @@
 
 ``authority.inject(Fault.throttle(60), times=2)`` makes the next two token requests get HTTP 429. A fault matches
 an endpoint (``"token"`` by default) and optionally one grant type; the first matching fault in the queue is used.
-``delay`` and ``hold`` only wait, then the request is answered normally; the others replace the answer.
+``delay`` and ``hold`` only wait, then the request is answered normally; ``hold_reply`` answers the request (so its
+effects, such as a refresh-token rotation, are committed) and then holds the reply back; the others replace the
+answer.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Literal
 from .entra import EntraError, entra_error
 from .server import DROP, Response
 
-FaultKind = Literal["delay", "hold", "status", "throttle", "malformed", "drop", "error"]
+FaultKind = Literal["delay", "hold", "hold_reply", "status", "throttle", "malformed", "drop", "error"]
 
 _MALFORMED_BODY = ("<!DOCTYPE html><html><head><title>Sign in to your account</title></head>"
                    "<body>Please wait while we redirect you...</body></html>")
@@ -28,6 +30,8 @@ class Fault:
     grant_type: str | None = None
     seconds: float = 0.0
     event: threading.Event | None = field(default=None, compare=False)
+    #: Set when a hold begins, so a test knows the request got that far.
+    reached: threading.Event | None = field(default=None, compare=False)
     http_code: int = 0
     body: str | Mapping[str, object] | None = None
     retry_after: int = 0
@@ -39,9 +43,19 @@ class Fault:
         return cls("delay", endpoint, grant_type, seconds=seconds)
 
     @classmethod
-    def hold(cls, event: threading.Event, *, endpoint: str = "token", grant_type: str | None = None) -> Fault:
+    def hold(cls, event: threading.Event, *, endpoint: str = "token", grant_type: str | None = None,
+             reached: threading.Event | None = None) -> Fault:
         """Block until ``event`` is set (or the authority stops), then answer normally."""
-        return cls("hold", endpoint, grant_type, event=event)
+        return cls("hold", endpoint, grant_type, event=event, reached=reached)
+
+    @classmethod
+    def hold_reply(cls, event: threading.Event, *, endpoint: str = "token", grant_type: str | None = None,
+                   reached: threading.Event | None = None) -> Fault:
+        """Answer the request, then hold the reply until ``event`` is set; dropped if the authority stops first.
+
+        ``reached`` is set once the answer is computed: a refresh token presented is then already rotated.
+        """
+        return cls("hold_reply", endpoint, grant_type, event=event, reached=reached)
 
     @classmethod
     def status(cls, code: int, body: str | Mapping[str, object] | None = None, *, endpoint: str = "token",
@@ -72,6 +86,23 @@ class Fault:
         return cls("error", endpoint, grant_type,
                    reply=EntraError(error, aadsts, description, status=status, claims=claims))
 
+    def wait(self, stopping: threading.Event) -> bool:
+        """A hold: block until released (True) or the authority stops (False)."""
+        assert self.event is not None
+        if self.reached is not None:
+            self.reached.set()
+        # Poll so that stopping the authority releases a hold the test never released.
+        while not self.event.wait(0.05):
+            if stopping.is_set():
+                return False
+        return True
+
+    def after_answer(self, response: Response, stopping: threading.Event) -> Response:
+        """The reply to send once the request is answered: ``hold_reply`` holds it back first."""
+        if self.kind != "hold_reply":
+            return response
+        return response if self.wait(stopping) else DROP
+
     def matches(self, endpoint: str, grant_type: str | None) -> bool:
         return self.endpoint == endpoint and self.grant_type in (None, grant_type)
 
@@ -83,12 +114,9 @@ class Fault:
         if self.kind == "delay":
             return DROP if stopping.wait(self.seconds) else None
         if self.kind == "hold":
-            assert self.event is not None
-            # Poll so that stopping the authority releases a hold the test never released.
-            while not self.event.wait(0.05):
-                if stopping.is_set():
-                    return DROP
-            return None
+            return None if self.wait(stopping) else DROP
+        if self.kind == "hold_reply":
+            return None  # the hold comes after the answer: see after_answer
         if self.kind == "drop":
             return DROP
         if self.kind == "malformed" or (self.kind == "status" and self.body is not None):

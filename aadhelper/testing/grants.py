@@ -32,6 +32,7 @@ class Realm(Protocol):
     refresh_in: int | None
     refresh_token_lifetime: float
     refresh_token_reuse: Literal["revoke", "allow"]
+    refresh_token_reuse_grace: float
     refresh_token_length: int
     device_code_lifetime: int
     device_code_interval: int
@@ -77,7 +78,7 @@ def _refresh_token(realm: Realm, request: TokenRequest, tenant: Tenant | None) -
     scope = user_scope(client, asked, request.tenant_name, unconsented=65001) if asked else None
     grant = realm.sessions.redeem_refresh_token(
         _required(request.form, "refresh_token"), client, request.now, lifetime=realm.refresh_token_lifetime,
-        revoke_on_reuse=realm.refresh_token_reuse == "revoke")
+        revoke_on_reuse=realm.refresh_token_reuse == "revoke", grace=realm.refresh_token_reuse_grace)
     return _user_reply(realm, request, grant, scope or grant.scope, rotate=True)
 
 

@@ -2,7 +2,9 @@
 
 A *grant* is one user sign-in to one app; every refresh token issued under it belongs to its family. Redeeming a
 refresh token marks it used; presenting a used one again is a replay, which (when ``revoke_on_reuse``) revokes
-the whole family, as strict OAuth servers do (Entra itself lets old refresh tokens live). Every failure raises the
+the whole family, as strict OAuth servers do (Entra itself lets old refresh tokens live). A ``grace`` window models
+what rotating authorities offer for lost replies (Okta's grace period, Auth0's reuse interval): the family's most
+recently redeemed token may be presented again for ``grace`` seconds after its first use. Every failure raises the
 :class:`~aadhelper.testing.entra.EntraError` Entra answers with. Not thread-safe: the authority holds its lock.
 """
 
@@ -33,6 +35,8 @@ class Grant:
     issued_at: float
     #: Why the family was revoked, or None while it lives.
     revoked: str | None = None
+    #: The family's most recently redeemed refresh token (the only one a grace window covers).
+    last_redeemed: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -40,6 +44,8 @@ class _RefreshToken:
     grant: Grant
     issued_at: float
     used: bool = False
+    #: When it was first redeemed.
+    used_at: float | None = None
 
 
 @dataclass
@@ -88,7 +94,7 @@ class Sessions:
         return token
 
     def redeem_refresh_token(self, token: str, client: Client, now: float, *, lifetime: float,
-                             revoke_on_reuse: bool) -> Grant:
+                             revoke_on_reuse: bool, grace: float = 0.0) -> Grant:
         record = self._refresh.get(token)
         if record is None or record.grant.client is not client:
             raise entra_error(70000, param="refresh_token")
@@ -98,10 +104,12 @@ class Sessions:
         if now >= record.issued_at + lifetime:
             raise entra_error(700082, issued=timestamp(record.issued_at),
                               inactive=f"{(now - record.issued_at) / 86400:.2f} days")
-        if record.used and revoke_on_reuse:
+        if record.used and revoke_on_reuse and not _within_grace(record, token, now, grace):
             grant.revoked = "A refresh token of this grant was presented a second time (replay)."
             raise entra_error(50173, reason=grant.revoked, issued=timestamp(grant.issued_at))
-        record.used = True
+        if record.used_at is None:
+            record.used, record.used_at = True, now
+        grant.last_redeemed = token
         return grant
 
     def revoke(self, *, username: str | None = None, client_id: str | None = None) -> int:
@@ -178,6 +186,12 @@ class Sessions:
             raise entra_error(501481)
         record.used = True
         return record.user, record.scope, record.nonce
+
+
+def _within_grace(record: _RefreshToken, token: str, now: float, grace: float) -> bool:
+    """A retry of the family's latest redemption inside the grace window (its reply was lost), not a replay."""
+    return (grace > 0 and record.grant.last_redeemed == token and record.used_at is not None
+            and now - record.used_at <= grace)
 
 
 def pkce_challenge(verifier: str) -> str:

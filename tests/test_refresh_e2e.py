@@ -1,0 +1,160 @@
+"""Refresh-token rotation end to end: the real daemon process refreshing a user profile's sign-in from the real
+Secret Service against the simulated authority over HTTPS, which revokes the whole grant on any replayed refresh
+token. Includes SIGKILL of the daemon in the middle of a refresh."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aadhelper import client
+from aadhelper.secret_store import KeyringSecretStore
+from aadhelper.testing import Fault, RecordedRequest, SimulatedAuthority
+from tests.harness import AADHELPER, DaemonProcess, cli, sensitive
+from tests.test_login_e2e import header, seed, stored, user_authority, user_profile_env
+from tests.test_refresh_source import RESOURCES, USER
+
+SCOPES = [f"{resource}/.default" for resource in RESOURCES]
+
+pytestmark = pytest.mark.requires("secret-service")
+
+
+@pytest.fixture
+def authority(server_ssl_context: object) -> Iterator[SimulatedAuthority]:
+    with user_authority(server_ssl_context) as authority:
+        yield authority
+
+
+@pytest.fixture
+def env(isolated_env: dict[str, str], ca_pem_file: Path, authority: SimulatedAuthority,
+        secret_service: KeyringSecretStore) -> dict[str, str]:
+    return user_profile_env(isolated_env, ca_pem_file, authority)
+
+
+def sha(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def refreshes(authority: SimulatedAuthority) -> list[RecordedRequest]:
+    return [r for r in authority.requests if r.grant_type == "refresh_token"]
+
+
+def test_each_refresh_presents_a_new_token_and_the_keyring_follows(
+        env: dict[str, str], authority: SimulatedAuthority, client_ssl_context: object,
+        secret_service: KeyringSecretStore) -> None:
+    """If the daemon refreshes five times (five resources, then again after an invalidate), then the authority saw
+    six different refresh tokens, none replayed, starting with the one from the login; the keyring ends with a
+    token never presented yet."""
+    first = seed(authority, client_ssl_context, secret_service)
+    with DaemonProcess(env) as daemon:
+        for scope in SCOPES:
+            assert authority.validate(header(env, "--scope", scope))["aud"] == scope.removesuffix("/.default")
+        assert client.invalidate("me", socket_path=daemon.socket_path) == 5
+        header(env)
+    records = refreshes(authority)
+    digests = [r.digests["refresh_token"] for r in records]
+    assert [r.status for r in records] == [200] * 6
+    assert len(set(digests)) == 6 and digests[0] == sha(first)
+    last = stored(secret_service)
+    assert last is not None and sha(last) not in digests
+
+
+def test_fifty_concurrent_requests_for_five_scopes_cause_no_replay(
+        env: dict[str, str], authority: SimulatedAuthority, client_ssl_context: object,
+        secret_service: KeyringSecretStore) -> None:
+    """If 50 clients ask at once for 5 different resources of one signed-in profile while every refresh is slow,
+    then every client gets a token, the daemon made 5 refreshes one after another, and none replayed a token."""
+    first = seed(authority, client_ssl_context, secret_service)
+    authority.inject(Fault.delay(0.2, grant_type="refresh_token"), times=5)
+    tokens: dict[str, set[str]] = {scope: set() for scope in SCOPES}
+    errors: list[BaseException] = []
+    with DaemonProcess(env) as daemon:
+        def one(scope: str) -> None:
+            try:
+                reply = client.get_token("me", scopes=[scope], socket_path=daemon.socket_path)
+                tokens[scope].add(reply["access_token"])
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one, args=(SCOPES[i % 5],)) for i in range(50)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    for values in tokens.values():
+        sensitive(*values)
+    assert not errors, errors
+    assert all(len(values) == 1 for values in tokens.values())
+    records = refreshes(authority)
+    assert [r.status for r in records] == [200] * 5
+    assert len({r.digests["refresh_token"] for r in records}) == 5
+    assert records[0].digests["refresh_token"] == sha(first)
+
+
+@pytest.mark.parametrize("grace", [60.0, 0.0])
+def test_sigkill_during_a_refresh_then_restart(env: dict[str, str], authority: SimulatedAuthority,
+                                               client_ssl_context: object, secret_service: KeyringSecretStore,
+                                               grace: float) -> None:
+    """If the daemon is killed with SIGKILL after the authority rotated the refresh token but before the reply
+    reached it, then the keyring still holds the token it presented. With the authority's reuse grace window (as
+    Okta and Auth0 offer; Entra never revokes), the restarted daemon's header works and later refreshes use the newly
+    stored token. With strict revocation and no grace nothing client-side can save the grant: the restarted daemon
+    says so in one line naming `aadhelper login me` (exit 6)."""
+    authority.refresh_token_reuse_grace = grace
+    first = seed(authority, client_ssl_context, secret_service)
+    release, reached = threading.Event(), threading.Event()
+    authority.inject(Fault.hold_reply(release, grant_type="refresh_token", reached=reached))
+    daemon = DaemonProcess(env).start()
+    waiting = subprocess.Popen([AADHELPER, "header", "me"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        assert reached.wait(20), "the refresh never reached the authority"
+        daemon.kill()
+    finally:
+        release.set()
+        waiting.wait(30)
+    assert waiting.returncode != 0
+    assert stored(secret_service) == first  # the daemon died before it could store the rotated token
+
+    with DaemonProcess(env):
+        if grace:
+            assert authority.validate(header(env))["aud"] == "https://graph.microsoft.com"
+            client.invalidate("me", socket_path=env["AADHELPER_SOCKET"])
+            header(env)
+            records = refreshes(authority)
+            assert [r.status for r in records] == [200, 200, 200]
+            assert [r.digests["refresh_token"] for r in records[:2]] == [sha(first)] * 2
+            assert records[2].digests["refresh_token"] != sha(first)
+        else:
+            result = cli(env, "header", "me")
+            assert result.returncode == 6 and "AADSTS50173" in result.stderr
+            assert "aadhelper login me" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("breakage, aadsts", [("revoked", 50173), ("expired", 700082)])
+def test_dead_sign_in_reads_login_required_after_one_request(
+        env: dict[str, str], authority: SimulatedAuthority, client_ssl_context: object,
+        secret_service: KeyringSecretStore, breakage: str, aadsts: int) -> None:
+    """If the refresh token was revoked or has expired, then header fails with one line naming the AADSTS code and
+    `aadhelper login me` (exit 6), repeated and other-resource requests fail the same way without asking the
+    authority again, and status shows the profile as login required."""
+    seed(authority, client_ssl_context, secret_service)
+    if breakage == "revoked":
+        authority.revoke(user=USER)
+    else:
+        authority.refresh_token_lifetime = 0
+    with DaemonProcess(env):
+        for args in ((), (), ("--scope", SCOPES[1])):
+            result = cli(env, "header", "me", *args)
+            assert result.returncode == 6, result.stderr
+            assert f"AADSTS{aadsts}" in result.stderr and "aadhelper login me" in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1
+        status = cli(env, "status")
+        assert status.returncode == 6
+        assert "login required" in status.stdout and f"AADSTS{aadsts}" in status.stdout
+    assert len(refreshes(authority)) == 1
