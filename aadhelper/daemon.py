@@ -315,10 +315,11 @@ class Daemon:
         name = message.get("profile")
         if name is not None and not isinstance(name, str):
             raise ProtocolError("field 'profile' must be a string")
+        # Re-reading the config forgets the profiles whose definition changed; a named profile's secret or
+        # sign-in changed even if its config did not, so it starts afresh too. Others keep their tokens.
         config = self.config.reload()
-        # A named profile's secret or sign-in changed even if its config did not: start it afresh.
-        for forgotten in ([name] if name else list(self.cache.profiles_cached())):
-            self.cache.forget_profile(forgotten)
+        if name:
+            self.cache.forget_profile(name)
         return protocol.ok_reply(profiles=sorted(config.profiles))
 
     def _resolve(self, request: protocol.TokenRequest) -> tuple[Profile, str | None]:

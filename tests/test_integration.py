@@ -336,3 +336,21 @@ def test_scope_and_min_valid_options(env: dict[str, str], authority: SimulatedAu
         assert too_long.returncode == 3 and "valid for 3600 s" in too_long.stderr
         bad = cli(env, "token", "arm", "--min-valid", "soon")
         assert bad.returncode == 2 and "--min-valid" in bad.stderr
+
+
+def test_adding_a_profile_keeps_other_profiles_tokens(env: dict[str, str], authority: SimulatedAuthority,
+                                                      ca_pem_file: Path) -> None:
+    """If the user adds a profile while the daemon runs, then the other profiles' cached tokens are kept (no new
+    authority request), while editing a profile drops only that profile's tokens."""
+    with DaemonProcess(env):
+        first = token_of(env, "graph")
+        token_of(env, "other")
+        add_profile(env, "third", authority.url, ca_pem_file)
+        assert token_of(env, "graph") == first
+        assert authority.count(grant_type="client_credentials") == 2
+        cli(env, "profile", "add", "other", "--replace", "--tenant", TENANT, "--client-id", OTHER_APP, "--scope",
+            GRAPH_SCOPE, "--authority", authority.url, "--ca-bundle", str(ca_pem_file), "--min-valid", "60",
+            check=True)
+        token_of(env, "other")
+        assert token_of(env, "graph") == first
+        assert authority.count(grant_type="client_credentials") == 3
