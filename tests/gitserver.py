@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aadhelper.testing.server import HttpRequest, LoopbackServer, Response, Service, basic_credentials
+from aadhelper.testing.server import HttpRequest, LoopbackApp, Response, basic_credentials
 
 REALM = "aadhelper-test"
 CGI_TIMEOUT = 60
@@ -47,7 +47,7 @@ class SeenRequest:
                 f"username={self.username!r}, token={token})")
 
 
-class GitServer(Service):
+class GitServer(LoopbackApp):
     """Serves the bare repositories under ``root`` over HTTP(S); a context manager that starts and stops it."""
 
     def __init__(self, root: Path, validate: Callable[[str], bool], *,
@@ -58,17 +58,7 @@ class GitServer(Service):
         self._revoke_next = False
         self._records: list[SeenRequest] = []
         self._lock = threading.Lock()
-        self._server = LoopbackServer(self, ssl_context=ssl_context)
-
-    @property
-    def url(self) -> str:
-        return self._server.url
-
-    def start(self) -> None:
-        self._server.start()
-
-    def stop(self) -> None:
-        self._server.stop()
+        super().__init__(ssl_context=ssl_context)
 
     @property
     def requests(self) -> list[SeenRequest]:

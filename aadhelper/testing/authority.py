@@ -26,7 +26,7 @@ from .entra import EntraError, Trace
 from .faults import Fault, FaultQueue
 from .issuer import TokenIssuer
 from .jwt import InvalidToken
-from .server import HttpRequest, LoopbackServer, Response, Service
+from .server import HttpRequest, LoopbackApp, Response
 from .sessions import Sessions
 
 _SECRET_PARAMS = frozenset({"client_secret", "refresh_token", "code", "code_verifier", "device_code",
@@ -60,7 +60,7 @@ class RecordedRequest:
     error: str | None = None
 
 
-class SimulatedAuthority(Service):
+class SimulatedAuthority(LoopbackApp):
     """A simulated Entra ID authority on a loopback port; use as a context manager or call start/stop."""
 
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None, host: str = "127.0.0.1", port: int = 0,
@@ -96,26 +96,21 @@ class SimulatedAuthority(Service):
         self._changed = threading.Condition(self._lock)
         self._records: list[RecordedRequest] = []
         self._stopping = threading.Event()
-        self._server = LoopbackServer(self, ssl_context=ssl_context, host=host, port=port)
+        super().__init__(ssl_context=ssl_context, host=host, port=port)
 
     # lifecycle ------------------------------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        """The authority host, e.g. ``https://127.0.0.1:41234``; the tenant path follows."""
-        return self._server.url
 
     def token_endpoint(self, tenant: str) -> str:
         return f"{self.url}/{tenant}/oauth2/v2.0/token"
 
     def start(self) -> None:
         self._stopping.clear()
-        self._server.start()
+        super().start()
 
     def stop(self) -> None:
         """Stop serving; requests held by a fault are released and dropped."""
         self._stopping.set()
-        self._server.stop()
+        super().stop()
 
     # the directory --------------------------------------------------------------------------------------------
 

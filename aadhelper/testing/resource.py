@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from .authority import SimulatedAuthority
 from .directory import GRAPH
 from .jwt import InvalidToken
-from .server import HttpRequest, LoopbackServer, Response, Service, basic_credentials
+from .server import HttpRequest, LoopbackApp, Response, basic_credentials
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class ResourceRequest:
     username: str | None = None
 
 
-class ProtectedResource(Service):
+class ProtectedResource(LoopbackApp):
     def __init__(self, authority: SimulatedAuthority, *, ssl_context: ssl.SSLContext | None = None,
                  audience: str = GRAPH, host: str = "127.0.0.1", port: int = 0) -> None:
         self.authority = authority
@@ -37,17 +37,7 @@ class ProtectedResource(Service):
         self.audience = audience
         self._lock = threading.Lock()
         self._records: list[ResourceRequest] = []
-        self._server = LoopbackServer(self, ssl_context=ssl_context, host=host, port=port)
-
-    @property
-    def url(self) -> str:
-        return self._server.url
-
-    def start(self) -> None:
-        self._server.start()
-
-    def stop(self) -> None:
-        self._server.stop()
+        super().__init__(ssl_context=ssl_context, host=host, port=port)
 
     @property
     def requests(self) -> list[ResourceRequest]:

@@ -256,3 +256,24 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s " + format, self.address_string(), *args)
+
+
+class LoopbackApp(Service):
+    """An app that serves itself on its own :class:`LoopbackServer`: ``url``, ``start`` and ``stop`` delegate to it."""
+
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._server = LoopbackServer(self, ssl_context=ssl_context, host=host, port=port)
+
+    @property
+    def url(self) -> str:
+        """``https://127.0.0.1:PORT`` (or http), without a trailing slash."""
+        return self._server.url
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def handle(self, request: HttpRequest) -> Response:
+        raise NotImplementedError
