@@ -11,6 +11,7 @@ sends can crash the daemon. Log lines carry profile names, scopes, codes and cou
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -42,6 +43,10 @@ log = logging.getLogger("aadhelper.daemon")
 #: Most connections handled at once; more wait in the kernel's backlog.
 MAX_CONNECTIONS = 512
 LISTEN_BACKLOG = 128
+#: accept() failures that mean "out of descriptors or memory for now" (trio.serve_listeners' list), and the
+#: pause before trying again.
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY_DELAY = 0.1
 
 
 @dataclass(frozen=True)
@@ -335,29 +340,30 @@ class Daemon:
 
     # -- connections -------------------------------------------------------------------------------
 
-    async def handle_connection(self, stream: trio.SocketStream) -> None:
+    async def handle_connection(self, conn: trio.socket.SocketType) -> None:
+        """One client: the peer check, then request lines answered in order until EOF; closes the socket."""
         self.activity.connections += 1
         try:
-            async with stream:
-                uid = peer_uid(stream.socket)
+            with conn:
+                uid = peer_uid(conn)
                 if uid is not None and not check_peer(uid, self.own_uid):
                     log.warning("refused a connection from uid %d", uid)
-                    await _send(stream, protocol.error_reply(ProtocolError(
+                    await _send(conn, protocol.error_reply(ProtocolError(
                         "permission denied: this daemon serves only its own user").to_wire()))
                     return
                 buffer = bytearray()
                 while True:
-                    line = await self._read_line(stream, buffer)
+                    line = await self._read_line(conn, buffer)
                     if line is None:
                         return
-                    await _send(stream, await self.handle_line(line))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away; nothing to answer
+                    await _send(conn, await self.handle_line(line))
+        except OSError:
+            pass  # the connection broke (the client went away); nothing to answer
         finally:
             self.activity.connections -= 1
             self.activity.last = time.monotonic()
 
-    async def _read_line(self, stream: trio.SocketStream, buffer: bytearray) -> bytes | None:
+    async def _read_line(self, conn: trio.socket.SocketType, buffer: bytearray) -> bytes | None:
         """The next request line; None on EOF, on a half-written request that times out, or when oversized."""
         with trio.move_on_after(protocol.READ_TIMEOUT):
             while True:
@@ -370,18 +376,55 @@ class Daemon:
                     return line
                 if len(buffer) >= protocol.MAX_REQUEST_BYTES:
                     break
-                chunk = await stream.receive_some(65536)
+                chunk = await conn.recv(65536)
                 if not chunk:
                     return None
                 buffer += chunk
-            await _send(stream, protocol.error_reply(ProtocolError(
+            await _send(conn, protocol.error_reply(ProtocolError(
                 f"request larger than {protocol.MAX_REQUEST_BYTES} bytes").to_wire()))
             return None
         return None
 
 
-async def _send(stream: trio.SocketStream, message: dict[str, Any]) -> None:
-    await stream.send_all(protocol.encode(message))
+async def _send(conn: trio.socket.SocketType, message: dict[str, Any]) -> None:
+    data = memoryview(protocol.encode(message))
+    while data:
+        data = data[await conn.send(data):]
+
+
+async def serve_connections(listen_sock: trio.socket.SocketType, daemon: Daemon) -> None:
+    """Accept connections and answer each in its own task, at most :data:`MAX_CONNECTIONS` at once.
+
+    Plain trio sockets rather than ``trio.serve_listeners`` and ``SocketStream``: for a one-line exchange
+    those layers cost about as much per connection as all of the daemon's own work (``scripts/bench``,
+    row 3). Like ``serve_listeners``, a shortage of file descriptors or memory pauses accepting instead
+    of ending the daemon.
+    """
+    slots = trio.Semaphore(MAX_CONNECTIONS)
+
+    async def answer(conn: trio.socket.SocketType) -> None:
+        try:
+            await daemon.handle_connection(conn)
+        finally:
+            slots.release()
+
+    async with trio.open_nursery() as connections:
+        while True:
+            try:
+                slots.acquire_nowait()  # without the scheduling round trip of `await slots.acquire()`
+            except trio.WouldBlock:
+                await slots.acquire()  # at the limit: further clients wait in the kernel's backlog
+            try:
+                conn, _ = await listen_sock.accept()
+            except OSError as exc:
+                slots.release()
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error("cannot accept a connection: %s; retrying in %g s", os.strerror(exc.errno),
+                          ACCEPT_RETRY_DELAY)
+                await trio.sleep(ACCEPT_RETRY_DELAY)
+                continue
+            connections.start_soon(answer, conn)
 
 
 def _redact_url(url: str) -> str:
@@ -425,14 +468,7 @@ async def serve(store: SecretStore, *, config_path: str | None = None, socket_pa
                 systemd.status(_status_line(cache))
 
             cache.on_change = report_status
-            listener = trio.SocketListener(trio.socket.from_stdlib_socket(listen_sock))
-            limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
-
-            async def limited(stream: trio.SocketStream) -> None:
-                async with limiter:
-                    await daemon.handle_connection(stream)
-
-            await nursery.start(trio.serve_listeners, limited, [listener])
+            nursery.start_soon(serve_connections, trio.socket.from_stdlib_socket(listen_sock), daemon)
             if handle_signals:
                 await nursery.start(_watch_signals, nursery.cancel_scope, watcher)
             idle_exit = _idle_exit(watcher)
@@ -507,5 +543,6 @@ async def _exit_when_idle(daemon: Daemon, idle_exit: int, scope: trio.CancelScop
             return
 
 
-__all__ = ["AsyncSecrets", "ConfigWatcher", "Daemon", "DaemonInfo", "bind_unix_socket", "check_peer", "serve"]
+__all__ = ["AsyncSecrets", "ConfigWatcher", "Daemon", "DaemonInfo", "bind_unix_socket", "check_peer", "serve",
+           "serve_connections"]
 

@@ -35,9 +35,12 @@ client loads it on every call.
 
 from __future__ import annotations
 
-import json
-
 from .errors import ProtocolError
+
+try:
+    import _json
+except ImportError:  # CPython always has the accelerator; other interpreters may not
+    _json = None  # type: ignore[assignment]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,15 +57,16 @@ READ_TIMEOUT = 5.0
 OPS = frozenset({"ping", "token", "invalidate", "status", "reload"})
 
 
+
 def encode(message: dict[str, Any]) -> bytes:
     """One message as one line of compact UTF-8 JSON, newline-terminated."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return _dumps(message).encode() + b"\n"
 
 
 def decode(line: bytes) -> dict[str, Any]:
     """Parse one line into a JSON object; anything else is a :class:`ProtocolError`."""
     try:
-        message = json.loads(line)
+        message = _loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"malformed message: not JSON ({type(exc).__name__})") from None
     if not isinstance(message, dict):
@@ -74,6 +78,64 @@ def decode(line: bytes) -> dict[str, Any]:
             hint="restart the daemon after upgrading aadhelper",
         )
     return message
+
+
+# -- JSON, without the json package on the thin client's path ---------------------------------------------
+# `import json` brings in `re` and `enum`: about 7 ms, most of what a thin client costs beyond a bare
+# interpreter (scripts/bench, row 1). The C accelerator behind json, `_json`, loads in microseconds, and
+# json.loads/json.dumps do their work with it, so using it directly gives the same results. Whatever it
+# does not settle (no accelerator, malformed input, an encoding other than UTF-8) goes to the json package,
+# whose results and error messages therefore stay the ones callers get.
+
+
+class _DecoderSettings:
+    """What json.loads() hands the C scanner: its defaults (strict strings, no hooks, NaN and Infinity)."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
+
+
+# (typeshed describes the settings argument as a scanner; it is any object with the attributes above)
+_scan_once = _json.make_scanner(_DecoderSettings()) if _json is not None else None  # type: ignore[arg-type]
+#: What json skips around a value (str.isspace() would also accept e.g. form feeds, which json refuses).
+_JSON_WHITESPACE = " \t\n\r"
+
+
+def _loads(data: bytes) -> Any:
+    """``json.loads(data)``; the usual UTF-8 line with one value is parsed without importing json."""
+    if _scan_once is not None:
+        try:
+            text = data.decode()
+            value, end = _scan_once(text, 0)
+        except (UnicodeDecodeError, ValueError, StopIteration):
+            pass  # json.loads decides: another encoding, leading whitespace, or its own error message
+        else:
+            if not text[end:].strip(_JSON_WHITESPACE):
+                return value
+    import json
+
+    return json.loads(data)
+
+
+def _dumps(message: dict[str, Any]) -> str:
+    """``json.dumps(message, separators=(",", ":"), ensure_ascii=False)``."""
+    if _json is None:
+        import json
+
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    # The arguments json.JSONEncoder passes for these options; a fresh dict for its circular-reference check.
+    encoder = _json.make_encoder({}, _not_serializable, _json.encode_basestring, None, ":", ",", False, False, True)
+    return "".join(encoder(message, 0))
+
+
+def _not_serializable(value: object) -> Any:
+    import json
+
+    return json.JSONEncoder().default(value)  # raises json's own TypeError
 
 
 def request(op: str, **fields: Any) -> dict[str, Any]:

@@ -1,0 +1,192 @@
+"""The bench's private world: a temporary home, a simulated authority, profiles with secrets, daemon processes.
+
+Everything lives under one temporary folder (config files, sockets, logs, ``HOME`` for git) and in the
+keyring of the private D-Bus session ``scripts/with-secret-service`` provides; profiles are named
+``bench-*`` and their keyring entries are deleted on close, so nothing of the user's is read or changed.
+Child processes get a clean environment: no ``PYTHON*`` variables (``PYTHONDONTWRITEBYTECODE`` would make
+every start compile the package from source, which no installed copy does), the venv's ``bin`` first on
+``PATH``, and autostart off.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from types import TracebackType
+
+from aadhelper import client, config_edit
+from aadhelper.errors import AadhelperError, DaemonNotRunning
+from aadhelper.secret_store import KeyringSecretStore
+from aadhelper.testing import GRAPH, SimulatedAuthority
+from aadhelper.tokens import Secret
+
+VENV_BIN = Path(sys.executable).parent
+AADHELPER = str(VENV_BIN / "aadhelper")
+TENANT = "contoso.onmicrosoft.com"
+SCOPE = f"{GRAPH}/.default"
+#: Environment variables of the bench's own process that children must not inherit.
+_DROPPED_PREFIXES = ("PYTHON", "AADHELPER_", "GIT_", "AZURE_")
+_KEPT = ("DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR", "XDG_DATA_HOME", "LANG", "LC_ALL", "TERM", "TMPDIR")
+
+
+class World:
+    """A temporary home with one simulated authority; a context manager that removes all of it."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="aadbench-"))
+        self.authority = SimulatedAuthority()
+        self._authorities = [self.authority]
+        self.store = KeyringSecretStore()
+        self._profiles: list[str] = []
+        self._daemons: list[Daemon] = []
+        home = self.root / "home"
+        for folder in (home, self.root / "config", self.root / "state", self.root / "run"):
+            folder.mkdir(mode=0o700)
+        self.env: dict[str, str] = {key: os.environ[key] for key in _KEPT if key in os.environ}
+        self.env.update(
+            HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), XDG_STATE_HOME=str(home / ".local/state"),
+            XDG_CACHE_HOME=str(home / ".cache"), PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            AADHELPER_STATE_DIR=str(self.root / "state"), AADHELPER_NO_AUTOSTART="1",
+            GIT_CONFIG_NOSYSTEM="1", GIT_TERMINAL_PROMPT="0")
+        self.env.update(self.daemon_env("main"))
+
+    def daemon_env(self, name: str) -> dict[str, str]:
+        """The variables that point a daemon and its clients at the config and socket called ``name``."""
+        return {"AADHELPER_CONFIG": str(self.root / "config" / f"{name}.toml"),
+                "AADHELPER_SOCKET": str(self.root / "run" / f"{name}.sock")}
+
+    def file(self, name: str) -> Path:
+        return self.root / name
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def __enter__(self) -> World:
+        self._start(self.authority)
+        return self
+
+    def add_authority(self, *, token_lifetime: int) -> SimulatedAuthority:
+        """Another simulated authority, e.g. one issuing short-lived tokens; stopped with the world."""
+        authority = SimulatedAuthority(token_lifetime=token_lifetime)
+        self._authorities.append(authority)
+        self._start(authority)
+        return authority
+
+    @staticmethod
+    def _start(authority: SimulatedAuthority) -> None:
+        authority.start()
+        authority.add_tenant(TENANT)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for daemon in self._daemons:
+            daemon.stop()
+        for authority in self._authorities:
+            authority.stop()
+        for name in self._profiles:
+            with suppress(AadhelperError):
+                self.store.delete(name, "client_secret")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- profiles and daemons --------------------------------------------------------------------------
+
+    def add_profiles(self, names: Iterable[str], *, config: str = "main", min_valid: int | None = None,
+                     git_url: str | None = None, authority: SimulatedAuthority | None = None) -> None:
+        """Profiles (one app registration each) in config ``config``, with their secrets in the keyring."""
+        path = self.daemon_env(config)["AADHELPER_CONFIG"]
+        authority = authority or self.authority
+        for name in names:
+            client_id = f"app-{name}"
+            secret = secrets.token_urlsafe(24)
+            authority.add_client(client_id, tenant=TENANT, secret=secret)
+            config_edit.add_profile(path, name, tenant=TENANT, client_id=client_id, scopes=[SCOPE],
+                                    authority=authority.url, min_valid=min_valid,
+                                    git_urls=[git_url] if git_url else (), environ={})
+            self.store.set(name, "client_secret", Secret(secret))
+            self._profiles.append(name)
+
+    def authority_requests(self, profile: str, authority: SimulatedAuthority | None = None) -> list[float]:
+        """Arrival times of the token requests an authority has received for ``profile``'s app."""
+        return [r.time for r in (authority or self.authority).requests
+                if r.endpoint == "token" and r.client_id == f"app-{profile}"]
+
+    def daemon(self, config: str = "main") -> Daemon:
+        daemon = Daemon({**self.env, **self.daemon_env(config)}, self.root / "state" / f"daemon-{config}.log")
+        self._daemons.append(daemon)
+        return daemon
+
+    @contextmanager
+    def running_daemon(self, config: str = "main") -> Iterator[Daemon]:
+        daemon = self.daemon(config).start()
+        try:
+            yield daemon
+        finally:
+            daemon.stop()
+
+
+class Daemon:
+    """``aadhelper daemon`` as a child process."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.socket_path = env["AADHELPER_SOCKET"]
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def spawn(self) -> Daemon:
+        """Start the process without waiting for it."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([AADHELPER, "daemon"], env=self.env, stdin=subprocess.DEVNULL,
+                                            stdout=log, stderr=log)
+        return self
+
+    def start(self, timeout: float = 20.0) -> Daemon:
+        """Start and wait until it answers a ping."""
+        self.spawn()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                client.ping(socket_path=self.socket_path, timeout=1.0)
+                return self
+            except DaemonNotRunning:
+                time.sleep(0.005)
+        self.stop()
+        raise RuntimeError(f"the daemon did not answer within {timeout} s; see {self.log_path}")
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            log = self.log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the daemon exited with {self.process.returncode}:\n{log}")
+
+    def token(self, profile: str) -> dict[str, object]:
+        return client.get_token(profile, socket_path=self.socket_path)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            terminate(self.process)
+
+
+def terminate(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; waits for the process either way."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
