@@ -57,7 +57,6 @@ READ_TIMEOUT = 5.0
 OPS = frozenset({"ping", "token", "invalidate", "status", "reload"})
 
 
-
 def encode(message: dict[str, Any]) -> bytes:
     """One message as one line of compact UTF-8 JSON, newline-terminated."""
     return _dumps(message).encode() + b"\n"
