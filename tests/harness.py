@@ -1,7 +1,7 @@
 """Test harness for end-to-end tests: the real daemon as a subprocess, the real CLI, and a leak check.
 
-- :class:`DaemonProcess` runs ``.venv/bin/aadhelper daemon -v`` with an isolated environment, waits until it
-  answers a ping, and stops it with SIGTERM (SIGKILL as a last resort) even when the test fails.
+- :class:`DaemonProcess` is :class:`aadhelper.testing.daemon_process.DaemonProcess` (``aadhelper daemon -v`` as a
+  subprocess, started when it answers a ping, stopped with SIGTERM even when the test fails) whose log is recorded.
 - :func:`cli` runs the installed ``aadhelper`` console script and returns the completed process.
 - :data:`SENSITIVE` collects every secret and token value a test has seen; :func:`assert_no_leaks` fails when
   any of them appears in a daemon log or a CLI's stderr, which every test using this harness checks.
@@ -9,15 +9,13 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from aadhelper import client
-from aadhelper.errors import DaemonNotRunning
+from aadhelper.testing import daemon_process as testing_daemon
 
 BIN = Path(sys.executable).parent
 AADHELPER = str(BIN / "aadhelper")
@@ -50,78 +48,34 @@ def token_of(env: Mapping[str, str], *args: str) -> str:
     return token
 
 
-class DaemonProcess:
-    """The daemon as a real subprocess; a context manager."""
+class DaemonProcess(testing_daemon.DaemonProcess):
+    """The daemon as a real subprocess (verbose log in the state dir), whose log joins the leak check."""
 
     def __init__(self, env: Mapping[str, str], *, extra_args: Iterable[str] = (), log_path: Path | None = None) -> None:
-        self.env = dict(env)
-        self.socket_path = self.env["AADHELPER_SOCKET"]
-        self.args = [AADHELPER, "daemon", "-v", *extra_args]
-        state = Path(self.env.get("AADHELPER_STATE_DIR", "/tmp"))
-        state.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_path or state / f"daemon-test-{time.monotonic_ns()}.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        state = Path(env.get("AADHELPER_STATE_DIR", "/tmp"))
+        super().__init__(env, log_path or state / f"daemon-test-{time.monotonic_ns()}.log", args=["-v", *extra_args])
 
     def start(self, timeout: float = 20.0) -> DaemonProcess:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.args, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the daemon exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                client.ping(socket_path=self.socket_path, timeout=1.0)
-                return self
-            except DaemonNotRunning:
-                time.sleep(0.02)
-        self.kill()
-        raise AssertionError(f"the daemon did not answer within {timeout} s:\n{self.log()}")
+        try:
+            super().start(timeout)
+        except RuntimeError as exc:
+            raise AssertionError(str(exc)) from None
+        return self
 
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise AssertionError(f"the daemon ignored SIGTERM for {timeout} s:\n{self.log()}") from None
-        self._record_log()
-        return self.process.returncode
+    def stop(self, timeout: float = 10.0) -> int | None:
+        code = super().stop(timeout)
+        _OUTPUTS.append((f"daemon log {self.log_path}", self.log()))
+        return code
 
     def kill(self) -> None:
-        """SIGKILL, as a crash would."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._record_log()
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def _record_log(self) -> None:
+        super().kill()
         _OUTPUTS.append((f"daemon log {self.log_path}", self.log()))
 
     def __enter__(self) -> DaemonProcess:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.alive():
-            self.stop()
+        self.stop()
         assert_no_leaks()
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from aadhelper import protocol
 from aadhelper.testing import Fault
+from aadhelper.testing.daemon_process import terminate
 
 from .loadgen import LoadResult, pin_server, unpin
 from .plan import COLD, MAIN, Bench, Plan
 from .timing import BenchError, Row, median
-from .world import terminate
 
 THROUGHPUT_TARGET = 0.8
 CONCURRENCIES = (1, 10, 100)

@@ -13,20 +13,18 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
 
 from aadhelper import client, config_edit
-from aadhelper.errors import AadhelperError, DaemonNotRunning
+from aadhelper.errors import AadhelperError
 from aadhelper.secret_store import KeyringSecretStore
 from aadhelper.testing import GRAPH, SimulatedAuthority
+from aadhelper.testing.daemon_process import DaemonProcess
 from aadhelper.tokens import Secret
 
 VENV_BIN = Path(sys.executable).parent
@@ -132,61 +130,8 @@ class World:
             daemon.stop()
 
 
-class Daemon:
-    """``aadhelper daemon`` as a child process."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.socket_path = env["AADHELPER_SOCKET"]
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def spawn(self) -> Daemon:
-        """Start the process without waiting for it."""
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([AADHELPER, "daemon"], env=self.env, stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=log)
-        return self
-
-    def start(self, timeout: float = 20.0) -> Daemon:
-        """Start and wait until it answers a ping."""
-        self.spawn()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                client.ping(socket_path=self.socket_path, timeout=1.0)
-                return self
-            except DaemonNotRunning:
-                time.sleep(0.005)
-        self.stop()
-        raise RuntimeError(f"the daemon did not answer within {timeout} s; see {self.log_path}")
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def check_alive(self) -> None:
-        if self.process is not None and self.process.poll() is not None:
-            log = self.log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"the daemon exited with {self.process.returncode}:\n{log}")
+class Daemon(DaemonProcess):
+    """``aadhelper daemon`` as a child process, with a shortcut for asking it for a token."""
 
     def token(self, profile: str) -> dict[str, object]:
         return client.get_token(profile, socket_path=self.socket_path)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            terminate(self.process)
-
-
-def terminate(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout`` seconds; waits for the process either way."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
