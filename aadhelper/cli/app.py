@@ -18,7 +18,9 @@ class Parser(argparse.ArgumentParser):
     """argparse that raises :class:`UsageError` (one line, exit 2) instead of printing usage and exiting."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}", hint=f"see `{self.prog} --help`")
+        # The error line starts with "aadhelper: " already; name the subcommand, if any, after it.
+        verb = self.prog.removeprefix("aadhelper").strip() if self.prog.startswith("aadhelper") else self.prog
+        raise UsageError(f"{verb}: {message}" if verb else message, hint=f"see `{self.prog} --help`")
 
 
 def build_parser() -> argparse.ArgumentParser:
