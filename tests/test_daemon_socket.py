@@ -13,7 +13,7 @@ import trio
 
 from aadhelper import client, protocol
 from aadhelper.daemon import DaemonAlreadyRunning, DaemonInfo, bind_unix_socket, check_peer, serve
-from aadhelper.errors import ConfigError, DaemonNotRunning, ProtocolError, UnknownProfile
+from aadhelper.errors import ConfigError, DaemonNotRunning, ProtocolError, SecretMissing, UnknownProfile
 from aadhelper.tokens import Secret
 
 
@@ -184,3 +184,27 @@ def test_protocol_error_has_one_line_message() -> None:
     with pytest.raises(ProtocolError) as caught:
         protocol.decode(b"secret-looking-garbage")
     assert "secret-looking-garbage" not in caught.value.one_line()
+
+
+async def test_broken_config_is_reported_per_request_and_recovers(tmp_path: Path) -> None:
+    """If the config file is broken while the daemon runs, then requests and status report the ConfigError (naming
+    the file) while the daemon keeps running, and fixing the file is picked up without a restart."""
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    async with trio.open_nursery() as nursery:
+        info: DaemonInfo = await nursery.start(lambda task_status: serve(
+            NoSecrets(), config_path=str(config), socket_path=str(tmp_path / "run" / "daemon.sock"),
+            handle_signals=False, task_status=task_status))
+        with trio.fail_after(10):
+            config.write_text("[profiles.p\ntenant = ")
+            with pytest.raises(ConfigError) as caught:
+                await call(info, "token", profile="p")
+            assert str(config) in caught.value.one_line()
+            status = await call(info, "status")
+            assert status["daemon"]["config_error"]["code"] == "config"  # type: ignore[index]
+            config.write_text('[profiles.p]\ntenant = "t.example.com"\nclient_id = "c"\n'
+                              'scopes = ["https://graph.microsoft.com/.default"]\n')
+            # The profile is usable again: the failure now is the missing secret, not the config.
+            with pytest.raises(SecretMissing):
+                await call(info, "token", profile="p")
+        nursery.cancel_scope.cancel()
