@@ -138,7 +138,7 @@ def _transport_hint(exc: BaseException) -> str:
 def raise_for_error(status: int, headers: Mapping[str, str], body: Mapping[str, Any] | None, *,
                     profile: str, action: str = "token request") -> None:
     """Raise the aadhelper error for a non-200 reply (or a 200 that carries an ``error``)."""
-    error = body.get("error") if body else None
+    error = _printable(body.get("error"), 80) if body else None
     if status == 200 and not error:
         return
     retry_after = parse_retry_after(headers.get("retry-after"))
@@ -189,9 +189,14 @@ def _summary(body: Mapping[str, Any] | None) -> str:
     text = re.split(r"\r?\n|\s+Trace ID:", text, maxsplit=1)[0]
     sentence = re.match(r"(.+?\.)(\s|$)", text)
     text = sentence.group(1) if sentence else text
-    # Bounded and printable: it ends up in a one-line error message.
-    text = "".join(ch if ch.isprintable() else " " for ch in text)
-    return text[:200]
+    return _printable(text, 200) or ""
+
+
+def _printable(value: object, limit: int) -> str | None:
+    """Text from the authority made safe for a one-line message: printable and bounded (None if not text)."""
+    if not isinstance(value, str):
+        return None
+    return "".join(ch if ch.isprintable() else " " for ch in value)[:limit]
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
