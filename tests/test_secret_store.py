@@ -1,19 +1,27 @@
 """The secret store: one contract suite run against every store, plus keyring-specific failure mapping.
 
 The contract runs on MemorySecretStore, a size-limited MemorySecretStore, and KeyringSecretStore on the real
-gnome-keyring (run under scripts/with-secret-service), with its default limit and with a small one so that
-chunking happens in the real keyring too. Crashes are simulated by a store that dies (BaseException, as a
-kill would) after N writes/deletes; what survives is then read back.
+gnome-keyring (run under scripts/with-secret-service) through both of its paths: the Secret Service reached
+directly over one persistent connection (what it picks by itself here) and keyring's own SecretService backend;
+each with its default limit and with a small one so that chunking happens in the real keyring too. Crashes are
+simulated by a store that dies (BaseException, as a kill would) after N writes/deletes; what survives is then
+read back. The direct path is also checked against keyring itself (each reads what the other wrote), for how it
+chooses a backend, and for how it recovers a broken connection.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +29,14 @@ from typing import Any
 import pytest
 
 from aadhelper.errors import ConfigError, KeyringLocked, KeyringUnavailable, SecretStoreError
+from aadhelper.secret_service import APPLICATION, SecretServiceKeyring
 from aadhelper.secret_store import (
     MIN_VALUE_CHARS,
     SERVICE,
     KeyringSecretStore,
     MemorySecretStore,
+    choose_backend,
+    keyring_config_file,
     open_secret_store,
 )
 from aadhelper.tokens import Secret
@@ -128,20 +139,31 @@ def assert_no_secret(text: str, *values: Secret) -> None:
         assert not leaked, f"secret material in {text!r}"
 
 
-STORES = ["memory", "memory-limited", "keyring", "keyring-limited"]
+# "secret-service": the store's own choice here, the Secret Service directly; "keyring": keyring's own backend.
+STORES = ["memory", "memory-limited", "secret-service", "secret-service-limited", "keyring", "keyring-limited"]
+
+
+def keyring_backend() -> Any:
+    """A fresh instance of keyring's own SecretService backend (a new connection and session per call)."""
+    from keyring.backends import SecretService
+
+    return SecretService.Keyring()
 
 
 @pytest.fixture(params=STORES)
 def case(request: pytest.FixtureRequest) -> Case:
     limited = request.param.endswith("-limited")
     store: Any
-    if request.param.startswith("keyring"):
+    if not request.param.startswith("memory"):
         # Windows' limit: real chunking without hundreds of slow D-Bus round trips.
         limit = WINDOWS_LIMIT if limited else None
         request.getfixturevalue("secret_service")
         list_entries = request.getfixturevalue("keyring_entries")
-        store = CrashingKeyringStore(max_value_chars=limit)
+        direct = request.param.startswith("secret-service")
+        store = CrashingKeyringStore(max_value_chars=limit, backend=None if direct else keyring_backend())
         assert store.max_value_chars == limit  # the Secret Service has no per-entry limit of its own
+        assert store.backend_name == "keyring.backends.SecretService.Keyring"
+        assert isinstance(store._backend, SecretServiceKeyring) is direct
         return Case(store, limit, list_entries)
     limit = SMALL_LIMIT if limited else None
     store = CrashingMemoryStore(max_value_chars=limit)
@@ -348,29 +370,38 @@ def test_repr_shows_no_secret(case: Case) -> None:
 
 # -- the real Secret Service ---------------------------------------------------------------------------------
 
-def test_secret_service_stores_one_plain_entry_per_secret(secret_service: KeyringSecretStore,
+@pytest.fixture(params=["secret-service", "keyring"])
+def keyring_store(request: pytest.FixtureRequest, secret_service: KeyringSecretStore) -> KeyringSecretStore:
+    """The store on the private gnome-keyring, directly ("secret-service") and through keyring's backend."""
+    if request.param == "secret-service":
+        assert isinstance(secret_service._backend, SecretServiceKeyring)
+        return secret_service
+    return KeyringSecretStore(backend=keyring_backend())
+
+
+def test_secret_service_stores_one_plain_entry_per_secret(keyring_store: KeyringSecretStore,
                                                           keyring_entries: Callable[[], set[str]]) -> None:
     """If a large token is stored in gnome-keyring, then it is one entry under service 'aadhelper' that other
     keyring clients read as is."""
     import keyring
 
     value = Secret(token(20_000))
-    assert secret_service.max_value_chars is None
-    secret_service.set("work", KIND, value)
+    assert keyring_store.max_value_chars is None
+    keyring_store.set("work", KIND, value)
     assert keyring_entries() == {f"work/{KIND}"}
     assert keyring.get_password(SERVICE, f"work/{KIND}") == value.reveal()
     assert KeyringSecretStore().get("work", KIND) == value
 
 
-def test_missing_bus_socket_is_keyring_unavailable(secret_service: KeyringSecretStore, tmp_path: Path,
+def test_missing_bus_socket_is_keyring_unavailable(keyring_store: KeyringSecretStore, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """If the D-Bus session bus vanishes under a loaded Secret Service backend, then every operation raises
     KeyringUnavailable naming the profile and kind, with a hint to start a Secret Service."""
     value = Secret(token(50))
     monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", f"unix:path={tmp_path}/no-such-bus")
-    for operation in (lambda: secret_service.get("work", "client_secret"),
-                      lambda: secret_service.set("work", "client_secret", value),
-                      lambda: secret_service.delete("work", "client_secret")):
+    for operation in (lambda: keyring_store.get("work", "client_secret"),
+                      lambda: keyring_store.set("work", "client_secret", value),
+                      lambda: keyring_store.delete("work", "client_secret")):
         with pytest.raises(KeyringUnavailable) as caught:
             operation()
         line = caught.value.one_line()
@@ -380,19 +411,235 @@ def test_missing_bus_socket_is_keyring_unavailable(secret_service: KeyringSecret
         assert_no_secret(line, value)
 
 
-def test_locked_collection_is_keyring_locked(secret_service: KeyringSecretStore, locked_keyring: None) -> None:
+def test_locked_collection_is_keyring_locked(keyring_store: KeyringSecretStore, locked_keyring: None) -> None:
     """If the login collection is locked and no prompt can be shown, then get/set/delete raise KeyringLocked
     naming the profile and kind, with a hint to unlock it."""
     value = Secret(token(50))
-    for action, operation in (("read", lambda: secret_service.get("work", KIND)),
-                              ("store", lambda: secret_service.set("work", KIND, value)),
-                              ("delete", lambda: secret_service.delete("work", KIND))):
+    for action, operation in (("read", lambda: keyring_store.get("work", KIND)),
+                              ("store", lambda: keyring_store.set("work", KIND, value)),
+                              ("delete", lambda: keyring_store.delete("work", KIND))):
         with pytest.raises(KeyringLocked) as caught:
             operation()
         line = caught.value.one_line()
         assert f"cannot {action} the {KIND} of profile 'work'" in line and "unlock your login keyring" in line
         assert caught.value.exit_code == 4
         assert_no_secret(line, value)
+
+
+# -- the Secret Service reached directly ---------------------------------------------------------------------
+
+def keyring_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """keyring's own command line (`keyring get/set/del SERVICE NAME`), as a user would run it."""
+    return subprocess.run([sys.executable, "-m", "keyring", *args], input=stdin, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def raw_items(name: str) -> list[tuple[str, dict[str, str]]]:
+    """(label, attributes) of every item of the default collection that keyring would find as ``name``.
+
+    Without ``xdg:schema``, which gnome-keyring now and then adds by itself to an item that came without one.
+    """
+    import secretstorage
+
+    with closing(secretstorage.dbus_init()) as connection:
+        collection = secretstorage.get_default_collection(connection)
+        return [(item.get_label(), {key: value for key, value in item.get_attributes().items() if key != "xdg:schema"})
+                for item in collection.search_items({"service": SERVICE, "username": name})]
+
+
+def test_direct_entries_are_keyring_entries_both_ways(secret_service: KeyringSecretStore) -> None:
+    """If the store writes directly and keyring's command line reads, or keyring writes and the store reads or
+    deletes, then each sees exactly the other's value, and the items carry keyring's own label and attributes."""
+    ours, theirs = Secret(token(60, 1)), Secret(token(60, 2))
+    secret_service.set("work", "client_secret", ours)
+    read = keyring_cli("get", SERVICE, "work/client_secret")
+    assert (read.returncode, read.stdout) == (0, ours.reveal() + "\n")
+
+    stored = keyring_cli("set", SERVICE, "work/refresh_token", stdin=theirs.reveal())
+    assert stored.returncode == 0, stored.stderr
+    assert secret_service.get("work", "refresh_token") == theirs
+    # Same label, attributes and collection as keyring's backend gives an item (its `application` included).
+    (label, attributes), = raw_items("work/client_secret")
+    assert raw_items("work/refresh_token") == [(label.replace("client_secret", "refresh_token"),
+                                                dict(attributes, username="work/refresh_token"))]
+    assert attributes == {"service": SERVICE, "username": "work/client_secret", "application": APPLICATION}
+    assert label == "Password for 'work/client_secret' on 'aadhelper'"
+
+    assert secret_service.delete("work", "refresh_token") is True
+    assert keyring_cli("get", SERVICE, "work/refresh_token").returncode == 1
+    assert keyring_cli("del", SERVICE, "work/client_secret").returncode == 0
+    assert secret_service.get("work", "client_secret") is None
+
+
+def connection_of(store: KeyringSecretStore) -> tuple[str, str]:
+    """The unique bus name of the store's D-Bus connection and the object path of its Secret Service session."""
+    link = store._backend._link
+    assert link is not None, "not connected"
+    return link.collection.connection.unique_name, link.collection.session.object_path
+
+
+def test_direct_path_keeps_one_connection_and_session(secret_service: KeyringSecretStore) -> None:
+    """If the store reads, writes and deletes many times, then all of it goes over the one D-Bus connection and
+    Secret Service session it opened first (no new connection or key exchange per call)."""
+    secret_service.prepare()
+    first = connection_of(secret_service)
+    for seed in range(5):
+        value = Secret(token(80, seed))
+        secret_service.set("work", KIND, value)
+        assert secret_service.get("work", KIND) == value
+    assert secret_service.delete("work", KIND) is True
+    assert connection_of(secret_service) == first
+    assert "(direct)" in repr(secret_service)
+
+
+def close_session(store: KeyringSecretStore) -> None:
+    """End the store's Secret Service session on the service side, as a restart of the keyring daemon would."""
+    from secretstorage.util import DBusAddressWrapper
+
+    collection = store._backend._link.collection
+    DBusAddressWrapper(collection.session.object_path, "org.freedesktop.Secret.Session",
+                       collection.connection).call("Close", "")
+
+
+BREAKAGES: dict[str, Callable[[KeyringSecretStore], None]] = {
+    "bus connection dropped": lambda store: store._backend._link.collection.connection.sock.shutdown(socket.SHUT_RDWR),
+    "session ended": close_session,
+}
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES)
+def test_broken_connection_is_made_again_once(secret_service: KeyringSecretStore, breakage: str) -> None:
+    """If the bus connection or the Secret Service session goes away between calls, then the next call connects
+    again and succeeds, and later calls use the new connection."""
+    value = Secret(token(50))
+    secret_service.set("work", KIND, value)
+    before = connection_of(secret_service)
+    BREAKAGES[breakage](secret_service)
+    assert secret_service.get("work", KIND) == value
+    after = connection_of(secret_service)
+    assert after != before
+    secret_service.set("work", KIND, value)
+    assert connection_of(secret_service) == after
+
+
+def test_concurrent_calls_share_the_connection_one_at_a_time(secret_service: KeyringSecretStore) -> None:
+    """If eight threads read different entries over the one connection at once, then every read returns its
+    own entry's value (the connection carries one exchange at a time)."""
+    values = {f"threads/{index}": token(40, index) for index in range(8)}
+    backend = secret_service._keyring()
+    for name, value in values.items():
+        backend.set_password(SERVICE, name, value)
+    wrong: list[str] = []
+
+    def read_many(name: str) -> None:
+        try:
+            for _ in range(15):
+                if backend.get_password(SERVICE, name) != values[name]:
+                    wrong.append(name)
+        except Exception as exc:
+            wrong.append(f"{name}: {exc!r}")
+
+    threads = [threading.Thread(target=read_many, args=(name,), daemon=True) for name in values]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    hung = any(thread.is_alive() for thread in threads)
+    if hung:
+        secret_service.close()  # the stuck reads fail and their threads end
+    try:
+        assert not hung, "a read never got its reply"
+        assert wrong == []
+    finally:
+        for name in values:
+            backend.delete_password(SERVICE, name)
+
+
+@pytest.fixture
+def backend_env(secret_service: KeyringSecretStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The private gnome-keyring, and no keyring setting from the environment."""
+    for name in [name for name in os.environ if name.startswith("KEYRING_PROPERTY_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("PYTHON_KEYRING_BACKEND", raising=False)
+
+
+@pytest.mark.usefixtures("backend_env")
+@pytest.mark.parametrize(("variables", "direct"), [
+    ({}, True),
+    ({"PYTHON_KEYRING_BACKEND": "keyring.backends.SecretService.Keyring"}, True),
+    ({"PYTHON_KEYRING_BACKEND": "keyring.backends.SecretService.Keyring", "KEYRING_PROPERTY_APPID": "other"}, False),
+    ({"KEYRING_PROPERTY_SCHEME": "default"}, False),
+])
+def test_secret_service_is_reached_directly_only_as_keyring_would_use_it(
+        variables: dict[str, str], direct: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If nothing or keyring's SecretService backend with its defaults is configured, then the store reaches
+    the Secret Service directly; if keyring's backend has properties set, then the store uses keyring's backend;
+    either way a value round-trips and keyring reads it."""
+    import keyring
+
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    backend = choose_backend()
+    assert isinstance(backend, SecretServiceKeyring) is direct
+    assert KeyringSecretStore(backend=backend).backend_name == "keyring.backends.SecretService.Keyring"
+    store = KeyringSecretStore(backend=backend)
+    store.set("work", KIND, Secret("value-" + token(30)))
+    assert store.get("work", KIND) == Secret(keyring.get_password(SERVICE, f"work/{KIND}") or "")
+
+
+def test_keyring_config_file_is_where_keyring_reads_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """If XDG_CONFIG_HOME is set or not, then the config file the store looks for is keyring's own."""
+    from keyring.util import platform_
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert keyring_config_file() == str(platform_.config_root() / "keyringrc.cfg")
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    assert keyring_config_file() == str(platform_.config_root() / "keyringrc.cfg")
+
+
+CONFIGURED_SCRIPT = """
+import json, sys
+from aadhelper.errors import AadhelperError
+from aadhelper.secret_store import open_secret_store
+store = open_secret_store()
+store.prepare()  # a failure is left for the calls to report
+try:
+    store.get("work", "client_secret")
+    print(json.dumps(["ok", repr(store)]))
+except AadhelperError as exc:
+    print(json.dumps([exc.code, exc.one_line()]))
+"""
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    ("config fail", ("keyring_unavailable", "NoKeyringError")),
+    ("config secret service", ("ok", "keyring.backends.SecretService.Keyring (direct)")),
+    ("env missing module", ("keyring_unavailable", "cannot load the configured keyring backend "
+                                                   "(ModuleNotFoundError: No module named 'nowhere')")),
+    ("no bus", ("keyring_unavailable", "NoKeyringError")),
+])
+def test_configured_backend_is_honoured(isolated_env: dict[str, str], require: Callable[[str], None],
+                                        setting: str, expected: tuple[str, str]) -> None:
+    """If keyring's config file or PYTHON_KEYRING_BACKEND names a backend, then the store uses it (the Secret
+    Service one directly), a name that does not load is one clear KeyringUnavailable line, and with no bus at all
+    keyring's discovery finds nothing: KeyringUnavailable."""
+    require("secret-service")
+    env = dict(isolated_env)
+    config = Path(env["XDG_CONFIG_HOME"]) / "python_keyring" / "keyringrc.cfg"
+    config.parent.mkdir()
+    if setting.startswith("config"):
+        name = "fail.Keyring" if setting.endswith("fail") else "SecretService.Keyring"
+        config.write_text(f"[backend]\ndefault-keyring = keyring.backends.{name}\n")
+    elif setting == "env missing module":
+        env["PYTHON_KEYRING_BACKEND"] = "nowhere.Keyring"
+    else:
+        del env["DBUS_SESSION_BUS_ADDRESS"]
+    result = subprocess.run([sys.executable, "-c", CONFIGURED_SCRIPT], env=env, capture_output=True, text=True,
+                            timeout=60, check=True)
+    code, line = json.loads(result.stdout)
+    assert code == expected[0] and expected[1] in line, line
+    assert "Traceback" not in result.stderr
 
 
 NO_BACKEND_SCRIPT = """
