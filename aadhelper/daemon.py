@@ -2,23 +2,19 @@
 JSON-line requests from the token cache, and shuts down cleanly on SIGTERM/SIGINT.
 
 Shape (trio's ``serve_*`` convention): :func:`serve` runs until cancelled and reports readiness with
-``task_status.started(DaemonInfo)``. Per connection: peer uid check (SO_PEERCRED; only our own uid or
-root), then request lines, each at most :data:`protocol.MAX_REQUEST_BYTES` and each read within
-:data:`protocol.READ_TIMEOUT`. Every failure while answering becomes an error reply; nothing a client
-sends can crash the daemon. Log lines carry profile names, scopes, codes and counts, never a secret.
+``task_status.started(DaemonInfo)``. The socket itself (private binding, peer credentials, the accept loop)
+is :mod:`aadhelper.listener`. Per connection: peer uid check (only our own uid or root), then request lines,
+each at most :data:`protocol.MAX_REQUEST_BYTES` and each read within :data:`protocol.READ_TIMEOUT`. Every
+failure while answering becomes an error reply; nothing a client sends can crash the daemon. Log lines carry
+profile names, scopes, codes and counts, never a secret.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import signal
-import socket
-import stat
-import struct
 import sys
 import time
 from collections.abc import Callable
@@ -29,24 +25,18 @@ import trio
 
 from . import __version__, paths, protocol, systemd
 from .cache import TokenCache
-from .config import Config, Profile, load_config
+from .config import Profile
+from .config_watch import ConfigWatcher
 from .errors import AadhelperError, ConfigError, NoProfileForUrl, ProtocolError
 from .grants import HttpClients, make_source
 from .grants.refresh import SignIns
+from .listener import bind_unix_socket, bound_path, check_peer, peer_uid, serve_connections
 from .tokens import Secret
 
 if TYPE_CHECKING:
     from .secret_store import SecretStore
 
 log = logging.getLogger("aadhelper.daemon")
-
-#: Most connections handled at once; more wait in the kernel's backlog.
-MAX_CONNECTIONS = 512
-LISTEN_BACKLOG = 128
-#: accept() failures that mean "out of descriptors or memory for now" (trio.serve_listeners' list), and the
-#: pause before trying again.
-_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-ACCEPT_RETRY_DELAY = 0.1
 
 
 @dataclass(frozen=True)
@@ -58,157 +48,37 @@ class DaemonInfo:
     socket_activated: bool
 
 
-class DaemonAlreadyRunning(AadhelperError):
-    code = "daemon_already_running"
-
-
 # -- secrets ---------------------------------------------------------------------------------------
 
 
 class AsyncSecrets:
     """The blocking secret store seen from trio: every call in a worker thread, one at a time.
 
-    One at a time because D-Bus keyring backends are not documented as thread-safe, and the calls are rare
-    (a refresh, not a request).
+    One at a time because keyring backends are not documented as thread-safe (the store's own Secret Service
+    connection carries one exchange at a time and locks itself too), and the calls are rare (a refresh, not
+    a request).
     """
 
     def __init__(self, store: SecretStore) -> None:
         self._store = store
         self._limiter = trio.CapacityLimiter(1)
 
+    async def prepare(self) -> None:
+        """Let the store choose its backend and connect now, so that the first secret read does not wait for it."""
+        prepare = getattr(self._store, "prepare", None)  # optional: a store may have nothing to get ready
+        if prepare is None:
+            return
+        try:
+            # Abandoned on cancellation: a keyring that does not answer must not hold up the daemon's exit.
+            await trio.to_thread.run_sync(prepare, limiter=self._limiter, abandon_on_cancel=True)
+        except Exception:  # only a head start: the first read meets the failure again and reports it
+            log.exception("could not prepare the secret store")
+
     async def get(self, profile: str, kind: str) -> Secret | None:
         return await trio.to_thread.run_sync(self._store.get, profile, kind, limiter=self._limiter)
 
     async def set(self, profile: str, kind: str, value: Secret) -> None:
         await trio.to_thread.run_sync(self._store.set, profile, kind, value, limiter=self._limiter)
-
-
-# -- configuration -----------------------------------------------------------------------------------
-
-
-class ConfigWatcher:
-    """The current configuration, re-read when the file changes (checked with one stat per request)."""
-
-    def __init__(self, path: str, loader: Callable[[str], Config] = load_config) -> None:
-        self.path = path
-        self._loader = loader
-        self._stamp: tuple[int, int, int] | None = None
-        self._config: Config | None = None
-        self._error: ConfigError | None = None
-        self.on_profile_changed: Callable[[str], None] = lambda name: None
-
-    def current(self) -> Config:
-        """The configuration now; a broken file raises its ConfigError (cached tokens are kept meanwhile)."""
-        stamp = self._file_stamp()
-        if stamp != self._stamp or (self._config is None and self._error is None):
-            self._load(stamp)
-        if self._error is not None:
-            raise self._error
-        assert self._config is not None
-        return self._config
-
-    def reload(self) -> Config:
-        self._load(self._file_stamp())
-        return self.current()
-
-    def _file_stamp(self) -> tuple[int, int, int] | None:
-        try:
-            info = os.stat(self.path)
-        except OSError:
-            return None
-        return (info.st_mtime_ns, info.st_size, info.st_ino)
-
-    def _load(self, stamp: tuple[int, int, int] | None) -> None:
-        self._stamp = stamp
-        try:
-            new = self._loader(self.path)
-        except ConfigError as exc:
-            if self._error is None or self._error.message != exc.message:
-                log.warning("configuration not usable: %s", exc.one_line())
-            self._error = exc
-            return
-        old = self._config
-        self._config, self._error = new, None
-        if old is not None:
-            for name, profile in old.profiles.items():
-                if new.profiles.get(name) != profile:
-                    self.on_profile_changed(name)
-        log.info("configuration %s: %d profile(s)", self.path, len(new.profiles))
-
-
-# -- listening -----------------------------------------------------------------------------------
-
-
-def check_peer(peer_uid: int, own_uid: int) -> bool:
-    """Only our own user (and root, who can read our memory anyway) may ask for tokens (ssh-agent's rule)."""
-    return peer_uid in (own_uid, 0)
-
-
-def peer_uid(sock: socket.socket | trio.socket.SocketType) -> int | None:
-    """The connecting process's uid via SO_PEERCRED; None where the platform has no such option."""
-    option = getattr(socket, "SO_PEERCRED", None)
-    if option is None:
-        return None
-    creds = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
-
-
-def bind_unix_socket(path: str) -> tuple[socket.socket, int]:
-    """Bind and listen on ``path`` (0600 in a 0700 directory); returns the socket and the held lock fd.
-
-    A lock file next to the socket makes the check-then-bind atomic between daemons starting at once
-    (two racing autostarts end with one daemon): whoever holds the lock owns the socket path.
-    """
-    directory = os.path.dirname(path) or "."
-    paths.ensure_private_dir(directory)
-    lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(lock_fd)
-        raise DaemonAlreadyRunning(f"another aadhelper daemon already owns {path}",
-                                   hint="use it, or stop it first") from None
-    try:
-        if _answers(path):
-            raise DaemonAlreadyRunning(f"another aadhelper daemon already answers on {path}",
-                                       hint="use it, or stop it first")
-        _remove_stale(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)  # no window in which the socket exists with wider permissions
-        try:
-            sock.bind(path)
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, 0o600)
-        sock.listen(LISTEN_BACKLOG)
-        return sock, lock_fd
-    except BaseException:
-        os.close(lock_fd)
-        raise
-
-
-def _answers(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
-
-
-def _remove_stale(path: str) -> None:
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(info.st_mode):
-        raise ConfigError(f"{path} exists and is not a socket", hint="remove it or point AADHELPER_SOCKET elsewhere")
-    log.info("replacing stale socket %s", path)
-    os.unlink(path)
 
 
 def harden_process() -> None:
@@ -392,41 +262,6 @@ async def _send(conn: trio.socket.SocketType, message: dict[str, Any]) -> None:
         data = data[await conn.send(data):]
 
 
-async def serve_connections(listen_sock: trio.socket.SocketType, daemon: Daemon) -> None:
-    """Accept connections and answer each in its own task, at most :data:`MAX_CONNECTIONS` at once.
-
-    Plain trio sockets rather than ``trio.serve_listeners`` and ``SocketStream``: for a one-line exchange
-    those layers cost about as much per connection as all of the daemon's own work (``scripts/bench``,
-    row 3). Like ``serve_listeners``, a shortage of file descriptors or memory pauses accepting instead
-    of ending the daemon.
-    """
-    slots = trio.Semaphore(MAX_CONNECTIONS)
-
-    async def answer(conn: trio.socket.SocketType) -> None:
-        try:
-            await daemon.handle_connection(conn)
-        finally:
-            slots.release()
-
-    async with trio.open_nursery() as connections:
-        while True:
-            try:
-                slots.acquire_nowait()  # without the scheduling round trip of `await slots.acquire()`
-            except trio.WouldBlock:
-                await slots.acquire()  # at the limit: further clients wait in the kernel's backlog
-            try:
-                conn, _ = await listen_sock.accept()
-            except OSError as exc:
-                slots.release()
-                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                log.error("cannot accept a connection: %s; retrying in %g s", os.strerror(exc.errno),
-                          ACCEPT_RETRY_DELAY)
-                await trio.sleep(ACCEPT_RETRY_DELAY)
-                continue
-            connections.start_soon(answer, conn)
-
-
 def _redact_url(url: str) -> str:
     """A remote URL for a message, without any user:password part."""
     scheme, sep, rest = url.partition("://")
@@ -444,7 +279,7 @@ async def serve(store: SecretStore, *, config_path: str | None = None, socket_pa
     lock_fd: int | None = None
     if activated:
         listen_sock = activated[0]
-        path = _bound_path(listen_sock) or socket_path or paths.socket_path()
+        path = bound_path(listen_sock) or socket_path or paths.socket_path()
     else:
         path = socket_path or paths.socket_path()
         listen_sock, lock_fd = bind_unix_socket(path)
@@ -459,6 +294,7 @@ async def serve(store: SecretStore, *, config_path: str | None = None, socket_pa
                               clock=clock) as cache, trio.open_nursery() as nursery:
             daemon = Daemon(watcher, cache, socket_path=path, socket_activated=bool(activated))
             daemon.sign_ins = sign_ins
+            nursery.start_soon(secrets.prepare)
             nursery.start_soon(sign_ins.keep_storing)
             # A broken config is logged; the daemon still answers ping/status and reports it per request.
             with contextlib.suppress(ConfigError):
@@ -468,7 +304,7 @@ async def serve(store: SecretStore, *, config_path: str | None = None, socket_pa
                 systemd.status(_status_line(cache))
 
             cache.on_change = report_status
-            nursery.start_soon(serve_connections, trio.socket.from_stdlib_socket(listen_sock), daemon)
+            nursery.start_soon(serve_connections, trio.socket.from_stdlib_socket(listen_sock), daemon.handle_connection)
             if handle_signals:
                 await nursery.start(_watch_signals, nursery.cancel_scope, watcher)
             idle_exit = _idle_exit(watcher)
@@ -488,11 +324,6 @@ async def serve(store: SecretStore, *, config_path: str | None = None, socket_pa
                 os.unlink(path)
             os.close(lock_fd)
         log.info("aadhelper daemon stopped")
-
-
-def _bound_path(sock: socket.socket) -> str | None:
-    name = sock.getsockname()
-    return name if isinstance(name, str) and name else None
 
 
 def _idle_exit(watcher: ConfigWatcher) -> int:
@@ -543,6 +374,5 @@ async def _exit_when_idle(daemon: Daemon, idle_exit: int, scope: trio.CancelScop
             return
 
 
-__all__ = ["AsyncSecrets", "ConfigWatcher", "Daemon", "DaemonInfo", "bind_unix_socket", "check_peer", "serve",
-           "serve_connections"]
+__all__ = ["AsyncSecrets", "Daemon", "DaemonInfo", "serve"]
 

@@ -12,8 +12,9 @@ import pytest
 import trio
 
 from aadhelper import client, protocol
-from aadhelper.daemon import DaemonAlreadyRunning, DaemonInfo, bind_unix_socket, check_peer, serve
+from aadhelper.daemon import DaemonInfo, serve
 from aadhelper.errors import ConfigError, DaemonNotRunning, ProtocolError, SecretMissing, UnknownProfile
+from aadhelper.listener import DaemonAlreadyRunning, bind_unix_socket, check_peer
 from aadhelper.tokens import Secret
 
 

@@ -1,0 +1,152 @@
+"""The daemon's Unix socket: binding it privately, knowing who connects, and the accept loop.
+
+The socket lives in a 0700 directory and is created 0600 under a restrictive umask; a lock file next to it
+makes "is another daemon there? then replace the stale file and bind" atomic between daemons starting at
+once. Each peer's uid comes from SO_PEERCRED (ssh-agent's rule: only our own user, and root). The accept
+loop runs each connection in its own task with a cap on how many run at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from . import paths
+from .errors import AadhelperError, ConfigError
+
+log = logging.getLogger("aadhelper.daemon")
+
+#: Most connections handled at once; more wait in the kernel's backlog.
+MAX_CONNECTIONS = 512
+LISTEN_BACKLOG = 128
+#: accept() failures that mean "out of descriptors or memory for now" (trio.serve_listeners' list), and the
+#: pause before trying again.
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY_DELAY = 0.1
+ConnectionHandler = Callable[[trio.socket.SocketType], Awaitable[None]]
+
+
+class DaemonAlreadyRunning(AadhelperError):
+    """Another daemon owns the socket path."""
+
+    code = "daemon_already_running"
+
+
+def check_peer(peer_uid: int, own_uid: int) -> bool:
+    """Only our own user (and root, who can read our memory anyway) may ask for tokens (ssh-agent's rule)."""
+    return peer_uid in (own_uid, 0)
+
+
+def peer_uid(sock: socket.socket | trio.socket.SocketType) -> int | None:
+    """The connecting process's uid via SO_PEERCRED; None where the platform has no such option."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+def bind_unix_socket(path: str) -> tuple[socket.socket, int]:
+    """Bind and listen on ``path`` (0600 in a 0700 directory); returns the socket and the held lock fd.
+
+    A lock file next to the socket makes the check-then-bind atomic between daemons starting at once
+    (two racing autostarts end with one daemon): whoever holds the lock owns the socket path.
+    """
+    directory = os.path.dirname(path) or "."
+    paths.ensure_private_dir(directory)
+    lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock_fd)
+        raise DaemonAlreadyRunning(f"another aadhelper daemon already owns {path}",
+                                   hint="use it, or stop it first") from None
+    try:
+        if _answers(path):
+            raise DaemonAlreadyRunning(f"another aadhelper daemon already answers on {path}",
+                                       hint="use it, or stop it first")
+        _remove_stale(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # no window in which the socket exists with wider permissions
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        sock.listen(LISTEN_BACKLOG)
+        return sock, lock_fd
+    except BaseException:
+        os.close(lock_fd)
+        raise
+
+
+def _answers(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def _remove_stale(path: str) -> None:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ConfigError(f"{path} exists and is not a socket", hint="remove it or point AADHELPER_SOCKET elsewhere")
+    log.info("replacing stale socket %s", path)
+    os.unlink(path)
+
+
+async def serve_connections(listen_sock: trio.socket.SocketType, handler: ConnectionHandler) -> None:
+    """Accept connections and answer each in its own task, at most :data:`MAX_CONNECTIONS` at once.
+
+    Plain trio sockets rather than ``trio.serve_listeners`` and ``SocketStream``: for a one-line exchange
+    those layers cost about as much per connection as all of the daemon's own work (``scripts/bench``,
+    row 3). Like ``serve_listeners``, a shortage of file descriptors or memory pauses accepting instead
+    of ending the daemon.
+    """
+    slots = trio.Semaphore(MAX_CONNECTIONS)
+
+    async def answer(conn: trio.socket.SocketType) -> None:
+        try:
+            await handler(conn)
+        finally:
+            slots.release()
+
+    async with trio.open_nursery() as connections:
+        while True:
+            try:
+                slots.acquire_nowait()  # without the scheduling round trip of `await slots.acquire()`
+            except trio.WouldBlock:
+                await slots.acquire()  # at the limit: further clients wait in the kernel's backlog
+            try:
+                conn, _ = await listen_sock.accept()
+            except OSError as exc:
+                slots.release()
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                log.error("cannot accept a connection: %s; retrying in %g s", os.strerror(exc.errno),
+                          ACCEPT_RETRY_DELAY)
+                await trio.sleep(ACCEPT_RETRY_DELAY)
+                continue
+            connections.start_soon(answer, conn)
+
+
+def bound_path(sock: socket.socket) -> str | None:
+    name = sock.getsockname()
+    return name if isinstance(name, str) and name else None
