@@ -31,15 +31,20 @@ class NoSecrets:
         return False
 
 
-@pytest.fixture
-async def daemon(tmp_path: Path) -> AsyncIterator[DaemonInfo]:
+async def start_daemon(nursery: trio.Nursery, tmp_path: Path) -> DaemonInfo:
+    """An in-process daemon with an empty config file at ``tmp_path/config.toml``."""
     config = tmp_path / "config.toml"
     config.write_text("")
+    info: DaemonInfo = await nursery.start(lambda task_status: serve(
+        NoSecrets(), config_path=str(config), socket_path=str(tmp_path / "run" / "daemon.sock"),
+        handle_signals=False, task_status=task_status))
+    return info
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[DaemonInfo]:
     async with trio.open_nursery() as nursery:
-        info: DaemonInfo = await nursery.start(lambda task_status: serve(
-            NoSecrets(), config_path=str(config), socket_path=str(tmp_path / "run" / "daemon.sock"),
-            handle_signals=False, task_status=task_status))
-        yield info
+        yield await start_daemon(nursery, tmp_path)
         nursery.cancel_scope.cancel()
 
 
@@ -191,11 +196,8 @@ async def test_broken_config_is_reported_per_request_and_recovers(tmp_path: Path
     """If the config file is broken while the daemon runs, then requests and status report the ConfigError (naming
     the file) while the daemon keeps running, and fixing the file is picked up without a restart."""
     config = tmp_path / "config.toml"
-    config.write_text("")
     async with trio.open_nursery() as nursery:
-        info: DaemonInfo = await nursery.start(lambda task_status: serve(
-            NoSecrets(), config_path=str(config), socket_path=str(tmp_path / "run" / "daemon.sock"),
-            handle_signals=False, task_status=task_status))
+        info = await start_daemon(nursery, tmp_path)
         with trio.fail_after(10):
             config.write_text("[profiles.p\ntenant = ")
             with pytest.raises(ConfigError) as caught:
