@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import AadhelperError, ConfigError, KeyringLocked, KeyringUnavailable, SecretStoreError, UsageError
-from .profile import notify_daemon, say
+from ..errors import AadhelperError, KeyringLocked, KeyringUnavailable, SecretStoreError, UsageError
+from .profile import load_profile, notify_daemon, say
 
 KIND = "refresh_token"
 #: Seconds to wait for a running daemon's status (for its claims challenge) before going on without it.
@@ -51,20 +51,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _login(args: argparse.Namespace) -> int:
-    from ..config import load_config
     from ..login import LoginOptions, sign_in
     from ..secret_store import open_secret_store
 
     if args.no_browser and not args.browser:
         raise UsageError("--no-browser goes with --browser (it prints the sign-in URL instead of starting a "
                          "browser); the device code flow never starts one")
-    config = load_config()
-    profile = config.profile(args.name)
-    if profile.credential != "user":
-        raise ConfigError(f"{config.path}: profile {profile.name!r}: key 'credential' is {profile.credential!r}, "
-                          "which uses a client secret, not a user sign-in", profile=profile.name,
-                          hint=f"store the secret with `aadhelper secret set {profile.name}`, or add the profile "
-                               "again with --user")
+    profile = load_profile(args.name, "user")
     claims = _claims_option(args.claims) if args.claims is not None else _claims_from_daemon(profile.name)
     if claims and args.claims is None:
         say(f"passing on the Conditional Access challenge the daemon received for profile {profile.name!r}")

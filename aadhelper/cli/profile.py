@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import Config, Profile, load_config
-from ..errors import AadhelperError, SecretStoreError, UsageError
+from ..errors import AadhelperError, ConfigError, SecretStoreError, UsageError
 from ..urls import normalize_git_url
 
 #: Keyring entries a profile can own; `profile remove` deletes them all.
@@ -88,6 +88,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             action.add_argument("--username", metavar="USER", help="username git gets with the token "
                                 "(default: the client id, or 'aadhelper' for user profiles)")
         action.set_defaults(func=func)
+
+
+# What a profile of each credential kind does instead, and how to give it its credential.
+_CREDENTIAL_USE = {
+    "client_secret": ("uses a client secret, not a user sign-in",
+                      "store the secret with `aadhelper secret set {name}`, or add the profile again with --user"),
+    "user": ("signs in as a user and uses no client secret", "sign in with `aadhelper login {name}`"),
+}
+
+
+def load_profile(name: str | None, credential: str) -> Profile:
+    """Profile ``name`` (None: the default) from the config file; it must use ``credential``, else a ConfigError
+    saying what it uses instead and how to set that up."""
+    config = load_config()
+    profile = config.profile(name)
+    if profile.credential != credential:
+        uses, fix = _CREDENTIAL_USE[profile.credential]
+        raise ConfigError(f"{config.path}: profile {profile.name!r}: key 'credential' is {profile.credential!r}, "
+                          f"which {uses}", profile=profile.name, hint=fix.format(name=profile.name))
+    return profile
 
 
 def notify_daemon(profile: str | None = None) -> None:

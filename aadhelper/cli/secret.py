@@ -10,10 +10,9 @@ import argparse
 import sys
 from typing import TextIO
 
-from ..config import load_config
-from ..errors import Cancelled, ConfigError, UsageError
+from ..errors import Cancelled, UsageError
 from ..tokens import Secret
-from .profile import help_handler, notify_daemon, say
+from .profile import help_handler, load_profile, notify_daemon, say
 
 KIND = "client_secret"
 #: Entra secrets are ~40 characters; anything this long is a wrong file piped in.
@@ -72,12 +71,7 @@ def _set(args: argparse.Namespace) -> int:
     if args.stray:
         raise UsageError("the secret is never taken from the command line, where the process list shows it",
                          hint=f"pipe it in (`... | aadhelper secret set {args.name}`) or type it at the prompt")
-    config = load_config()
-    profile = config.profile(args.name)
-    if profile.credential != KIND:
-        raise ConfigError(f"{config.path}: profile {profile.name!r}: key 'credential' is {profile.credential!r}, "
-                          "which signs in as a user and uses no client secret", profile=profile.name,
-                          hint=f"sign in with `aadhelper login {profile.name}`")
+    profile = load_profile(args.name, KIND)
     secret = read_secret(f"Client secret for profile {profile.name!r} (input hidden): ")
     secret_store.open_secret_store().set(profile.name, KIND, secret)
     say(f"stored the client secret of profile {profile.name!r} in the OS keyring")
