@@ -336,6 +336,8 @@ def test_scope_and_min_valid_options(env: dict[str, str], authority: SimulatedAu
         assert too_long.returncode == 3 and "valid for 3600 s" in too_long.stderr
         bad = cli(env, "token", "arm", "--min-valid", "soon")
         assert bad.returncode == 2 and "--min-valid" in bad.stderr
+        over = cli(env, "token", "arm", "--min-valid", "99999")
+        assert over.returncode == 2 and "--min-valid" in over.stderr
 
 
 def test_adding_a_profile_keeps_other_profiles_tokens(env: dict[str, str], authority: SimulatedAuthority,

@@ -13,6 +13,7 @@ import argparse
 import json
 
 from ..errors import AadhelperError, KeyringLocked, KeyringUnavailable, SecretStoreError, UsageError
+from .args import seconds
 from .profile import load_profile, notify_daemon, say
 
 KIND = "refresh_token"
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     login.add_argument("--claims", metavar="JSON",
                        help="a Conditional Access claims challenge to satisfy (default: the one the daemon last "
                             "received for the profile)")
-    login.add_argument("--timeout", type=_seconds, default=600, metavar="SECONDS",
+    login.add_argument("--timeout", type=seconds(1), default=600, metavar="SECONDS",
                        help="with --browser: how long to wait for the browser (default 600)")
     login.set_defaults(func=_login)
 
@@ -125,8 +126,3 @@ def _claims_from_daemon(name: str) -> str | None:
                     return claims
     return None
 
-
-def _seconds(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= 86400:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of seconds from 1 to 86400")
-    return int(value)

@@ -39,7 +39,7 @@ def run_fast(argv: Sequence[str]) -> int | None:
                 value = rest.pop(0)
             if name == "--scope":
                 scopes.append(value)
-            elif value.isdigit():
+            elif value.isdigit() and int(value) <= 86400:  # else argparse reports the usage error
                 min_valid = int(value)
             else:
                 return None
@@ -69,6 +69,8 @@ def emit(verb: str, *, profile: str | None, scopes: list[str] | None, min_valid:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .args import seconds  # here, not at the top: the fast path must not import argparse
+
     helps = {"header": "print `Authorization: Bearer <token>` for a profile (for curl -H)",
              "token": "print the access token of a profile"}
     for verb in VERBS:
@@ -77,17 +79,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         parser.add_argument("profile", nargs="?", help="profile name (default: the configured default profile)")
         parser.add_argument("--scope", action="append", metavar="SCOPE",
                             help="ask for these scopes instead of the profile's (repeatable)")
-        parser.add_argument("--min-valid", type=_seconds, metavar="SECONDS",
+        parser.add_argument("--min-valid", type=seconds(), metavar="SECONDS",
                             help="minimum remaining validity of the token (default: the profile's, 300)")
         parser.add_argument("--json", action="store_true",
                             help="print access_token, token_type, expires_on, profile and scopes as JSON")
         parser.set_defaults(func=lambda args, verb=verb: emit(verb, profile=args.profile, scopes=args.scope,
                                                               min_valid=args.min_valid, as_json=args.json))
 
-
-def _seconds(value: str) -> int:
-    import argparse
-
-    if not value.isdigit() or int(value) > 86400:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of seconds from 0 to 86400")
-    return int(value)
