@@ -373,4 +373,5 @@ def _with_retry_note(exc: AadhelperError, wait: float) -> AadhelperError:
     if isinstance(exc, AuthorityError) and isinstance(copy, AuthorityError):
         copy.retry_after = wait
         copy.claims = exc.claims
+        copy.reason = exc.reason
     return copy

@@ -169,11 +169,14 @@ class AuthorityError(AadhelperError):
     retryable: ClassVar[bool] = False
 
     def __init__(self, message: str, *, retry_after: float | None = None, claims: str | None = None,
-                 **kwargs: Any) -> None:
+                 reason: str | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.retry_after = retry_after
         # A Conditional Access challenge: not a secret, passed back on the next interactive login.
         self.claims = claims
+        #: The authority's own words (first sentence of error_description, made printable), for callers that
+        #: phrase their own message around it; already part of ``message``.
+        self.reason = reason
 
     def wire_extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {}

@@ -155,7 +155,8 @@ def raise_for_error(status: int, headers: Mapping[str, str], body: Mapping[str, 
     hint = _HINTS.get(aadsts or 0, "").format(profile=profile) or None
     claims = body.get("claims") if body else None
     common: dict[str, Any] = {"profile": profile, "error": error, "aadsts": aadsts, "hint": hint,
-                              "retry_after": retry_after, "claims": claims if isinstance(claims, str) else None}
+                              "retry_after": retry_after, "claims": claims if isinstance(claims, str) else None,
+                              "reason": summary or None}
     text = f"the authority refused the {action}" + (f": {summary}" if summary else "")
     if status == 429 or status >= 500 or error in _RETRYABLE_ERRORS:
         later = f", retry after {retry_after:.0f} s" if retry_after is not None else ""

@@ -90,9 +90,8 @@ def login_errors(message: str, profile: str) -> Iterator[None]:
 
 def failed(exc: AuthorityError, message: str, profile: str, hint: str | None = None) -> LoginFailed:
     """A :class:`LoginFailed` saying ``message`` with the authority's reason, ``error`` and AADSTS code from ``exc``."""
-    # The mapped message reads "the authority refused the <action>: <first sentence of the description>".
-    _, colon, reason = exc.message.partition(": ")
-    return LoginFailed(f"{message}: {reason}" if colon and reason else message, profile=profile, error=exc.error,
+    reason = exc.reason
+    return LoginFailed(f"{message}: {reason}" if reason else message, profile=profile, error=exc.error,
                        aadsts=exc.aadsts, hint=hint or f"run `aadhelper login {profile}` again", claims=exc.claims)
 
 
