@@ -14,10 +14,11 @@ Rules (the issue's, and aws-vault's/azure-identity's practice):
 * Failures: a still-valid token keeps being served. Retryable failures (network, 5xx, 429) back off
   exponentially with jitter (1 s doubling to 5 min, or ``Retry-After``), and requests inside that window
   fail fast with the last error instead of hammering the authority. Non-retryable ones (wrong secret,
-  unknown client, login required) stick until the profile is reloaded (``secret set``, ``login``, a config
-  change) or invalidated. Keyring failures (locked, unavailable, secret missing) are local and cheap to
-  retry: the keeper backs off as for transient failures, but a request always tries the keyring again, so
-  unlocking the keyring or storing the secret takes effect at once.
+  unknown client, login required) and configuration errors stick until the profile is reloaded (``secret
+  set``, ``login``, a config change) or invalidated. Local failures (the keyring locked or unavailable, a
+  secret missing, the fetcher process gone, a bug) are cheap to retry: the keeper backs off as for transient
+  failures, but a request always tries again, so unlocking the keyring or storing the secret takes effect at
+  once.
 * Entries nobody asked for in :data:`KEEP_WARM` seconds stop being refreshed and are dropped at expiry.
 
 Time: ``clock`` gives Unix seconds (``time.time`` in the daemon); waits are computed from it and slept with
@@ -37,7 +38,7 @@ from typing import Any
 import trio
 
 from .config import Profile
-from .errors import AadhelperError, AuthorityError, ConfigError, SecretStoreError
+from .errors import AadhelperError, AuthorityError, ConfigError
 from .grants import TokenSource
 from .tokens import Token
 
@@ -300,19 +301,20 @@ class TokenCache:
         entry.last_error = exc
         entry.last_error_at = now
         entry.failures += 1
-        if isinstance(exc, SecretStoreError):
-            delay = self._backoff(entry.failures)
-            entry.next_refresh = now + delay if entry.token is not None else None
-            log.warning("%s; next attempt in %.0f s", exc.one_line(), delay)
-        elif isinstance(exc, AuthorityError) and exc.retryable:
+        if isinstance(exc, AuthorityError) and exc.retryable:
             delay = exc.retry_after if exc.retry_after is not None else self._backoff(entry.failures)
             entry.blocked_until = now + delay
             entry.next_refresh = entry.blocked_until if entry.token is not None else None
             log.warning("%s; next attempt in %.0f s", exc.one_line(), delay)
-        else:
+        elif isinstance(exc, (AuthorityError, ConfigError)):
             entry.sticky = True
             entry.next_refresh = None
             log.warning("%s; not retrying until the profile changes", exc.one_line())
+        else:
+            # Local trouble (the keyring, the fetcher process, a bug): cheap to try again, and a request does.
+            delay = self._backoff(entry.failures)
+            entry.next_refresh = now + delay if entry.token is not None else None
+            log.warning("%s; next attempt in %.0f s", exc.one_line(), delay)
         entry.poke()
 
     def _backoff(self, failures: int) -> float:

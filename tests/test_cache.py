@@ -12,7 +12,14 @@ import trio.testing
 from aadhelper import cache as cache_module
 from aadhelper.cache import TokenCache
 from aadhelper.config import Profile
-from aadhelper.errors import AuthenticationFailed, AuthorityUnavailable, ConfigError, KeyringLocked, LoginRequired
+from aadhelper.errors import (
+    AadhelperError,
+    AuthenticationFailed,
+    AuthorityUnavailable,
+    ConfigError,
+    KeyringLocked,
+    LoginRequired,
+)
 from aadhelper.tokens import Secret, Token, TokenResponse
 
 BASE = 1_800_000_000.0
@@ -234,12 +241,17 @@ async def test_idle_entries_stop_refreshing(autojump_clock: trio.testing.MockClo
         assert cache.status() == []
 
 
-async def test_keyring_failure_is_retried_by_the_next_request(autojump_clock: trio.testing.MockClock) -> None:
-    """If the keyring was locked when a token was needed, then the next request tries again at once, so unlocking
-    the keyring is enough (no reload, no waiting for a backoff)."""
+@pytest.mark.parametrize("error", [
+    KeyringLocked("the keyring is locked", profile="graph"),
+    AadhelperError("the token fetcher process stopped during the request"),
+])
+async def test_local_failure_is_retried_by_the_next_request(autojump_clock: trio.testing.MockClock,
+                                                            error: AadhelperError) -> None:
+    """If the keyring was locked when a token was needed, or the fetcher process died, then the next request tries
+    again at once, so unlocking the keyring is enough (no reload, no waiting for a backoff)."""
     source = ScriptedSource(latency=0.0)
-    source.failures = [KeyringLocked("the keyring is locked", profile="graph")]
+    source.failures = [error]
     async with open_cache(source) as cache:
-        with pytest.raises(KeyringLocked):
+        with pytest.raises(type(error)):
             await cache.get(PROFILE)
         assert (await cache.get(PROFILE)).access_token.reveal() == "token-2"
