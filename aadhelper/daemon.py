@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,13 +27,11 @@ from .cache import TokenCache
 from .config import Profile
 from .config_watch import ConfigWatcher
 from .errors import AadhelperError, ConfigError, NoProfileForUrl, ProtocolError
-from .grants import HttpClients, make_source
-from .grants.refresh import SignIns
 from .listener import bind_unix_socket, bound_path, check_peer, peer_uid, serve_connections
-from .tokens import Secret
+from .process_setup import harden_process
 
 if TYPE_CHECKING:
-    from .secret_store import SecretStore
+    from .fetcher import Fetcher
 
 log = logging.getLogger("aadhelper.daemon")
 
@@ -46,53 +43,6 @@ class DaemonInfo:
     pid: int
     socket_path: str
     socket_activated: bool
-
-
-# -- secrets ---------------------------------------------------------------------------------------
-
-
-class AsyncSecrets:
-    """The blocking secret store seen from trio: every call in a worker thread, one at a time.
-
-    One at a time because keyring backends are not documented as thread-safe (the store's own Secret Service
-    connection carries one exchange at a time and locks itself too), and the calls are rare (a refresh, not
-    a request).
-    """
-
-    def __init__(self, store: SecretStore) -> None:
-        self._store = store
-        self._limiter = trio.CapacityLimiter(1)
-
-    async def prepare(self) -> None:
-        """Let the store choose its backend and connect now, so that the first secret read does not wait for it."""
-        prepare = getattr(self._store, "prepare", None)  # optional: a store may have nothing to get ready
-        if prepare is None:
-            return
-        try:
-            # Abandoned on cancellation: a keyring that does not answer must not hold up the daemon's exit.
-            await trio.to_thread.run_sync(prepare, limiter=self._limiter, abandon_on_cancel=True)
-        except Exception:  # only a head start: the first read meets the failure again and reports it
-            log.exception("could not prepare the secret store")
-
-    async def get(self, profile: str, kind: str) -> Secret | None:
-        return await trio.to_thread.run_sync(self._store.get, profile, kind, limiter=self._limiter)
-
-    async def set(self, profile: str, kind: str, value: Secret) -> None:
-        await trio.to_thread.run_sync(self._store.set, profile, kind, value, limiter=self._limiter)
-
-
-def harden_process() -> None:
-    """Keep other processes of the same user from ptrace-ing us or reading a core dump (ssh-agent does this)."""
-    if sys.platform != "linux":
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_dumpable = 4
-        libc.prctl(pr_set_dumpable, 0, 0, 0, 0)
-    except (OSError, AttributeError):
-        log.debug("prctl(PR_SET_DUMPABLE) not available")
 
 
 # -- the server ---------------------------------------------------------------------------------------
@@ -107,13 +57,12 @@ class _Activity:
 class Daemon:
     """Answers requests: configuration + token cache + dispatch. Transport-independent, so tests can call it."""
 
-    #: The user profiles' sign-in state, set by :func:`serve`; ``status`` reads it (None: not shown).
-    sign_ins: SignIns | None = None
-
     def __init__(self, config: ConfigWatcher, cache: TokenCache, *, socket_path: str,
-                 socket_activated: bool) -> None:
+                 socket_activated: bool, fetcher: Fetcher | None = None) -> None:
         self.config = config
         self.cache = cache
+        #: Asked whether user profiles are signed in, for ``status`` (None: not shown).
+        self.fetcher = fetcher
         self.socket_path = socket_path
         self.socket_activated = socket_activated
         self.started = time.time()
@@ -174,8 +123,8 @@ class Daemon:
         profiles = []
         for name, profile in sorted(configured.items()):
             tokens = [r for r in records if r["profile"] == name]
-            login = await self.sign_ins.login_required(name) \
-                if self.sign_ins is not None and profile.credential == "user" else None
+            login = await self.fetcher.login_required(name) \
+                if self.fetcher is not None and profile.credential == "user" else None
             if login is not None and not any(r["state"] == "login_required" for r in tokens):
                 # No refresh token, or a dead one: say so for the profile's scopes even before anyone asked.
                 tokens.append({"profile": name, "credential": profile.credential, "scopes": list(profile.scopes),
@@ -270,10 +219,14 @@ def _redact_url(url: str) -> str:
     return f"{scheme}{sep}{rest}"
 
 
-async def serve(store: SecretStore, *, config_path: str | None = None, socket_path: str | None = None,
+async def serve(fetcher: Fetcher, *, config_path: str | None = None, socket_path: str | None = None,
                 clock: Callable[[], float] = time.time, handle_signals: bool = True,
                 task_status: trio.TaskStatus[DaemonInfo] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run the daemon until cancelled or signalled. Uses systemd's listening socket when socket-activated."""
+    """Run the daemon until cancelled or signalled. Uses systemd's listening socket when socket-activated.
+
+    ``fetcher`` obtains the tokens (a :class:`~aadhelper.fetcher_process.ProcessFetcher` in the real daemon);
+    it is entered before anything is served and left after the last reply.
+    """
     harden_process()
     activated = systemd.listen_fds()
     lock_fd: int | None = None
@@ -284,18 +237,9 @@ async def serve(store: SecretStore, *, config_path: str | None = None, socket_pa
         path = socket_path or paths.socket_path()
         listen_sock, lock_fd = bind_unix_socket(path)
     watcher = ConfigWatcher(config_path or paths.config_file())
-    http = HttpClients()
-    secrets = AsyncSecrets(store)
-    # One per daemon, outliving the token sources the cache recreates: refreshes of a profile never overlap.
-    sign_ins = SignIns(secrets)
     try:
-        async with TokenCache(lambda profile: make_source(profile, http=http, secrets=secrets, clock=clock,
-                                                          sign_ins=sign_ins),
-                              clock=clock) as cache, trio.open_nursery() as nursery:
-            daemon = Daemon(watcher, cache, socket_path=path, socket_activated=bool(activated))
-            daemon.sign_ins = sign_ins
-            nursery.start_soon(secrets.prepare)
-            nursery.start_soon(sign_ins.keep_storing)
+        async with fetcher, TokenCache(fetcher.source, clock=clock) as cache, trio.open_nursery() as nursery:
+            daemon = Daemon(watcher, cache, socket_path=path, socket_activated=bool(activated), fetcher=fetcher)
             # A broken config is logged; the daemon still answers ping/status and reports it per request.
             with contextlib.suppress(ConfigError):
                 watcher.current()
@@ -316,8 +260,6 @@ async def serve(store: SecretStore, *, config_path: str | None = None, socket_pa
             task_status.started(DaemonInfo(pid=os.getpid(), socket_path=path, socket_activated=bool(activated)))
     finally:
         systemd.stopping()
-        with trio.CancelScope(shield=True):
-            await http.aclose()
         if lock_fd is not None:
             # Only the lock holder removes the path: a socket-activated daemon's socket belongs to systemd.
             with contextlib.suppress(FileNotFoundError):
@@ -374,5 +316,5 @@ async def _exit_when_idle(daemon: Daemon, idle_exit: int, scope: trio.CancelScop
             return
 
 
-__all__ = ["AsyncSecrets", "Daemon", "DaemonInfo", "serve"]
+__all__ = ["Daemon", "DaemonInfo", "serve"]
 

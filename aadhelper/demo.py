@@ -25,6 +25,7 @@ import trio
 
 from . import client, paths
 from .daemon import DaemonInfo, serve
+from .fetcher import LocalFetcher
 from .secret_store import MemorySecretStore
 from .testing.authority import SimulatedAuthority
 from .testing.resource import ProtectedResource
@@ -83,7 +84,7 @@ class BackgroundDaemon:
         with trio.CancelScope() as self._scope:
             async with trio.open_nursery() as nursery:
                 self.info = await nursery.start(lambda task_status: serve(
-                    self._store, config_path=self._env["AADHELPER_CONFIG"],
+                    LocalFetcher(self._store), config_path=self._env["AADHELPER_CONFIG"],
                     socket_path=self._env["AADHELPER_SOCKET"], handle_signals=False, task_status=task_status))
                 self._ready.set()
 

@@ -163,17 +163,20 @@ class KeyringSecretStore(ChunkedSecretStore):
         return f"KeyringSecretStore(backend={name}, max_value_chars={self._max_value_chars})"
 
 
-def open_secret_store(kind: str | None = None) -> SecretStore:
-    """The store to use: ``kind``, else ``$AADHELPER_SECRET_STORE``, else ``keyring``."""
+def store_kind(kind: str | None = None) -> str:
+    """The kind of store to use: ``kind``, else ``$AADHELPER_SECRET_STORE``, else ``keyring``; checked."""
     source = "secret store"
     if kind is None:
         kind = os.environ.get(STORE_ENV) or "keyring"
         source = STORE_ENV
-    if kind == "keyring":
-        return KeyringSecretStore()
-    if kind == "memory":
-        return MemorySecretStore()
-    raise ConfigError(f"unknown {source} {kind!r}", hint="use 'keyring' or 'memory'")
+    if kind not in ("keyring", "memory"):
+        raise ConfigError(f"unknown {source} {kind!r}", hint="use 'keyring' or 'memory'")
+    return kind
+
+
+def open_secret_store(kind: str | None = None) -> SecretStore:
+    """The store :func:`store_kind` names."""
+    return KeyringSecretStore() if store_kind(kind) == "keyring" else MemorySecretStore()
 
 
 # -- choosing the backend -------------------------------------------------------------------------------
@@ -298,4 +301,4 @@ def _describe(exc: Exception) -> str:
 
 
 __all__ = ["MIN_VALUE_CHARS", "SERVICE", "ChunkedSecretStore", "KeyringSecretStore", "MemorySecretStore",
-           "SecretStore", "choose_backend", "open_secret_store"]
+           "SecretStore", "choose_backend", "open_secret_store", "store_kind"]

@@ -14,6 +14,7 @@ import trio
 from aadhelper import client, protocol
 from aadhelper.daemon import DaemonInfo, serve
 from aadhelper.errors import ConfigError, DaemonNotRunning, ProtocolError, SecretMissing, UnknownProfile
+from aadhelper.fetcher import LocalFetcher
 from aadhelper.listener import DaemonAlreadyRunning, bind_unix_socket, check_peer
 from aadhelper.tokens import Secret
 
@@ -36,7 +37,7 @@ async def start_daemon(nursery: trio.Nursery, tmp_path: Path) -> DaemonInfo:
     config = tmp_path / "config.toml"
     config.write_text("")
     info: DaemonInfo = await nursery.start(lambda task_status: serve(
-        NoSecrets(), config_path=str(config), socket_path=str(tmp_path / "run" / "daemon.sock"),
+        LocalFetcher(NoSecrets()), config_path=str(config), socket_path=str(tmp_path / "run" / "daemon.sock"),
         handle_signals=False, task_status=task_status))
     return info
 

@@ -1,18 +1,22 @@
 """Refresh-token rotation end to end: the real daemon process refreshing a user profile's sign-in from the real
 Secret Service against the simulated authority over HTTPS, which revokes the whole grant on any replayed refresh
-token. Includes SIGKILL of the daemon in the middle of a refresh."""
+token. Includes SIGKILL of the daemon, and of its token fetcher process, in the middle of a refresh."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from aadhelper import client
+from aadhelper.fetcher_process import RESTART_INTERVAL
 from aadhelper.secret_store import KeyringSecretStore
 from aadhelper.testing import Fault, RecordedRequest, SimulatedAuthority
 from tests.harness import AADHELPER, DaemonProcess, cli, sensitive
@@ -96,32 +100,70 @@ def test_fifty_concurrent_requests_for_five_scopes_cause_no_replay(
     assert records[0].digests["refresh_token"] == sha(first)
 
 
-@pytest.mark.parametrize("grace", [60.0, 0.0])
-def test_sigkill_during_a_refresh_then_restart(env: dict[str, str], authority: SimulatedAuthority,
-                                               client_ssl_context: object, secret_service: KeyringSecretStore,
-                                               grace: float) -> None:
-    """If the daemon is killed with SIGKILL after the authority rotated the refresh token but before the reply
-    reached it, then the keyring still holds the token it presented. With the authority's reuse grace window (as
-    Okta and Auth0 offer; Entra never revokes), the restarted daemon's header works and later refreshes use the newly
-    stored token. With strict revocation and no grace nothing client-side can save the grant: the restarted daemon
-    says so in one line naming `aadhelper login me` (exit 6)."""
-    authority.refresh_token_reuse_grace = grace
-    first = seed(authority, client_ssl_context, secret_service)
+def hold_a_refresh(authority: SimulatedAuthority,
+                   env: dict[str, str]) -> tuple[threading.Event, subprocess.Popen[bytes]]:
+    """A header request whose refresh the authority has rotated but not yet answered; set the event to answer."""
     release, reached = threading.Event(), threading.Event()
     authority.inject(Fault.hold_reply(release, grant_type="refresh_token", reached=reached))
-    daemon = DaemonProcess(env).start()
     waiting = subprocess.Popen([AADHELPER, "header", "me"], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
+    assert reached.wait(20), "the refresh never reached the authority"
+    return release, waiting
+
+
+def test_sigkill_of_the_daemon_during_a_refresh_loses_no_rotation(
+        env: dict[str, str], authority: SimulatedAuthority, client_ssl_context: object,
+        secret_service: KeyringSecretStore) -> None:
+    """If the daemon is killed with SIGKILL after the authority rotated the refresh token but before the reply
+    arrived, then its token fetcher process still receives the reply, stores the new token and exits; a restarted
+    daemon refreshes with that token, even at an authority that revokes on any replay (no grace window)."""
+    authority.refresh_token_reuse_grace = 0.0
+    first = seed(authority, client_ssl_context, secret_service)
+    daemon = DaemonProcess(env).start()
+    fetcher = daemon.fetcher_pid()
+    assert fetcher is not None
+    release, waiting = hold_a_refresh(authority, env)
     try:
-        assert reached.wait(20), "the refresh never reached the authority"
         daemon.kill()
     finally:
         release.set()
         waiting.wait(30)
     assert waiting.returncode != 0
-    assert stored(secret_service) == first  # the daemon died before it could store the rotated token
+    wait_for_exit(fetcher)
+    assert stored(secret_service) != first
 
     with DaemonProcess(env):
+        assert authority.validate(header(env))["aud"] == "https://graph.microsoft.com"
+    records = refreshes(authority)
+    assert [r.status for r in records] == [200, 200]
+    assert len({r.digests["refresh_token"] for r in records}) == 2
+
+
+@pytest.mark.parametrize("grace", [60.0, 0.0])
+def test_sigkill_of_the_fetcher_during_a_refresh(env: dict[str, str], authority: SimulatedAuthority,
+                                                 client_ssl_context: object, secret_service: KeyringSecretStore,
+                                                 grace: float) -> None:
+    """If the token fetcher process is killed with SIGKILL after the authority rotated the refresh token but before
+    the reply reached it, then the keyring still holds the token it presented and the waiting request fails; the
+    daemon starts a new fetcher for the next request. With the authority's reuse grace window (as Okta and Auth0
+    offer; Entra never revokes), that request works and later refreshes use the newly stored token. With strict
+    revocation and no grace nothing client-side can save the grant: the daemon says so in one line naming
+    `aadhelper login me` (exit 6)."""
+    authority.refresh_token_reuse_grace = grace
+    first = seed(authority, client_ssl_context, secret_service)
+    with DaemonProcess(env) as daemon:
+        fetcher = daemon.fetcher_pid()
+        assert fetcher is not None
+        release, waiting = hold_a_refresh(authority, env)
+        try:
+            os.kill(fetcher, signal.SIGKILL)
+        finally:
+            release.set()
+            waiting.wait(30)
+        assert waiting.returncode != 0
+        assert stored(secret_service) == first  # the fetcher died before it could store the rotated token
+        time.sleep(RESTART_INTERVAL)  # a fetcher that died young is restarted no sooner than this
+
         if grace:
             assert authority.validate(header(env))["aud"] == "https://graph.microsoft.com"
             client.invalidate("me", socket_path=env["AADHELPER_SOCKET"])
@@ -134,6 +176,14 @@ def test_sigkill_during_a_refresh_then_restart(env: dict[str, str], authority: S
             result = cli(env, "header", "me")
             assert result.returncode == 6 and "AADSTS50173" in result.stderr
             assert "aadhelper login me" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert daemon.fetcher_pid() not in (None, fetcher)
+
+
+def wait_for_exit(pid: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, f"process {pid} did not exit"
+        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("breakage, aadsts", [("revoked", 50173), ("expired", 700082)])

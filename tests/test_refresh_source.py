@@ -17,8 +17,8 @@ import trio.testing
 
 from aadhelper.cache import TokenCache
 from aadhelper.config import Profile
-from aadhelper.daemon import AsyncSecrets
 from aadhelper.errors import LoginRequired, SecretStoreError
+from aadhelper.fetcher import AsyncSecrets
 from aadhelper.grants import HttpClients, TokenSource, make_source
 from aadhelper.grants.refresh import SECRET_KIND, SignIns
 from aadhelper.secret_store import KeyringSecretStore, MemorySecretStore

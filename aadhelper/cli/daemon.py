@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import sys
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,24 +21,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(func=run)
 
 
-def configure_logging(verbose: bool) -> None:
-    # Under systemd the journal stamps each line already; elsewhere add a timestamp.
-    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{stamp}aadhelper[%(process)d] %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("aadhelper")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
-
-
 def run(args: argparse.Namespace) -> int:
     import trio
 
     from ..daemon import serve
-    from ..secret_store import open_secret_store
+    from ..fetcher_process import ProcessFetcher
+    from ..process_setup import configure_logging
+    from ..secret_store import store_kind
 
     configure_logging(args.verbose)
-    store = open_secret_store(args.secret_store)
-    trio.run(lambda: serve(store, config_path=args.config, socket_path=args.socket))
+    # Checked here (the fetcher process opens the store): a bad $AADHELPER_SECRET_STORE stops the start.
+    fetcher = ProcessFetcher(secret_store=store_kind(args.secret_store), verbose=args.verbose)
+    fetcher.start_early()
+    trio.run(lambda: serve(fetcher, config_path=args.config, socket_path=args.socket))
     return 0

@@ -8,6 +8,7 @@ block fails.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import time
@@ -56,6 +57,16 @@ class DaemonProcess:
     def pid(self) -> int:
         assert self.process is not None, "not started"
         return self.process.pid
+
+    def fetcher_pid(self) -> int | None:
+        """The pid of the daemon's token fetcher process (read from /proc, so Linux only); None when none runs."""
+        # Per thread: trio starts processes from a worker thread.
+        for task in Path(f"/proc/{self.pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                children = (task / "children").read_text().split()
+                if children:
+                    return int(children[0])
+        return None
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

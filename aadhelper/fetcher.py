@@ -1,0 +1,232 @@
+"""The daemon's token fetcher: everything a fresh token costs (the keyring read, the authority's HTTPS
+exchange, refresh-token rotation), behind one small interface the token cache uses.
+
+Why a separate piece: the daemon answers requests on one trio thread, and a refresh done on that thread
+stalls it for milliseconds at a time (the keyring read holds the GIL in a worker thread, TLS handshakes and
+building the HTTP request run on the loop). :class:`~aadhelper.fetcher_process.ProcessFetcher` therefore
+runs the fetcher in a child process, and the serving loop only sends one line and reads one back.
+:class:`LocalFetcher` is the same work in-process: what the child runs, and what the demo and in-process
+tests use.
+
+A fetcher is an async context manager (its background duties: connecting the keyring early, retrying the
+storage of a rotated refresh token) that hands out one :class:`~aadhelper.grants.TokenSource` per profile
+and says whether a user profile needs ``aadhelper login``. The messages between daemon and child are JSON
+lines (:mod:`aadhelper.protocol`'s encoding); the codecs for profiles, tokens and replies live here, next to
+the interface they carry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from . import protocol
+from .config import Profile
+from .errors import AadhelperError, LoginRequired, ProtocolError, error_from_wire
+from .tokens import Secret, Token
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from .grants import TokenSource
+    from .secret_store import SecretStore
+
+log = logging.getLogger("aadhelper.fetcher")
+
+
+class Fetcher(Protocol):
+    """Obtains tokens for the daemon's cache. Use as ``async with fetcher:``."""
+
+    async def __aenter__(self) -> Fetcher: ...
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None: ...
+
+    def source(self, profile: Profile) -> TokenSource:
+        """The token source for ``profile`` (cheap: the cache asks again whenever the profile changes)."""
+        ...
+
+    async def login_required(self, profile: str) -> LoginRequired | None:
+        """Why the user profile ``profile`` needs ``aadhelper login``; None when signed in or unknown."""
+        ...
+
+
+# -- in this process --------------------------------------------------------------------------------
+
+
+class AsyncSecrets:
+    """The blocking secret store seen from trio: every call in a worker thread, one at a time.
+
+    One at a time because keyring backends are not documented as thread-safe (the store's own Secret Service
+    connection carries one exchange at a time and locks itself too), and the calls are rare (a refresh, not
+    a request).
+    """
+
+    def __init__(self, store: SecretStore) -> None:
+        self._store = store
+        self._limiter = trio.CapacityLimiter(1)
+
+    async def prepare(self) -> None:
+        """Let the store choose its backend and connect now, so that the first secret read does not wait for it."""
+        prepare = getattr(self._store, "prepare", None)  # optional: a store may have nothing to get ready
+        if prepare is None:
+            return
+        try:
+            # Abandoned on cancellation: a keyring that does not answer must not hold up the exit.
+            await trio.to_thread.run_sync(prepare, limiter=self._limiter, abandon_on_cancel=True)
+        except Exception:  # only a head start: the first read meets the failure again and reports it
+            log.exception("could not prepare the secret store")
+
+    async def get(self, profile: str, kind: str) -> Secret | None:
+        return await trio.to_thread.run_sync(self._store.get, profile, kind, limiter=self._limiter)
+
+    async def set(self, profile: str, kind: str, value: Secret) -> None:
+        await trio.to_thread.run_sync(self._store.set, profile, kind, value, limiter=self._limiter)
+
+
+class LocalFetcher:
+    """Fetches in this process: one HTTP client per CA bundle, the secret store, the user profiles' sign-ins."""
+
+    def __init__(self, store: SecretStore, *, clock: Callable[[], float] = time.time) -> None:
+        from .grants import HttpClients
+        from .grants.refresh import SignIns
+
+        self._clock = clock
+        self._http = HttpClients()
+        self._secrets = AsyncSecrets(store)
+        # One for the fetcher's lifetime, outliving the sources the cache recreates: refreshes of a profile
+        # never overlap.
+        self._sign_ins = SignIns(self._secrets)
+        self._nursery_cm: Any = None
+        self._nursery: trio.Nursery | None = None
+
+    async def __aenter__(self) -> LocalFetcher:
+        self._nursery_cm = trio.open_nursery()
+        self._nursery = nursery = await self._nursery_cm.__aenter__()
+        nursery.start_soon(self._secrets.prepare)
+        nursery.start_soon(self._sign_ins.keep_storing)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        assert self._nursery is not None
+        try:
+            self._nursery.cancel_scope.cancel()
+            await self._nursery_cm.__aexit__(exc_type, exc, tb)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._http.aclose()
+
+    def source(self, profile: Profile) -> TokenSource:
+        from .grants import make_source
+
+        return make_source(profile, http=self._http, secrets=self._secrets, clock=self._clock,
+                           sign_ins=self._sign_ins)
+
+    async def login_required(self, profile: str) -> LoginRequired | None:
+        return await self._sign_ins.login_required(profile)
+
+
+# -- messages between the daemon and a fetcher process ------------------------------------------------
+
+#: The profile settings a fetch needs (scopes travel per request; min_valid and git URLs are the cache's).
+_PROFILE_FIELDS = ("name", "tenant", "client_id", "authority", "credential", "ca_bundle")
+
+
+def profile_to_wire(profile: Profile) -> dict[str, Any]:
+    return {key: getattr(profile, key) for key in _PROFILE_FIELDS}
+
+
+def profile_from_wire(wire: object, scopes: tuple[str, ...]) -> Profile:
+    if not isinstance(wire, dict):
+        raise ProtocolError("fetch request without a profile")
+    text = {key: wire.get(key) for key in _PROFILE_FIELDS if key != "ca_bundle"}
+    ca_bundle = wire.get("ca_bundle")
+    if not all(isinstance(value, str) for value in text.values()) or not isinstance(ca_bundle, (str, type(None))):
+        raise ProtocolError("fetch request with a malformed profile")
+    return Profile(name=str(text["name"]), tenant=str(text["tenant"]), client_id=str(text["client_id"]),
+                   scopes=scopes, authority=str(text["authority"]), credential=str(text["credential"]),
+                   ca_bundle=ca_bundle)
+
+
+def scopes_from_wire(wire: object) -> tuple[str, ...]:
+    if not isinstance(wire, list) or not all(isinstance(s, str) for s in wire):
+        raise ProtocolError("malformed scopes between daemon and fetcher")
+    return tuple(wire)
+
+
+def token_to_wire(token: Token) -> dict[str, Any]:
+    return {"access_token": token.access_token.reveal(), "token_type": token.token_type,
+            "expires_on": token.expires_on, "refresh_on": token.refresh_on, "scopes": list(token.scopes),
+            "obtained_at": token.obtained_at}
+
+
+def token_from_wire(wire: object) -> Token:
+    if not isinstance(wire, dict):
+        raise ProtocolError("fetch reply without a token")
+    access_token, token_type, refresh_on = wire.get("access_token"), wire.get("token_type"), wire.get("refresh_on")
+    if not isinstance(access_token, str) or not isinstance(token_type, str):
+        raise ProtocolError("fetch reply with a malformed token")
+    return Token(access_token=Secret(access_token), token_type=token_type, expires_on=_seconds(wire, "expires_on"),
+                 refresh_on=None if refresh_on is None else _seconds(wire, "refresh_on"),
+                 scopes=scopes_from_wire(wire.get("scopes")), obtained_at=_seconds(wire, "obtained_at"))
+
+
+def error_of_reply(reply: dict[str, Any]) -> AadhelperError | None:
+    """The error a reply carries (``{"error": {...}}``), else None."""
+    wire = reply.get("error")
+    return error_from_wire(wire) if isinstance(wire, dict) else None
+
+
+def _seconds(wire: dict[str, Any], key: str) -> float:
+    value = wire.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ProtocolError(f"fetch reply with a malformed token ({key})")
+    return float(value)
+
+
+class LineLink:
+    """One end of the daemon-fetcher socket: whole JSON lines out (one writer at a time) and in."""
+
+    #: Largest line either side accepts: a token reply is a few KB.
+    MAX_LINE = 1024 * 1024
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+        self._send_lock = trio.Lock()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        data = memoryview(protocol.encode(message))
+        async with self._send_lock:
+            while data:
+                data = data[await self._sock.send(data):]
+
+    async def receive(self) -> dict[str, Any] | None:
+        """The next message; None at end of stream. A malformed line raises ProtocolError."""
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline >= 0:
+                line = bytes(self._buffer[:newline])
+                del self._buffer[:newline + 1]
+                return protocol.decode(line)
+            if len(self._buffer) > self.MAX_LINE:
+                raise ProtocolError(f"a line longer than {self.MAX_LINE} bytes between daemon and fetcher")
+            chunk = await self._sock.recv(65536)
+            if not chunk:
+                return None
+            self._buffer += chunk
+
+    def finish(self) -> None:
+        """No more messages from this end (the other end reads end of stream); replies can still arrive."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._sock.close()

@@ -1,0 +1,329 @@
+"""The daemon's side of the token fetcher process: start it, send it fetches, match its replies, restart it.
+
+The first child is forked by :meth:`ProcessFetcher.start_early` before the daemon's trio loop (and any
+thread) exists: it starts with every module already loaded and connects to the keyring while the daemon
+binds its socket, so the daemon's start-to-first-token time stays that of one process. A later child (after
+the first one died) is executed afresh (``python -m aadhelper.fetcher_child``), because forking a process
+that runs trio and threads is not safe. Either runs :func:`aadhelper.fetcher_child.run`. They talk JSON lines
+over a socket pair; each request carries an ``id`` and any number may be under way at once (the child
+answers in the order fetches finish).
+
+If the child dies (a bug, the OOM killer), the fetches waiting on it fail with an error that says so, and
+the next fetch starts a new child, at most one start per :data:`RESTART_INTERVAL`. At shutdown the daemon
+closes its end: the child finishes what may not be interrupted (a refresh-token exchange whose new token must
+reach the keyring) and exits; after :data:`STOP_GRACE` seconds it is killed.
+
+The child runs on whichever CPU is free: keyring and authority work no longer take the serving loop's
+thread, nor its GIL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from . import protocol
+from .config import Profile
+from .errors import AadhelperError, LoginRequired, ProtocolError
+from .fetcher import LineLink, error_of_reply, profile_to_wire, token_from_wire
+from .tokens import TokenResponse
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+log = logging.getLogger("aadhelper.fetcher")
+
+CHILD_MODULE = "aadhelper.fetcher_child"
+#: Seconds the daemon gives the child at shutdown to finish a refresh exchange.
+STOP_GRACE = 10.0
+#: Least seconds between two starts of the child (a child that cannot start must not be started per request).
+RESTART_INTERVAL = 1.0
+#: Upper end of the descriptors closed in a forked fetcher (os.closerange uses close_range(2) where it can).
+MAX_FD = 2**20
+
+
+@dataclass(eq=False)
+class _Call:
+    done: trio.Event = field(default_factory=trio.Event)
+    reply: dict[str, Any] | None = None
+
+
+class ChildProcess:
+    """A fetcher process this daemon started (forked or executed), waited for with a pidfd where there is one."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._pidfd: int | None = None
+        if hasattr(os, "pidfd_open"):
+            with contextlib.suppress(OSError):  # kernels before 5.3
+                self._pidfd = os.pidfd_open(pid)
+
+    async def wait(self) -> int:
+        """The exit code (negative: the signal that killed it), once it has exited."""
+        if self.returncode is None:
+            if self._pidfd is not None:
+                await trio.lowlevel.wait_readable(self._pidfd)
+                _, status = os.waitpid(self.pid, 0)
+                os.close(self._pidfd)
+                self._pidfd = None
+            else:
+                _, status = await trio.to_thread.run_sync(os.waitpid, self.pid, 0, abandon_on_cancel=True)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
+class _Child:
+    """One running fetcher process and the calls waiting for its replies."""
+
+    def __init__(self, process: ChildProcess, link: LineLink, started: float) -> None:
+        self.process = process
+        self.link = link
+        self.started = started
+        self.pending: dict[int, _Call] = {}
+        self.gone = False
+        self.stopping = False
+        #: Set once the process has exited and been reaped (by :meth:`read_replies`).
+        self.exited = trio.Event()
+        self._ids = itertools.count(1)
+
+    async def call(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send a request and wait for its reply; raises when the child stops first."""
+        if self.gone:
+            raise self.stopped()
+        call_id = next(self._ids)
+        waiting = self.pending[call_id] = _Call()
+        try:
+            try:
+                await self.link.send({**message, "id": call_id})
+            except (OSError, trio.ClosedResourceError):
+                raise self.stopped() from None
+            await waiting.done.wait()
+        finally:
+            del self.pending[call_id]
+        if waiting.reply is None:
+            raise self.stopped()
+        return waiting.reply
+
+    async def read_replies(self) -> None:
+        """Hand each reply to its call until the child's end closes; then fail the calls still waiting."""
+        try:
+            while True:
+                reply = await self.link.receive()
+                if reply is None:
+                    break
+                waiting = self.pending.get(reply.get("id"))  # type: ignore[arg-type]
+                if waiting is not None:  # else its caller gave up (cancelled)
+                    waiting.reply = reply
+                    waiting.done.set()
+        except ProtocolError as exc:
+            log.error("the token fetcher (pid %d) sent a malformed reply (%s); stopping it", self.process.pid,
+                      exc.one_line())
+            self.process.kill()
+        except (OSError, trio.ClosedResourceError) as exc:
+            log.error("lost the link to the token fetcher (pid %d): %s", self.process.pid, exc)
+            self.process.kill()
+        finally:
+            self.gone = True
+            self.link.close()
+            for waiting in self.pending.values():
+                waiting.done.set()
+        status = await self.process.wait()
+        self.exited.set()
+        if self.stopping:
+            log.info("token fetcher (pid %d) stopped (%s)", self.process.pid, _describe_status(status))
+        else:
+            log.warning("the token fetcher (pid %d) stopped (%s); the next fetch starts it again", self.process.pid,
+                        _describe_status(status))
+
+    def stopped(self) -> AadhelperError:
+        return AadhelperError("the token fetcher process stopped during the request",
+                              hint="see the daemon's log; the next request starts it again")
+
+    async def stop(self) -> None:
+        """End the link; give the child STOP_GRACE seconds to finish, then kill it."""
+        self.stopping = True
+        self.link.finish()
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(STOP_GRACE):
+                await self.exited.wait()
+                return
+            log.warning("the token fetcher (pid %d) did not stop within %.0f s; killing it", self.process.pid,
+                        STOP_GRACE)
+            self.process.kill()
+            await self.exited.wait()
+
+
+class ProcessFetcher:
+    """A :class:`~aadhelper.fetcher.Fetcher` whose work runs in a child process."""
+
+    def __init__(self, *, secret_store: str | None = None, verbose: bool = False) -> None:
+        self._secret_store = secret_store
+        self._verbose = verbose
+        self._early: tuple[ChildProcess, socket.socket] | None = None
+        self._child: _Child | None = None
+        self._nursery_cm: Any = None
+        self._nursery: trio.Nursery | None = None
+        self._starting = trio.Lock()
+
+    def start_early(self) -> None:
+        """Fork the first fetcher now; call before trio runs, while this process has no other thread."""
+        if threading.active_count() != 1:
+            raise RuntimeError("forking the token fetcher needs a process without threads")
+        from . import fetcher_child
+
+        fetcher_child.preload()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:  # the fetcher: never returns into the daemon's code
+            code = 1
+            try:
+                ours.close()
+                _keep_only_standard_fds_and(theirs.fileno())
+                code = fetcher_child.run(theirs, secret_store=self._secret_store, verbose=self._verbose)
+            except BaseException:  # nothing may escape into the daemon's code
+                log.exception("the token fetcher failed")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        theirs.close()
+        self._early = (ChildProcess(pid), ours)
+
+    @property
+    def pid(self) -> int | None:
+        """The running child's process id (None when there is none)."""
+        return self._child.process.pid if self._child is not None and not self._child.gone else None
+
+    async def __aenter__(self) -> ProcessFetcher:
+        self._nursery_cm = trio.open_nursery()
+        self._nursery = await self._nursery_cm.__aenter__()
+        await self._running_child()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        try:
+            if self._child is not None:
+                await self._child.stop()
+        finally:
+            assert self._nursery is not None
+            self._nursery.cancel_scope.cancel()
+            await self._nursery_cm.__aexit__(exc_type, exc, tb)
+
+    def source(self, profile: Profile) -> _RemoteSource:
+        return _RemoteSource(self, profile)
+
+    async def login_required(self, profile: str) -> LoginRequired | None:
+        reply = await self.call(protocol.request("login_required", profile=profile))
+        wire = reply.get("login_required")
+        if wire is None:
+            return None
+        error = error_of_reply({"error": wire})
+        if not isinstance(error, LoginRequired):
+            raise ProtocolError("the token fetcher sent a malformed login state")
+        return error
+
+    async def call(self, message: dict[str, Any]) -> dict[str, Any]:
+        """One request to the child; its error reply is raised as the error it carries."""
+        child = await self._running_child()
+        reply = await child.call(message)
+        error = error_of_reply(reply)
+        if error is not None:
+            raise error
+        return reply
+
+    async def _running_child(self) -> _Child:
+        async with self._starting:
+            child = self._child
+            if child is not None and not child.gone:
+                return child
+            if child is not None:
+                wait = child.started + RESTART_INTERVAL - trio.current_time()
+                if wait > 0:
+                    raise AadhelperError(f"the token fetcher process stopped; restarting it in {math.ceil(wait)} s",
+                                         hint="see the daemon's log")
+            self._child = child = await self._start()
+            return child
+
+    async def _start(self) -> _Child:
+        assert self._nursery is not None, "ProcessFetcher used outside `async with`"
+        if self._early is not None:
+            (process, ours), self._early = self._early, None
+            how = "forked"
+        else:
+            process, ours = self._execute()
+            how = "started"
+        child = _Child(process, LineLink(trio.socket.from_stdlib_socket(ours)), trio.current_time())
+        self._nursery.start_soon(child.read_replies)
+        log.info("token fetcher %s (pid %d)", how, process.pid)
+        return child
+
+    def _execute(self) -> tuple[ChildProcess, socket.socket]:
+        """A fetcher from a fresh interpreter (posix_spawn: quick, and safe in a process with threads)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        argv = [sys.executable, "-m", CHILD_MODULE, "--fd", str(theirs.fileno())]
+        if self._secret_store:
+            argv += ["--secret-store", self._secret_store]
+        if self._verbose:
+            argv.append("--verbose")
+        try:
+            with theirs:
+                os.set_inheritable(theirs.fileno(), True)
+                pid = os.posix_spawn(sys.executable, argv, os.environ,
+                                     file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)])
+        except OSError as exc:
+            ours.close()
+            raise AadhelperError(f"cannot start the token fetcher process: {exc.strerror or exc}",
+                                 hint="check the Python installation the daemon runs from") from None
+        return ChildProcess(pid), ours
+
+
+class _RemoteSource:
+    """A profile's token source in the fetcher process."""
+
+    def __init__(self, fetcher: ProcessFetcher, profile: Profile) -> None:
+        self._fetcher = fetcher
+        self._profile = profile
+
+    async def acquire(self, scopes: tuple[str, ...]) -> TokenResponse:
+        reply = await self._fetcher.call(protocol.request("acquire", profile=profile_to_wire(self._profile),
+                                                          scopes=list(scopes)))
+        return TokenResponse(token=token_from_wire(reply.get("token")))
+
+    def __repr__(self) -> str:
+        return f"_RemoteSource(profile={self._profile.name!r})"
+
+
+def _keep_only_standard_fds_and(keep: int) -> None:
+    """In the forked fetcher: close what the daemon had open besides stdio (a systemd socket, for one)."""
+    os.closerange(3, keep)
+    os.closerange(keep + 1, MAX_FD)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    if devnull != 0:
+        os.close(devnull)
+
+
+def _describe_status(status: int) -> str:
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exit status {status}"

@@ -1,0 +1,282 @@
+"""The token fetcher process: its messages, its side of the socket pair (bad input costs one request or ends
+the link, never a crash), the daemon's side (a misbehaving or dying child fails the waiting fetches with one
+clear line), and the real daemon's fetcher end to end (forked at start, restarted after a crash, gone with the
+daemon)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from aadhelper import client, protocol
+from aadhelper.config import Profile
+from aadhelper.errors import AadhelperError, ProtocolError, SecretMissing, error_from_wire
+from aadhelper.fetcher import LineLink, profile_from_wire, profile_to_wire, token_from_wire, token_to_wire
+from aadhelper.fetcher_child import serve_daemon
+from aadhelper.fetcher_process import RESTART_INTERVAL, ChildProcess, _Child
+from aadhelper.secret_store import KeyringSecretStore, MemorySecretStore
+from aadhelper.testing import SimulatedAuthority
+from aadhelper.tokens import Secret, Token
+from tests.harness import DaemonProcess, cli, sensitive
+from tests.test_integration import add_profile
+
+TENANT = "contoso.onmicrosoft.com"
+SCOPE = "https://graph.microsoft.com/.default"
+APP = "22222222-0000-0000-0000-000000000001"
+
+
+def profile(authority: str = "https://login.microsoftonline.com", ca_bundle: str | None = None) -> Profile:
+    return Profile(name="graph", tenant=TENANT, client_id=APP, scopes=(SCOPE,), authority=authority,
+                   credential="client_secret", ca_bundle=ca_bundle)
+
+
+# -- messages ---------------------------------------------------------------------------------------------------
+
+
+def test_profile_and_token_survive_the_wire() -> None:
+    """If a profile and a token go through their wire form (and JSON), then they come back equal."""
+    original = profile(ca_bundle="/etc/ca.pem")
+    wire = protocol.decode(protocol.encode({"v": 1, "p": profile_to_wire(original)}))["p"]
+    assert profile_from_wire(wire, original.scopes) == original
+    token = Token(access_token=Secret("eyJ.x.y"), token_type="Bearer", expires_on=1_800_000_000.5,
+                  refresh_on=1_799_999_000.0, scopes=(SCOPE,), obtained_at=1_799_996_400.25)
+    wire = protocol.decode(protocol.encode({"v": 1, "t": token_to_wire(token)}))["t"]
+    assert token_from_wire(wire) == token
+
+
+@pytest.mark.parametrize("wire", [
+    None, [], {"access_token": 5, "token_type": "Bearer", "expires_on": 1, "obtained_at": 0, "scopes": []},
+    {"access_token": "a", "token_type": "Bearer", "expires_on": "soon", "obtained_at": 0, "scopes": []},
+    {"access_token": "a", "token_type": "Bearer", "expires_on": True, "obtained_at": 0, "scopes": []},
+    {"access_token": "a", "token_type": "Bearer", "expires_on": 1, "obtained_at": 0, "scopes": "x"},
+    {"access_token": "a", "token_type": "Bearer", "expires_on": 1, "refresh_on": [], "obtained_at": 0, "scopes": []},
+])
+def test_malformed_tokens_are_protocol_errors(wire: object) -> None:
+    """If a token on the wire is malformed, then reading it is a ProtocolError."""
+    with pytest.raises(ProtocolError):
+        token_from_wire(wire)
+
+
+@pytest.mark.parametrize("wire", [None, "graph", {"name": "graph"}, {**profile_to_wire(profile()), "tenant": 3},
+                                  {**profile_to_wire(profile()), "ca_bundle": 1}])
+def test_malformed_profiles_are_protocol_errors(wire: object) -> None:
+    with pytest.raises(ProtocolError):
+        profile_from_wire(wire, (SCOPE,))
+
+
+# -- the child's side -------------------------------------------------------------------------------------------
+
+
+class FetcherLink:
+    """The daemon's end of a socket pair whose other end an in-process :func:`serve_daemon` answers."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.link = LineLink(trio.socket.from_stdlib_socket(sock))
+
+    async def ask(self, **fields: Any) -> dict[str, Any]:
+        await self.link.send({"v": protocol.VERSION, **fields})
+        reply = await self.link.receive()
+        assert reply is not None, "the fetcher hung up"
+        return reply
+
+
+@pytest.fixture
+async def fetcher_link(store: MemorySecretStore) -> AsyncIterator[FetcherLink]:
+    ours, theirs = socket.socketpair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_daemon, theirs, store)
+        link = FetcherLink(ours)
+        yield link
+        link.link.finish()  # the fetcher exits at end of stream
+
+
+@pytest.fixture
+def store() -> MemorySecretStore:
+    return MemorySecretStore()
+
+
+@pytest.fixture
+def authority(server_ssl_context: object) -> Iterator[SimulatedAuthority]:
+    with SimulatedAuthority(ssl_context=server_ssl_context) as authority:  # type: ignore[arg-type]
+        authority.add_tenant(TENANT)
+        yield authority
+
+
+async def test_child_answers_acquire_with_a_token(fetcher_link: FetcherLink, store: MemorySecretStore,
+                                                  authority: SimulatedAuthority, ca_pem_file: Path) -> None:
+    """If the daemon asks for a token of a profile whose secret is stored, then the reply carries the id and a token
+    the authority issued."""
+    secret = "s-" + secrets.token_urlsafe(12)
+    authority.add_client(APP, tenant=TENANT, secret=secret)
+    store.set("graph", "client_secret", Secret(secret))
+    reply = await fetcher_link.ask(op="acquire", id=41, scopes=[SCOPE],
+                                   profile=profile_to_wire(profile(authority.url, str(ca_pem_file))))
+    assert reply["ok"] and reply["id"] == 41
+    token = token_from_wire(reply["token"])
+    assert authority.validate(token.header())["aud"] == "https://graph.microsoft.com"
+
+
+@pytest.mark.parametrize("request_fields, code", [
+    ({"op": "acquire", "scopes": [SCOPE], "profile": profile_to_wire(profile())}, "secret_missing"),
+    ({"op": "acquire", "scopes": [SCOPE], "profile": {"name": "graph"}}, "protocol"),
+    ({"op": "acquire", "scopes": "all", "profile": profile_to_wire(profile())}, "protocol"),
+    ({"op": "login_required", "profile": 7}, "protocol"),
+    ({"op": "format_disk"}, "protocol"),
+])
+async def test_child_answers_bad_requests_with_an_error_and_keeps_going(
+        fetcher_link: FetcherLink, request_fields: dict[str, Any], code: str) -> None:
+    """If a request is malformed or cannot be served, then the reply is that error with the request's id, and the
+    next request is answered."""
+    reply = await fetcher_link.ask(id=7, **request_fields)
+    assert reply["id"] == 7 and not reply["ok"] and reply["error"]["code"] == code
+    assert "\n" not in reply["error"]["message"]
+    assert (await fetcher_link.ask(op="login_required", id=8, profile="me"))["login_required"]["code"] \
+        == "login_required"
+
+
+async def test_child_hangs_up_on_garbage(store: MemorySecretStore) -> None:
+    """If the link carries something that is not a JSON line, then the fetcher stops (the daemon starts another)."""
+    ours, theirs = socket.socketpair()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_daemon, theirs, store)
+            link = trio.socket.from_stdlib_socket(ours)
+            await link.send(b"\x00\xff not json\n")
+            assert await link.recv(100) == b""
+
+
+# -- the daemon's side ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sleeper() -> Iterator[ChildProcess]:
+    """A stand-in child process (the test plays the fetcher on the socket)."""
+    process = subprocess.Popen(["sleep", "60"])
+    yield ChildProcess(process.pid)
+    process.kill()
+    process.wait()
+
+
+@pytest.mark.parametrize("answer", [b"{not json}\n", b'{"v": 99, "id": 1}\n', b""])
+async def test_a_bad_or_vanishing_child_fails_the_waiting_fetch(sleeper: ChildProcess, answer: bytes) -> None:
+    """If the fetcher answers garbage, a reply of another protocol version, or hangs up, then the waiting call fails
+    with one line saying the fetcher stopped, and a garbling fetcher is killed."""
+    ours, theirs = socket.socketpair()
+    child = _Child(sleeper, LineLink(trio.socket.from_stdlib_socket(ours)), trio.current_time())
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(child.read_replies)
+
+            async def play_fetcher() -> None:
+                request = await trio.to_thread.run_sync(theirs.recv, 65536)
+                assert b'"op":"acquire"' in request
+                if answer:
+                    theirs.sendall(answer)
+                else:
+                    theirs.close()
+                    os.kill(sleeper.pid, signal.SIGKILL)
+
+            nursery.start_soon(play_fetcher)
+            with pytest.raises(AadhelperError, match="token fetcher process stopped") as caught:
+                await child.call(protocol.request("acquire"))
+            assert "\n" not in caught.value.one_line()
+            await child.exited.wait()
+    assert child.gone and sleeper.returncode == -signal.SIGKILL
+
+
+# -- the real daemon --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def daemon_env(isolated_env: dict[str, str], ca_pem_file: Path, authority: SimulatedAuthority,
+               secret_service: KeyringSecretStore) -> dict[str, str]:
+    secret = "fetch-" + secrets.token_urlsafe(12)
+    sensitive(secret)
+    authority.add_client(APP, tenant=TENANT, secret=secret)
+    env = dict(isolated_env, AADHELPER_NO_AUTOSTART="1")
+    add_profile(env, "graph", authority.url, ca_pem_file, client_id=APP)
+    cli(env, "secret", "set", "graph", input=secret + "\n", check=True)
+    return env
+
+
+def token_requests(authority: SimulatedAuthority) -> int:
+    return sum(1 for r in authority.requests if r.endpoint == "token")
+
+
+def process_name(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def gone(pid: int, timeout: float = 15.0) -> bool:
+    """True once ``pid`` has exited (zombies count as exited)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.requires("secret-service")
+def test_daemon_forks_its_fetcher_and_restarts_it_after_a_crash(daemon_env: dict[str, str],
+                                                                authority: SimulatedAuthority) -> None:
+    """If the daemon runs, then its fetcher is a forked child named aadhelper-fetch at idle CPU priority. If the
+    fetcher is killed, then cached tokens are still served without it, and the next fetch starts a new one that
+    works."""
+    with DaemonProcess(daemon_env) as daemon:
+        first = daemon.fetcher_pid()
+        assert first is not None and process_name(first) == "aadhelper-fetch"
+        assert os.sched_getscheduler(first) == os.SCHED_IDLE
+        assert os.sched_getscheduler(daemon.pid) == os.SCHED_OTHER
+        header = cli(daemon_env, "header", "graph", check=True).stdout
+        os.kill(first, signal.SIGKILL)
+        assert gone(first)
+        assert cli(daemon_env, "header", "graph", check=True).stdout == header  # from the daemon's memory
+        assert token_requests(authority) == 1
+        time.sleep(RESTART_INTERVAL)
+        client.invalidate("graph", socket_path=daemon.socket_path)
+        fresh = cli(daemon_env, "header", "graph", check=True).stdout
+        assert fresh != header and authority.validate(fresh.strip())
+        second = daemon.fetcher_pid()
+        assert second is not None and second != first and os.sched_getscheduler(second) == os.SCHED_IDLE
+        log = daemon.log()
+    assert f"token fetcher forked (pid {first})" in log
+    assert f"token fetcher (pid {first}) stopped (killed by SIGKILL)" in log
+    assert f"token fetcher started (pid {second})" in log
+
+
+@pytest.mark.requires("secret-service")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_fetcher_ends_with_the_daemon(daemon_env: dict[str, str], how: str) -> None:
+    """If the daemon stops (SIGTERM) or is killed (SIGKILL), then its fetcher exits too: no process is left behind."""
+    daemon = DaemonProcess(daemon_env).start()
+    try:
+        cli(daemon_env, "header", "graph", check=True)
+        fetcher = daemon.fetcher_pid()
+        assert fetcher is not None
+    finally:
+        if how == "SIGTERM":
+            assert daemon.stop() == 0
+        else:
+            daemon.kill()
+    assert gone(fetcher)
+
+
+def test_error_replies_rebuild_their_class() -> None:
+    """A fetcher's error reply becomes the same error class in the daemon (so the cache treats it the same)."""
+    error = SecretMissing("no client secret is stored for profile 'graph'", profile="graph", hint="store it")
+    rebuilt = error_from_wire(protocol.decode(protocol.encode(protocol.error_reply(error.to_wire())))["error"])
+    assert type(rebuilt) is SecretMissing and rebuilt.one_line() == error.one_line()
