@@ -111,11 +111,21 @@ def cpu_seconds(pid: int) -> float:
 
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process (VmRSS from /proc/PID/status)."""
-    with open(f"/proc/{pid}/status") as file:
+    return _kilobytes(f"/proc/{pid}/status", "VmRSS:") * 1024
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size (Pss from /proc/PID/smaps_rollup): each page shared with other processes counts by
+    its share, so the PSS of processes sharing pages (a fork) add up to the memory they use together."""
+    return _kilobytes(f"/proc/{pid}/smaps_rollup", "Pss:") * 1024
+
+
+def _kilobytes(path: str, field: str) -> int:
+    with open(path) as file:
         for line in file:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise BenchError(f"no VmRSS for pid {pid}")
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise BenchError(f"no {field} in {path}")
 
 
 def ms(seconds: float) -> str:
