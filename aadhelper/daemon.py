@@ -24,7 +24,7 @@ import trio
 
 from . import __version__, paths, protocol, systemd
 from .cache import TokenCache
-from .config import Profile
+from .config import GitUrl, Profile
 from .config_watch import ConfigWatcher
 from .errors import AadhelperError, ConfigError, NoProfileForUrl, ProtocolError
 from .listener import bind_unix_socket, bound_path, check_peer, peer_uid, serve_connections
@@ -93,12 +93,12 @@ class Daemon:
 
     async def _op_token(self, message: dict[str, Any]) -> dict[str, Any]:
         request = protocol.TokenRequest.from_message(message)
-        profile, username = self._resolve(request)
+        profile, git_url = self._resolve(request)
         token = await self.cache.get(profile, request.scopes, request.min_valid)
         reply = protocol.ok_reply(access_token=token.access_token.reveal(), token_type=token.token_type,
                                   expires_on=int(token.expires_on), profile=profile.name, scopes=list(token.scopes))
-        if username is not None:
-            reply["username"] = username
+        if git_url is not None:
+            reply["username"] = profile.git_username(git_url, token.account)
         return reply
 
     async def _op_invalidate(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -146,7 +146,8 @@ class Daemon:
             self.cache.forget_profile(name)
         return protocol.ok_reply(profiles=sorted(config.profiles))
 
-    def _resolve(self, request: protocol.TokenRequest) -> tuple[Profile, str | None]:
+    def _resolve(self, request: protocol.TokenRequest) -> tuple[Profile, GitUrl | None]:
+        """The profile a request names, and the git URL mapping that chose it (None without ``url``)."""
         config = self.config.current()
         if request.url is None:
             return config.profile(request.profile), None
@@ -154,8 +155,7 @@ class Daemon:
         if match is None:
             raise NoProfileForUrl(f"no profile is mapped to {_redact_url(request.url)}",
                                   hint="add one with `aadhelper profile git-url add NAME URL`")
-        profile, mapping = match
-        return profile, profile.git_username(mapping)
+        return match
 
     # -- connections -------------------------------------------------------------------------------
 

@@ -164,18 +164,21 @@ def scopes_from_wire(wire: object) -> tuple[str, ...]:
 def token_to_wire(token: Token) -> dict[str, Any]:
     return {"access_token": token.access_token.reveal(), "token_type": token.token_type,
             "expires_on": token.expires_on, "refresh_on": token.refresh_on, "scopes": list(token.scopes),
-            "obtained_at": token.obtained_at}
+            "obtained_at": token.obtained_at, "account": token.account}
 
 
 def token_from_wire(wire: object) -> Token:
     if not isinstance(wire, dict):
         raise ProtocolError("fetch reply without a token")
     access_token, token_type, refresh_on = wire.get("access_token"), wire.get("token_type"), wire.get("refresh_on")
-    if not isinstance(access_token, str) or not isinstance(token_type, str):
+    account = wire.get("account")
+    if not isinstance(access_token, str) or not isinstance(token_type, str) \
+            or not isinstance(account, (str, type(None))):
         raise ProtocolError("fetch reply with a malformed token")
     return Token(access_token=Secret(access_token), token_type=token_type, expires_on=_seconds(wire, "expires_on"),
                  refresh_on=None if refresh_on is None else _seconds(wire, "refresh_on"),
-                 scopes=scopes_from_wire(wire.get("scopes")), obtained_at=_seconds(wire, "obtained_at"))
+                 scopes=scopes_from_wire(wire.get("scopes")), obtained_at=_seconds(wire, "obtained_at"),
+                 account=account)
 
 
 def error_of_reply(reply: dict[str, Any]) -> AadhelperError | None:

@@ -58,6 +58,8 @@ class Token:
     refresh_on: float | None = None
     scopes: tuple[str, ...] = ()
     obtained_at: float = 0.0
+    #: The signed-in account the authority's id token names (user sign-ins), else None; not a secret.
+    account: str | None = None
 
     def valid_for(self, seconds: float, now: float) -> bool:
         """True when at least ``seconds`` of validity are left at ``now``."""

@@ -19,9 +19,10 @@ import trio.testing
 from aadhelper.config import Profile
 from aadhelper.errors import AuthenticationFailed, AuthorityUnavailable, LoginFailed
 from aadhelper.grants import HttpClients
+from aadhelper.grants.http import account_of
 from aadhelper.login import LoginOptions, sign_in
 from aadhelper.login.browser import browser_login
-from aadhelper.login.common import LoginRequest, account_of
+from aadhelper.login.common import LoginRequest
 from aadhelper.login.device import DeviceCode, parse_device_code, poll, start
 from aadhelper.login.redirect import open_redirect_listener
 from aadhelper.login.terminal import Console, clock_text, run_showing

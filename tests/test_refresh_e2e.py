@@ -19,7 +19,7 @@ from aadhelper import client
 from aadhelper.fetcher_process import RESTART_INTERVAL
 from aadhelper.secret_store import KeyringSecretStore
 from aadhelper.testing import Fault, RecordedRequest, SimulatedAuthority
-from tests.harness import AADHELPER, DaemonProcess, cli, sensitive
+from tests.harness import AADHELPER, BIN, DaemonProcess, cli, sensitive
 from tests.test_login_e2e import header, seed, stored, user_authority, user_profile_env
 from tests.test_refresh_source import RESOURCES, USER
 
@@ -208,3 +208,19 @@ def test_dead_sign_in_reads_login_required_after_one_request(
         assert status.returncode == 6
         assert "login required" in status.stdout and f"AADSTS{aadsts}" in status.stdout
     assert len(refreshes(authority)) == 1
+
+
+def test_git_helper_names_the_signed_in_account(env: dict[str, str], authority: SimulatedAuthority,
+                                               client_ssl_context: object, secret_service: KeyringSecretStore) -> None:
+    """If a user profile is mapped to a git URL, then the git helper answers with the account the sign-in names (as
+    Git Credential Manager does), not a placeholder, and the password is an access token for the profile."""
+    seed(authority, client_ssl_context, secret_service)
+    cli(env, "profile", "git-url", "add", "me", "https://dev.azure.com/contoso/", check=True)
+    with DaemonProcess(env):
+        result = subprocess.run([str(BIN / "git-credential-aadhelper"), "get"], env=env, capture_output=True,
+                                text=True, input="protocol=https\nhost=dev.azure.com\npath=contoso/app.git\n\n",
+                                timeout=30, check=True)
+    answer = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    sensitive(answer["password"])
+    assert answer["username"] == USER
+    assert authority.validate(f"Bearer {answer['password']}")["aud"] == "https://graph.microsoft.com"

@@ -34,7 +34,7 @@ class TokenSource(Protocol):
 
 
 class SecretAccess(Protocol):
-    """The daemon's async view of the secret store."""
+    """The fetcher's async view of the secret store."""
 
     async def get(self, profile: str, kind: str) -> Secret | None: ...
 
@@ -45,8 +45,8 @@ def make_source(profile: Profile, *, http: HttpClients, secrets: SecretAccess,
                 clock: Callable[[], float], sign_ins: SignIns | None = None) -> TokenSource:
     """The token source for a profile's credential kind.
 
-    ``sign_ins`` is the daemon's per-profile refresh state for user profiles; it must outlive the sources (one
-    per daemon), or refreshes of one profile could overlap. None gives the source its own (tests, one-off use).
+    ``sign_ins`` is the fetcher's per-profile refresh state for user profiles; it must outlive the sources (one
+    per fetcher), or refreshes of one profile could overlap. None gives the source its own (tests, one-off use).
     """
     client = http.get(profile.ca_bundle)
     if profile.credential == "client_secret":

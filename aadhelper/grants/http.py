@@ -10,7 +10,9 @@ Entra does not echo secrets), plus the fix.
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import json
 import logging
 import re
 import ssl
@@ -238,6 +240,7 @@ def parse_token_reply(body: Mapping[str, Any] | None, *, scopes: tuple[str, ...]
     refresh_in = _seconds(body.get("refresh_in"))
     refresh_token = body.get("refresh_token")
     granted = body.get("scope")
+    id_token = body.get("id_token")
     token = Token(
         access_token=Secret(access_token),
         # "bearer" from some authorities; headers conventionally say "Bearer".
@@ -246,12 +249,30 @@ def parse_token_reply(body: Mapping[str, Any] | None, *, scopes: tuple[str, ...]
         refresh_on=now + refresh_in if refresh_in and 0 < refresh_in < expires_in else None,
         scopes=scopes,
         obtained_at=now,
+        account=account_of(id_token) if isinstance(id_token, str) else None,
     )
     return TokenResponse(
         token=token,
         refresh_token=Secret(refresh_token) if isinstance(refresh_token, str) and refresh_token else None,
         granted_scope=granted if isinstance(granted, str) else None,
     )
+
+
+def account_of(id_token: str) -> str | None:
+    """The signed-in account an id token names (``preferred_username``), for display and git usernames only: the
+    token is not verified, and nothing is decided by it."""
+    try:
+        payload = id_token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return None
+    if not isinstance(claims, dict):
+        return None
+    for key in ("preferred_username", "upn", "email", "name"):
+        value = claims.get(key)
+        if isinstance(value, str) and value.isprintable() and 0 < len(value) <= 256:
+            return value
+    return None
 
 
 def _seconds(value: object) -> float | None:

@@ -8,8 +8,8 @@ Rules, and why:
 
 * **One refresh at a time per profile**, across token-source instances. A strict authority revokes the whole grant
   when a used refresh token is presented again; two concurrent refreshes would both present the same token. The
-  daemon's token cache recreates a profile's source after every reload while an old flight may still run, so the
-  lock lives in :class:`SignIns`, which the daemon owns, keyed by profile name.
+  daemon's token fetcher creates a profile's source per fetch, and several may run at once, so the lock lives in
+  :class:`SignIns`, which the fetcher owns for its lifetime, keyed by profile name.
 * **Persist before serving.** The reply's refresh token is written to the keyring before its access token is
   returned, and before anything else can fail (the access token is parsed after the write). The exchange is
   shielded from cancellation: once the old token is on its way, the authority may already have rotated it, and a
@@ -26,14 +26,16 @@ Rules, and why:
   every scope set fails at once with the same :class:`~aadhelper.errors.LoginRequired` (naming ``aadhelper login
   NAME`` and carrying the authority's ``claims``) until the keyring holds another token.
 
-SIGKILL at any point of a refresh, honestly: killed before the request reaches the authority, nothing changed.
+SIGKILL at any point of a refresh, honestly (of the process doing it: the daemon's fetcher, see
+:mod:`aadhelper.fetcher_child`; a SIGKILL of the daemon alone lets the fetcher finish the exchange and the write):
+killed before the request reaches the authority, nothing changed.
 Killed while the keyring write runs, the secret store's replacement is crash-safe (old or new value, never a mix).
 Killed after the authority rotated but before the write finished, the keyring holds a token the authority has
 already seen used. No client-side order can close that window, because the authority's commit and the keyring
 write are two systems. Entra does not revoke used refresh tokens, so there it is harmless; strict rotating
 authorities offer a reuse grace period for exactly this case (Okta's grace period, Auth0's reuse interval), and
-the restarted daemon's retry falls inside it. The simulated authority models both (``refresh_token_reuse`` and
-``refresh_token_reuse_grace``). What the daemon guarantees is that the window is as short as it can be: one
+the restarted fetcher's retry falls inside it. The simulated authority models both (``refresh_token_reuse`` and
+``refresh_token_reuse_grace``). What aadhelper guarantees is that the window is as short as it can be: one
 keyring write after the reply arrives, with nothing in between.
 """
 
@@ -93,7 +95,7 @@ def _again(exc: LoginRequired) -> LoginRequired:
 
 @dataclass(eq=False)
 class _Chain:
-    """What the daemon knows about one profile's refresh-token chain beyond the keyring."""
+    """What the fetcher knows about one profile's refresh-token chain beyond the keyring."""
 
     lock: trio.Lock = field(default_factory=trio.Lock)
     #: The newest refresh token when the keyring has not taken it yet ...
@@ -106,7 +108,7 @@ class _Chain:
 
 
 class SignIns:
-    """Per-profile refresh state of the daemon's user profiles, shared by every token source it creates."""
+    """Per-profile refresh state of the user profiles, shared by every token source the fetcher creates."""
 
     def __init__(self, secrets: SecretAccess) -> None:
         self._secrets = secrets
@@ -167,7 +169,7 @@ class SignIns:
         chain.unsaved = chain.replaces = None
 
     async def keep_storing(self, *, start: float = STORE_RETRY_START, largest: float = STORE_RETRY_MAX) -> None:
-        """Run for the daemon's lifetime: store rotated refresh tokens the keyring refused, with backoff."""
+        """Run for the fetcher's lifetime: store rotated refresh tokens the keyring refused, with backoff."""
         delay = start
         while True:
             await self._unsaved.wait()

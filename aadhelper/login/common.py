@@ -7,8 +7,6 @@ one place; this module only re-labels the outcomes that mean "this login did not
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,8 +63,7 @@ def finish(body: Mapping[str, Any] | None, request: LoginRequest, *, now: float)
     if response.refresh_token is None:
         raise LoginFailed("the authority signed you in but issued no refresh token", profile=name,
                           hint="the app registration must allow the offline_access scope (and public client flows)")
-    id_token = body.get("id_token") if body else None
-    return LoginResult(response.refresh_token, account_of(id_token) if isinstance(id_token, str) else None)
+    return LoginResult(response.refresh_token, response.token.account)
 
 
 async def redeem(client: httpx.AsyncClient, request: LoginRequest, form: Mapping[str, str], *,
@@ -93,22 +90,6 @@ def failed(exc: AuthorityError, message: str, profile: str, hint: str | None = N
     reason = exc.reason
     return LoginFailed(f"{message}: {reason}" if reason else message, profile=profile, error=exc.error,
                        aadsts=exc.aadsts, hint=hint or f"run `aadhelper login {profile}` again", claims=exc.claims)
-
-
-def account_of(id_token: str) -> str | None:
-    """The signed-in account named by an id token (``preferred_username``), for display only: not verified."""
-    try:
-        payload = id_token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
-        return None
-    if not isinstance(claims, dict):
-        return None
-    for key in ("preferred_username", "upn", "email", "name"):
-        value = claims.get(key)
-        if isinstance(value, str) and value.isprintable() and 0 < len(value) <= 256:
-            return value
-    return None
 
 
 def sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
