@@ -26,7 +26,7 @@ from . import __version__, paths, protocol, systemd
 from .cache import TokenCache
 from .config import GitUrl, Profile
 from .config_watch import ConfigWatcher
-from .errors import AadhelperError, ConfigError, NoProfileForUrl, ProtocolError
+from .errors import AadhelperError, ConfigError, LoginRequired, NoProfileForUrl, ProtocolError
 from .listener import bind_unix_socket, bound_path, check_peer, peer_uid, serve_connections
 from .process_setup import harden_process
 
@@ -123,8 +123,7 @@ class Daemon:
         profiles = []
         for name, profile in sorted(configured.items()):
             tokens = [r for r in records if r["profile"] == name]
-            login = await self.fetcher.login_required(name) \
-                if self.fetcher is not None and profile.credential == "user" else None
+            login = await self._login_state(profile)
             if login is not None and not any(r["state"] == "login_required" for r in tokens):
                 # No refresh token, or a dead one: say so for the profile's scopes even before anyone asked.
                 tokens.append({"profile": name, "credential": profile.credential, "scopes": list(profile.scopes),
@@ -134,6 +133,17 @@ class Daemon:
             profiles.append({"name": name, "credential": profile.credential, "default": name == default,
                              "tokens": tokens})
         return protocol.ok_reply(daemon=daemon, profiles=profiles)
+
+    async def _login_state(self, profile: Profile) -> LoginRequired | None:
+        """Why a user profile needs a login, for status; None when it is signed in or nobody can tell right now (a
+        status must answer even while the fetcher restarts)."""
+        if self.fetcher is None or profile.credential != "user":
+            return None
+        try:
+            return await self.fetcher.login_required(profile.name)
+        except AadhelperError as exc:
+            log.info("status: cannot tell whether profile %r is signed in (%s)", profile.name, exc.one_line())
+            return None
 
     async def _op_reload(self, message: dict[str, Any]) -> dict[str, Any]:
         name = message.get("profile")

@@ -205,11 +205,6 @@ class ProcessFetcher:
         theirs.close()
         self._early = (ChildProcess(pid), ours)
 
-    @property
-    def pid(self) -> int | None:
-        """The running child's process id (None when there is none)."""
-        return self._child.process.pid if self._child is not None and not self._child.gone else None
-
     async def __aenter__(self) -> ProcessFetcher:
         self._nursery_cm = trio.open_nursery()
         self._nursery = await self._nursery_cm.__aenter__()

@@ -13,7 +13,15 @@ import trio
 
 from aadhelper import client, protocol
 from aadhelper.daemon import DaemonInfo, serve
-from aadhelper.errors import ConfigError, DaemonNotRunning, ProtocolError, SecretMissing, UnknownProfile
+from aadhelper.errors import (
+    AadhelperError,
+    ConfigError,
+    DaemonNotRunning,
+    LoginRequired,
+    ProtocolError,
+    SecretMissing,
+    UnknownProfile,
+)
 from aadhelper.fetcher import LocalFetcher
 from aadhelper.listener import DaemonAlreadyRunning, bind_unix_socket, check_peer
 from aadhelper.tokens import Secret
@@ -32,13 +40,13 @@ class NoSecrets:
         return False
 
 
-async def start_daemon(nursery: trio.Nursery, tmp_path: Path) -> DaemonInfo:
+async def start_daemon(nursery: trio.Nursery, tmp_path: Path, fetcher: LocalFetcher | None = None) -> DaemonInfo:
     """An in-process daemon with an empty config file at ``tmp_path/config.toml``."""
     config = tmp_path / "config.toml"
     config.write_text("")
     info: DaemonInfo = await nursery.start(lambda task_status: serve(
-        LocalFetcher(NoSecrets()), config_path=str(config), socket_path=str(tmp_path / "run" / "daemon.sock"),
-        handle_signals=False, task_status=task_status))
+        fetcher or LocalFetcher(NoSecrets()), config_path=str(config),
+        socket_path=str(tmp_path / "run" / "daemon.sock"), handle_signals=False, task_status=task_status))
     return info
 
 
@@ -211,4 +219,26 @@ async def test_broken_config_is_reported_per_request_and_recovers(tmp_path: Path
             # The profile is usable again: the failure now is the missing secret, not the config.
             with pytest.raises(SecretMissing):
                 await call(info, "token", profile="p")
+        nursery.cancel_scope.cancel()
+
+
+class FetcherDown(LocalFetcher):
+    """A fetcher that cannot answer (as while a fetcher process restarts)."""
+
+    async def login_required(self, profile: str) -> LoginRequired | None:
+        raise AadhelperError("the token fetcher process stopped during the request")
+
+
+async def test_status_answers_while_the_fetcher_cannot(tmp_path: Path) -> None:
+    """If the fetcher cannot say whether a user profile is signed in, then status still answers, for every
+    profile, without a login verdict it does not have."""
+    async with trio.open_nursery() as nursery:
+        info = await start_daemon(nursery, tmp_path, FetcherDown(NoSecrets()))
+        (tmp_path / "config.toml").write_text(
+            '[profiles.me]\ntenant = "organizations"\nclient_id = "c"\ncredential = "user"\n'
+            'scopes = ["https://graph.microsoft.com/.default"]\n')
+        with trio.fail_after(10):
+            status = await call(info, "status")
+        assert [p["name"] for p in status["profiles"]] == ["me"]  # type: ignore[index, union-attr]
+        assert status["profiles"][0]["tokens"] == []  # type: ignore[index]
         nursery.cancel_scope.cancel()
