@@ -100,8 +100,8 @@ class LocalFetcher:
         self._clock = clock
         self._http = HttpClients()
         self._secrets = AsyncSecrets(store)
-        # One for the fetcher's lifetime, outliving the sources the cache recreates: refreshes of a profile
-        # never overlap.
+        # One for the fetcher's lifetime, outliving the sources made per fetch: refreshes of a profile never
+        # overlap.
         self._sign_ins = SignIns(self._secrets)
         self._nursery_cm: Any = None
         self._nursery: trio.Nursery | None = None
