@@ -60,7 +60,7 @@ class DaemonProcess:
 
     def fetcher_pid(self) -> int | None:
         """The pid of the daemon's token fetcher process (read from /proc, so Linux only); None when none runs."""
-        # Per thread: trio starts processes from a worker thread.
+        # Children are listed under the thread that started them, not necessarily the main one.
         for task in Path(f"/proc/{self.pid}/task").glob("*"):
             with contextlib.suppress(OSError):
                 children = (task / "children").read_text().split()
