@@ -95,4 +95,13 @@ def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.02)
     raise AssertionError(f"condition not met within {timeout} s")
 
 
-__all__ = ["AADHELPER", "DaemonProcess", "assert_no_leaks", "cli", "sensitive", "token_of", "wait_until"]
+def exited(pid: int) -> bool:
+    """True once process ``pid`` has exited; a zombie nobody reaped yet counts as exited."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"
+
+
+__all__ = ["AADHELPER", "DaemonProcess", "assert_no_leaks", "cli", "exited", "sensitive", "token_of", "wait_until"]

@@ -27,7 +27,7 @@ from aadhelper.fetcher_process import RESTART_INTERVAL, ChildProcess, _Child
 from aadhelper.secret_store import KeyringSecretStore, MemorySecretStore
 from aadhelper.testing import SimulatedAuthority
 from aadhelper.tokens import Secret, Token
-from tests.harness import DaemonProcess, cli, sensitive
+from tests.harness import DaemonProcess, cli, exited, sensitive, wait_until
 from tests.test_integration import add_profile
 
 TENANT = "contoso.onmicrosoft.com"
@@ -217,19 +217,6 @@ def process_name(pid: int) -> str:
     return Path(f"/proc/{pid}/comm").read_text().strip()
 
 
-def gone(pid: int, timeout: float = 15.0) -> bool:
-    """True once ``pid`` has exited (zombies count as exited)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
-                return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @pytest.mark.requires("secret-service")
 def test_daemon_forks_its_fetcher_and_restarts_it_after_a_crash(daemon_env: dict[str, str],
                                                                 authority: SimulatedAuthority) -> None:
@@ -243,7 +230,7 @@ def test_daemon_forks_its_fetcher_and_restarts_it_after_a_crash(daemon_env: dict
         assert os.sched_getscheduler(daemon.pid) == os.SCHED_OTHER
         header = cli(daemon_env, "header", "graph", check=True).stdout
         os.kill(first, signal.SIGKILL)
-        assert gone(first)
+        wait_until(lambda: exited(first), timeout=15)
         assert cli(daemon_env, "header", "graph", check=True).stdout == header  # from the daemon's memory
         assert token_requests(authority) == 1
         time.sleep(RESTART_INTERVAL)
@@ -272,7 +259,7 @@ def test_fetcher_ends_with_the_daemon(daemon_env: dict[str, str], how: str) -> N
             assert daemon.stop() == 0
         else:
             daemon.kill()
-    assert gone(fetcher)
+    wait_until(lambda: exited(fetcher), timeout=15)
 
 
 def test_error_replies_rebuild_their_class() -> None:

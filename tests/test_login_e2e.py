@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,7 @@ from aadhelper.secret_store import KeyringSecretStore
 from aadhelper.testing import DEVICE_CODE_GRANT, Fault, SimulatedAuthority
 from aadhelper.tokens import Secret
 from tests.harness import AADHELPER, SENSITIVE, DaemonProcess, cli, sensitive
-from tests.test_refresh_source import ADO, CLIENT, RESOURCES, TENANT, USER, device_sign_in
+from tests.test_refresh_source import ADO, CLIENT, TENANT, USER, device_sign_in, user_authority
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 ADO_SCOPE = f"{ADO}/.default"
@@ -27,17 +26,6 @@ KIND = "refresh_token"
 CLAIMS = '{"access_token":{"acrs":{"essential":true,"value":"c1"}}}'
 
 pytestmark = pytest.mark.requires("secret-service")
-
-
-@contextmanager
-def user_authority(server_ssl_context: object) -> Iterator[SimulatedAuthority]:
-    """The simulated authority over HTTPS with the public client (several resources) and the user."""
-    with SimulatedAuthority(ssl_context=server_ssl_context) as authority:  # type: ignore[arg-type]
-        authority.add_tenant(TENANT)
-        authority.add_client(CLIENT, tenant=TENANT, public=True, resources=RESOURCES)
-        authority.add_user(USER, tenant=TENANT)
-        authority.device_code_interval = 1
-        yield authority
 
 
 def user_profile_env(isolated_env: dict[str, str], ca_pem_file: Path, authority: SimulatedAuthority) -> dict[str, str]:
@@ -50,7 +38,7 @@ def user_profile_env(isolated_env: dict[str, str], ca_pem_file: Path, authority:
 
 @pytest.fixture
 def authority(server_ssl_context: object) -> Iterator[SimulatedAuthority]:
-    with user_authority(server_ssl_context) as authority:
+    with user_authority(server_ssl_context, device_code_interval=1) as authority:
         yield authority
 
 

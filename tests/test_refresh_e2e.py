@@ -10,8 +10,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -19,25 +17,18 @@ from aadhelper import client
 from aadhelper.fetcher_process import RESTART_INTERVAL
 from aadhelper.secret_store import KeyringSecretStore
 from aadhelper.testing import Fault, RecordedRequest, SimulatedAuthority
-from tests.harness import AADHELPER, BIN, DaemonProcess, cli, sensitive
-from tests.test_login_e2e import header, seed, stored, user_authority, user_profile_env
+from tests import test_login_e2e
+from tests.harness import AADHELPER, BIN, DaemonProcess, cli, exited, sensitive, wait_until
+from tests.test_login_e2e import header, seed, stored
 from tests.test_refresh_source import RESOURCES, USER
 
 SCOPES = [f"{resource}/.default" for resource in RESOURCES]
 
 pytestmark = pytest.mark.requires("secret-service")
 
-
-@pytest.fixture
-def authority(server_ssl_context: object) -> Iterator[SimulatedAuthority]:
-    with user_authority(server_ssl_context) as authority:
-        yield authority
-
-
-@pytest.fixture
-def env(isolated_env: dict[str, str], ca_pem_file: Path, authority: SimulatedAuthority,
-        secret_service: KeyringSecretStore) -> dict[str, str]:
-    return user_profile_env(isolated_env, ca_pem_file, authority)
+# The user-profile world of the login tests: the authority with the public client and the user, and profile `me`.
+authority = test_login_e2e.authority
+env = test_login_e2e.env
 
 
 def sha(value: str) -> str:
@@ -129,7 +120,7 @@ def test_sigkill_of_the_daemon_during_a_refresh_loses_no_rotation(
         release.set()
         waiting.wait(30)
     assert waiting.returncode != 0
-    wait_for_exit(fetcher)
+    wait_until(lambda: exited(fetcher), timeout=20)
     assert stored(secret_service) != first
 
     with DaemonProcess(env):
@@ -177,13 +168,6 @@ def test_sigkill_of_the_fetcher_during_a_refresh(env: dict[str, str], authority:
             assert result.returncode == 6 and "AADSTS50173" in result.stderr
             assert "aadhelper login me" in result.stderr and len(result.stderr.strip().splitlines()) == 1
         assert daemon.fetcher_pid() not in (None, fetcher)
-
-
-def wait_for_exit(pid: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
-        assert time.monotonic() < deadline, f"process {pid} did not exit"
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("breakage, aadsts", [("revoked", 50173), ("expired", 700082)])

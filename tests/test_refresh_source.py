@@ -8,6 +8,7 @@ import hashlib
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -66,13 +67,20 @@ def device_sign_in(authority: SimulatedAuthority, context: object, scope: str = 
         return token
 
 
-@pytest.fixture
-def authority(server_ssl_context: object) -> Iterator[SimulatedAuthority]:
+@contextmanager
+def user_authority(server_ssl_context: object, *, device_code_interval: int) -> Iterator[SimulatedAuthority]:
+    """The simulated authority over HTTPS with the public client (several resources) and the user."""
     with SimulatedAuthority(ssl_context=server_ssl_context) as authority:  # type: ignore[arg-type]
         authority.add_tenant(TENANT)
         authority.add_client(CLIENT, tenant=TENANT, public=True, resources=RESOURCES)
         authority.add_user(USER, tenant=TENANT)
-        authority.device_code_interval = 0
+        authority.device_code_interval = device_code_interval
+        yield authority
+
+
+@pytest.fixture
+def authority(server_ssl_context: object) -> Iterator[SimulatedAuthority]:
+    with user_authority(server_ssl_context, device_code_interval=0) as authority:
         assert authority.refresh_token_reuse == "revoke" and authority.refresh_token_reuse_grace == 0
         yield authority
 
