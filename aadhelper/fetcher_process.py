@@ -36,7 +36,7 @@ import trio
 
 from . import protocol
 from .config import Profile
-from .errors import AadhelperError, LoginRequired, ProtocolError
+from .errors import AadhelperError, LoginRequired, ProtocolError, error_from_wire
 from .fetcher import LineLink, error_of_reply, profile_to_wire, token_from_wire
 from .tokens import TokenResponse
 
@@ -235,7 +235,7 @@ class ProcessFetcher:
         wire = reply.get("login_required")
         if wire is None:
             return None
-        error = error_of_reply({"error": wire})
+        error = error_from_wire(wire) if isinstance(wire, dict) else None
         if not isinstance(error, LoginRequired):
             raise ProtocolError("the token fetcher sent a malformed login state")
         return error
