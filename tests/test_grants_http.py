@@ -53,6 +53,7 @@ def test_retry_after_forms() -> None:
     assert parse_retry_after("999999") == 3600.0
     assert parse_retry_after("Thu, 01 Jan 2026 00:01:00 GMT", now=1767225600.0) == 60.0
     assert parse_retry_after("soon") is None
+    assert parse_retry_after("¹") is None and parse_retry_after("٣٠") is None  # digits, but not ASCII ones
     assert parse_retry_after(None) is None
 
 

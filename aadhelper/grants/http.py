@@ -208,7 +208,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     value = value.strip()
     seconds: float | None = None
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # isdigit() alone takes "¹" (a latin-1 header byte), float() does not
         seconds = float(value)
     else:
         try:
