@@ -17,8 +17,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-#: Seconds to wait for a reply. A cold token may need a round trip to the authority with retries.
-DEFAULT_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = protocol.REPLY_TIMEOUT
 
 START_HINT = "start it with `aadhelper daemon` (or `systemctl --user start aadhelper.socket`)"
 

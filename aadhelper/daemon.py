@@ -129,7 +129,9 @@ class Daemon:
                 tokens.append({"profile": name, "credential": profile.credential, "scopes": list(profile.scopes),
                                "state": "login_required", "expires_on": None, "next_refresh": None,
                                "refreshing": False, "refreshes": 0, "failures": 0, "last_error": login.to_wire(),
-                               "last_error_at": None})
+                               "last_error_at": None, "min_valid": profile.min_valid, "short_tokens": False,
+                               "token_lifetime": None, "requests_last_hour": 0, "last_request_at": None,
+                               "throttled_since": None})
             profiles.append({"name": name, "credential": profile.credential, "default": name == default,
                              "tokens": tokens})
         return protocol.ok_reply(daemon=daemon, profiles=profiles)
@@ -288,7 +290,10 @@ def _idle_exit(watcher: ConfigWatcher) -> int:
 def _status_line(cache: TokenCache) -> str:
     next_refresh = cache.next_refresh()
     profiles = len(cache.profiles_cached())
-    when = time.strftime("%H:%M:%S", time.localtime(next_refresh)) if next_refresh else "none"
+    try:
+        when = time.strftime("%H:%M:%S", time.localtime(next_refresh)) if next_refresh else "none"
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds must not stop the daemon
+        when = "never"
     return f"{profiles} profile(s) cached; next refresh {when}"
 
 

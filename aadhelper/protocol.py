@@ -53,6 +53,11 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_REPLY_BYTES = 4 * 1024 * 1024
 #: Seconds the daemon waits for a complete request line before closing the connection.
 READ_TIMEOUT = 5.0
+#: Seconds a client waits for a reply. A cold token may need a round trip to the authority with retries.
+REPLY_TIMEOUT = 60.0
+#: Seconds the daemon lets a request wait for a token before answering with the cause of the wait: well inside
+#: REPLY_TIMEOUT, so the client hears why (an authority or keyring that is slow) rather than "no answer".
+ANSWER_DEADLINE = 45.0
 
 OPS = frozenset({"ping", "token", "invalidate", "status", "reload"})
 
