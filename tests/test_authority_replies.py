@@ -218,14 +218,6 @@ async def test_oversized_reply_is_cut_at_the_limit(authority: SimulatedAuthority
     assert peak < 16 * MB, f"peak traced memory {peak / MB:.1f} MiB"
 
 
-async def test_content_length_over_the_limit_is_refused_before_reading(authority: SimulatedAuthority,
-                                                                       source: TokenSource) -> None:
-    """If the reply announces a body over the limit, then the grant refuses it without reading the body."""
-    authority.inject(Fault.huge_body(2 * MB))
-    exc = await refused(source)
-    assert_unavailable(exc, "the authority's reply exceeds 1 MiB")
-
-
 # malformed replies --------------------------------------------------------------------------------------------
 
 

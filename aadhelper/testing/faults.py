@@ -156,7 +156,8 @@ class Fault:
     @classmethod
     def reply_fields(cls, *, endpoint: str = "token", grant_type: str | None = None, **fields: object) -> Fault:
         """Answer the request, then change top-level fields of a 200 JSON reply: a value replaces (or adds) the
-        field, :attr:`Fault.REMOVE` deletes it, :class:`RawJson` goes in verbatim; error replies pass unchanged.
+        field, :attr:`Fault.REMOVE` deletes it, :class:`RawJson` goes in verbatim. An error reply passes unchanged
+        (and uses the fault up, like any matching request).
 
         ``float("nan")`` and ``float("inf")`` are written as bare ``NaN`` and ``Infinity``. With a refresh-token
         grant, the refresh token is rotated and the new one sent, whatever the access token looks like:
