@@ -349,3 +349,28 @@ async def test_rotated_refresh_token_is_kept_when_the_access_token_is_unusable(
         refreshes = [r for r in authority.requests if r.grant_type == "refresh_token"]
         assert [r.status for r in refreshes] == [200, 200]  # the second presented the rotated token, not a replay
 
+
+
+async def test_fixed_ca_bundle_file_is_used_without_a_restart(server_ssl_context: ssl.SSLContext,
+                                                             ca_pem_file: Path, http_clients: HttpClients) -> None:
+    """If the profile's CA bundle file held the wrong CA and is then replaced by the right one, then the next
+    source made from the same HTTP clients (as the fetcher makes per fetch) verifies the authority and works."""
+    right = ca_pem_file.read_bytes()
+    ca_pem_file.write_bytes(trustme.CA().cert_pem.bytes())
+    with SimulatedAuthority(ssl_context=server_ssl_context) as authority:
+        authority.add_tenant(TENANT)
+        authority.add_client(APP, tenant=TENANT, secret=SECRET)
+        store = MemorySecretStore()
+        store.set("app", "client_secret", Secret(SECRET))
+
+        def new_source() -> TokenSource:
+            return make_source(app_profile(authority.url, ca_pem_file), http=http_clients,
+                               secrets=AsyncSecrets(store), clock=time.time)
+
+        await refused(new_source(), ConfigError)
+        # Replaced, as editors and config tools do: a new file at the same path (an in-place rewrite is caught by
+        # its size and mtime, which a fast test cannot rely on: timestamps can be coarser than the test).
+        fixed = ca_pem_file.with_suffix(".new")
+        fixed.write_bytes(right)
+        fixed.replace(ca_pem_file)
+        assert (await acquire(new_source())).token.access_token

@@ -101,25 +101,43 @@ def make_ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
 
 
 class HttpClients:
-    """One :class:`httpx.AsyncClient` per CA bundle, shared by all profiles that use it; closed with :meth:`aclose`."""
+    """One :class:`httpx.AsyncClient` per CA bundle, shared by all profiles that use it; closed with :meth:`aclose`.
+
+    A CA bundle file replaced or edited in place (how a user fixes a certificate that does not verify) gets a
+    new client, with the new CAs, at the next :meth:`get`: clients are kept per file version, not per path.
+    """
 
     def __init__(self) -> None:
-        self._clients: dict[str | None, httpx.AsyncClient] = {}
+        self._clients: dict[tuple[str | None, tuple[int, ...] | None], httpx.AsyncClient] = {}
 
     def get(self, ca_bundle: str | None) -> httpx.AsyncClient:
-        client = self._clients.get(ca_bundle)
+        key = (ca_bundle, _file_version(ca_bundle))
+        client = self._clients.get(key)
         if client is None:
             # The timeout bounds each step of an exchange; post_form bounds the whole exchange.
             client = httpx.AsyncClient(verify=make_ssl_context(ca_bundle), timeout=REQUEST_TIMEOUT,
                                        follow_redirects=False,
                                        headers={"User-Agent": f"aadhelper/{_version()}"})
-            self._clients[ca_bundle] = client
+            # Clients of older versions of the file stay until aclose: a source may still hold one, and there is
+            # one per edit of the file, which is rare.
+            self._clients[key] = client
         return client
 
     async def aclose(self) -> None:
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
+
+
+def _file_version(path: str | None) -> tuple[int, ...] | None:
+    """What changes when a file is replaced or rewritten; None without a file (make_ssl_context then says why)."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _version() -> str:
