@@ -322,6 +322,18 @@ async def test_tls_verification_failure_is_a_configuration_error(wrong_tls: tupl
     assert reason in line and "ca_bundle" in line
 
 
+async def test_plain_http_on_an_https_url(ca_pem_file: Path, http_clients: HttpClients) -> None:
+    """If the authority URL says https but the server speaks plain HTTP, then the grant says it cannot reach the
+    authority because of a TLS error, in words (exit 7)."""
+    with SimulatedAuthority() as plain:
+        store = MemorySecretStore()
+        store.set("app", "client_secret", Secret(SECRET))
+        source = make_source(app_profile(plain.url.replace("http:", "https:"), ca_pem_file), http=http_clients,
+                             secrets=AsyncSecrets(store), clock=time.time)
+        exc = await refused(source)
+    assert_unavailable(exc, "cannot reach the authority at 127.0.0.1: TLS error: wrong version number")
+
+
 # a rotated refresh token with an unusable access token ----------------------------------------------------------
 
 

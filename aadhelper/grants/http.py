@@ -11,8 +11,8 @@ Whatever the authority sends, one exchange is bounded: :data:`REQUEST_TIMEOUT` f
 the form, the whole reply) and :data:`MAX_REPLY_BYTES` for the reply, read as a stream. A failure of the
 network or of the authority is :class:`AuthorityUnavailable` (retried with backoff); a certificate that does
 not verify is a :class:`ConfigError` (retrying cannot fix it); a reply that is no usable token (no access token,
-a lifetime that is not a positive finite number, a token type other than Bearer) is "malformed", and no NaN or
-infinity ever reaches a :class:`Token`.
+a lifetime that is not a finite number of seconds, a token type other than Bearer) is "malformed", and no NaN
+or infinity ever reaches a :class:`Token`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import re
+import socket
 import ssl
 import time
 from collections.abc import Iterator, Mapping
@@ -245,7 +246,12 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 def _reason(exc: BaseException) -> str:
     """Why a transport failed, in a few words: the OS error (``connection refused``), else httpx's message."""
     for cause in _causes(exc):
-        if isinstance(cause, OSError) and cause.errno:
+        # Both are OSErrors whose errno is no errno: an OpenSSL error code, a resolver (EAI_*) code.
+        if isinstance(cause, ssl.SSLError):
+            return "TLS error: " + (_printable(cause.reason or str(cause), 80) or "").lower().replace("_", " ")
+        if isinstance(cause, socket.gaierror):
+            return _printable(cause.strerror or str(cause), 80) or "the name does not resolve"
+        if isinstance(cause, OSError) and cause.errno and cause.errno > 0:
             return os.strerror(cause.errno).lower()
     return _printable(str(exc), 120) or type(exc).__name__
 
@@ -422,4 +428,3 @@ async def request_token(client: httpx.AsyncClient, url: str, form: Mapping[str, 
     status, headers, body = await post_form(client, url, form, profile=profile)
     raise_for_error(status, headers, body, profile=profile, action=action)
     return parse_token_reply(body, scopes=scopes, now=now, profile=profile)
-
