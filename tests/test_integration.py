@@ -296,7 +296,8 @@ def test_thin_client_does_not_import_heavy_modules(env: dict[str, str]) -> None:
 def test_ssl_cert_file_is_honoured_without_ca_bundle(env: dict[str, str], authority: SimulatedAuthority,
                                                      ca_pem_file: Path) -> None:
     """If a profile names no CA bundle but SSL_CERT_FILE points at the authority's CA, then TLS verifies with it;
-    without either, the error says certificate verification failed and how to fix it."""
+    without either, it is a configuration error (exit 3, not a retried "unavailable") that says the certificate does
+    not verify and how to fix it."""
     cli(env, "profile", "add", "plain", "--tenant", TENANT, "--client-id", APP, "--scope", GRAPH_SCOPE,
         "--authority", authority.url, check=True)
     cli(env, "secret", "set", "plain", input=authority_secret(env, "graph") + "\n", check=True)
@@ -305,8 +306,9 @@ def test_ssl_cert_file_is_honoured_without_ca_bundle(env: dict[str, str], author
     untrusted = {k: v for k, v in env.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
     with DaemonProcess(untrusted):
         result = cli(untrusted, "header", "plain")
-        assert result.returncode == 7
-        assert "certificate verification failed" in result.stderr and "ca_bundle" in result.stderr
+        assert result.returncode == 3
+        assert "certificate of the authority" in result.stderr and "does not verify" in result.stderr
+        assert "ca_bundle" in result.stderr
 
 
 def authority_secret(env: dict[str, str], profile: str) -> str:
