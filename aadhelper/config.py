@@ -3,7 +3,9 @@
 Layers, later wins: built-in defaults -> the TOML file (``$AADHELPER_CONFIG`` or ``<user config dir>/config.toml``)
 -> environment (``AZURE_AUTHORITY_HOST`` for profiles without ``authority``; ``AADHELPER_NO_AUTOSTART=1``).
 :func:`parse_config` is pure (text in, value out); :func:`load_config` reads the file. Writing lives in
-:mod:`aadhelper.config_edit`. The file::
+:mod:`aadhelper.config_edit`. Reading never blocks on a FIFO or device and refuses anything that is not a regular
+file (a symlink to one is fine), a file of another user or writable by everyone, and a file over
+:data:`MAX_CONFIG_BYTES` (1 MiB), each with a one-line :class:`ConfigError`. The file::
 
     default_profile = "graph"           # optional when there is exactly one profile
 
@@ -51,6 +53,9 @@ TENANT_ALIASES = frozenset({"common", "organizations", "consumers"})
 #: git's username when a user-credential profile's mapping names none; Azure DevOps accepts any non-empty one.
 DEFAULT_GIT_USERNAME = "aadhelper"
 MAX_MIN_VALID = 86400
+#: Largest config file read (a real one is a few KiB; parsing 1 MiB of profiles takes ~0.5 s): anything larger is
+#: refused with a one-line error instead of being read into memory.
+MAX_CONFIG_BYTES = 1024 * 1024
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,253}")
@@ -221,19 +226,71 @@ def parse_toml(text: str, path: str) -> dict[str, Any]:
 def load_config(path: str | None = None, environ: Mapping[str, str] = os.environ) -> Config:
     """Read and parse the config file; a missing file is an empty configuration."""
     path = path or paths.config_file()
-    try:
-        with open(path, "rb") as file:
-            _check_file_owner(path, os.fstat(file.fileno()))
-            data = file.read()
-    except FileNotFoundError:
-        return parse_config("", path, environ)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    config = load_config_file(path, environ)
+    return parse_config("", path, environ) if config is None else config
+
+
+def load_config_file(path: str, environ: Mapping[str, str] = os.environ) -> Config | None:
+    """Read and parse the config file at ``path``; None when there is no file (a dangling symlink included)."""
+    data = read_config_file(path)
+    if data is None:
+        return None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
     return parse_config(text, path, environ)
+
+
+def read_config_file(path: str) -> bytes | None:
+    """The config file's bytes, None when it does not exist; never blocks on a FIFO or device, never reads more
+    than :data:`MAX_CONFIG_BYTES`.
+
+    A symlink to a regular file is followed (dotfile managers link the config). The type and owner checks are made
+    on the opened descriptor, so a file swapped between a check and the read cannot slip through.
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer; the fstat below refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: the config file is {_file_kind(info.st_mode)}, not a regular file; "
+                              "refusing to read it", hint="replace it with a regular file")
+        _check_file_owner(path, info)
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise _too_large(path, info.st_size)
+        chunks: list[bytes] = []
+        size = 0
+        # Bounded even when the file grows while it is read.
+        while size <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_CONFIG_BYTES:
+            raise _too_large(path, size)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def _too_large(path: str, size: int) -> ConfigError:
+    return ConfigError(f"{path}: the config file has {size} bytes or more, over the limit of {MAX_CONFIG_BYTES}; "
+                       "refusing to read it", hint="a configuration is a few KiB: check what was written to it")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str]) -> Profile:
