@@ -43,7 +43,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 import trio
@@ -83,6 +84,7 @@ class ConfigWatcher:
         self._from_file = False  # whether it came from an existing file (so that a missing file is a fault)
         self._error: ConfigError | None = None  # what is wrong with the file now
         self.on_profile_changed: Callable[[str], None] = lambda name: None
+        self._lookups = _BlameBrokenFile(self)
 
     @property
     def error(self) -> ConfigError | None:
@@ -114,16 +116,10 @@ class ConfigWatcher:
             raise self._error
         return self._config
 
-    @contextlib.contextmanager
-    def lookups(self) -> Iterator[None]:
+    def lookups(self) -> contextlib.AbstractContextManager[None]:
         """Around looking a profile or URL up in :meth:`current`'s configuration: while the file is broken, a
         ConfigError (unknown profile, unmapped URL) becomes the file's own error, its likely cause."""
-        try:
-            yield
-        except ConfigError:
-            if self._error is not None:
-                raise self._error from None
-            raise
+        return self._lookups
 
     async def reload(self) -> Config:
         """Read the file now, as the user asked: a missing file is an empty configuration; a broken one raises its
@@ -171,6 +167,18 @@ class ConfigWatcher:
                 f"; still serving the last good configuration ({len(self._config.profiles)} profile(s))"
             log.warning("configuration not usable: %s%s", exc.one_line(), kept)
         self._error = exc
+
+
+class _BlameBrokenFile(contextlib.AbstractContextManager[None]):
+    """:meth:`ConfigWatcher.lookups` (a class, not a generator: it is on every request's path)."""
+
+    def __init__(self, watcher: ConfigWatcher) -> None:
+        self._watcher = watcher
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        error = self._watcher.error
+        if isinstance(exc, ConfigError) and error is not None:
+            raise error from None
 
 
 def _missing(path: str) -> ConfigError:
