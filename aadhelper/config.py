@@ -180,7 +180,7 @@ class _Where:
             parts.append(f"profile {self.profile!r}")
         if self.section is not None:
             parts.append(self.section)
-        parts.append(problem if key is None else f"key {key!r} {problem}")
+        parts.append(problem if key is None else f"key {_shown(key)} {problem}")
         return ConfigError(": ".join(parts), hint=hint, profile=self.profile)
 
 
@@ -200,7 +200,7 @@ def parse_config(text: str, path: str, environ: Mapping[str, str] = os.environ) 
     _check_git_url_conflicts(profiles, path)
     default = _get(data, "default_profile", str, top, "must be a profile name", None)
     if default is not None and default not in profiles:
-        raise top.error("default_profile", f"names profile {default!r}, which is not configured "
+        raise top.error("default_profile", f"names profile {_shown(default)}, which is not configured "
                                            f"(profiles: {', '.join(profiles) or 'none'})")
     if default is None and len(profiles) == 1:
         default = next(iter(profiles))
@@ -295,8 +295,8 @@ def _file_kind(mode: int) -> str:
 
 def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str]) -> Profile:
     if not _NAME_RE.fullmatch(name):
-        raise ConfigError(f"{path}: profile name {name!r} must be 1 to 64 letters, digits, '-', '_' or '.'",
-                          profile=name)
+        # No profile=name: the message shows the name, cut short (it may be anything, of any length).
+        raise ConfigError(f"{path}: profile name {_shown(name)} must be 1 to 64 letters, digits, '-', '_' or '.'")
     where = _Where(path, profile=name)
     if not isinstance(raw, dict):
         raise where.error(None, "must be a table ([profiles.NAME])")
@@ -305,7 +305,7 @@ def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str]
     client_id = _get_str(raw, "client_id", where, _TOKEN_RE, "the application (client) id")
     credential = _get(raw, "credential", str, where, f"must be one of {', '.join(CREDENTIALS)}", "client_secret")
     if credential not in CREDENTIALS:
-        raise where.error("credential", f"must be one of {', '.join(CREDENTIALS)}, not {credential!r}")
+        raise where.error("credential", f"must be one of {', '.join(CREDENTIALS)}, not {_shown(credential)}")
     if credential == "client_secret" and tenant.lower() in TENANT_ALIASES:
         raise where.error("tenant", f"must name a real tenant (GUID or domain), not {tenant!r}, for credential "
                                     "'client_secret': the client credentials grant has no user to pick a tenant "
@@ -350,7 +350,7 @@ def _parse_git_urls(raw: object, where: _Where) -> tuple[GitUrl, ...]:
         except ValueError as exc:
             raise item_where.error("url", str(exc)) from None
         if any(g.url == normalised for g in result):
-            raise item_where.error("url", f"repeats {normalised!r}")
+            raise item_where.error("url", f"repeats {_shown(normalised)}")
         username = _get(item, "username", str, item_where, "must be a string", None)
         if username is not None and not (username and username.isprintable() and len(username) <= 256):
             raise item_where.error("username", "must be a non-empty printable string")
@@ -364,8 +364,8 @@ def _check_git_url_conflicts(profiles: Mapping[str, Profile], path: str) -> None
         for git_url in profile.git_urls:
             other = owner.setdefault(git_url.url, profile.name)
             if other != profile.name:
-                raise _Where(path, profile.name, "git").error(
-                    "url", f"{git_url.url!r} is also mapped by profile {other!r}; a URL can belong to one profile only")
+                raise _Where(path, profile.name, "git").error("url", f"{_shown(git_url.url)} is also mapped by profile "
+                                                                     f"{other!r}; a URL can belong to one profile only")
 
 
 def _check_keys(table: Mapping[str, object], allowed: tuple[str, ...], where: _Where) -> None:
@@ -407,7 +407,7 @@ def _get_str(table: Mapping[str, object], key: str, where: _Where, pattern: re.P
     if value is None:
         raise where.error(key, f"is missing ({what})")
     if not pattern.fullmatch(value):
-        raise where.error(key, f"must be {what} without spaces, not {value!r}")
+        raise where.error(key, f"must be {what} without spaces, not {_shown(value)}")
     return str(value)
 
 
@@ -415,7 +415,14 @@ def _env_flag(environ: Mapping[str, str], name: str, where: _Where) -> bool:
     value = environ.get(name, "").strip().lower()
     if value in _TRUE or value in _FALSE:
         return value in _TRUE
-    raise where.error(None, f"environment variable {name} must be 1 or 0, not {value!r}")
+    raise where.error(None, f"environment variable {name} must be 1 or 0, not {_shown(value)}")
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """A value from the file for a message: quoted, and cut short so that the message stays one readable line
+    whatever the file holds."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 4]}...{text[-1]}"
 
 
 def _check_file_owner(path: str, info: os.stat_result) -> None:

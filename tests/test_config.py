@@ -231,6 +231,22 @@ def test_bad_profile_names_are_refused(name: str) -> None:
         parse(PROFILE.replace("profiles.p", f'profiles."{name}"'))
 
 
+HUGE = "x " * 100_000
+
+
+@pytest.mark.parametrize("text", [
+    f'[profiles."{HUGE}"]', f'default_profile = "{HUGE}"', f'[profiles.p]\n"{HUGE}" = 1', f'[daemon]\n"{HUGE}" = 1',
+    profile_with(tenant=f'"{HUGE}"'), profile_with(client_id=f'"{HUGE}"'), profile_with(credential=f'"{HUGE}"'),
+    profile_with(git=f'[{{url = "https://h/{"a/" * 100_000}"}}, {{url = "https://h/{"a/" * 100_000}"}}]'),
+])
+def test_messages_stay_short_whatever_the_file_holds(text: str) -> None:
+    """If the file holds a huge bad name, key or value, then the error quotes it cut short: one line of a few
+    hundred characters, not the value (a config file may be up to 1 MiB; the line goes to logs and every reply)."""
+    with pytest.raises(ConfigError) as info:
+        parse(text)
+    assert len(info.value.one_line()) < 400, info.value.one_line()[:400]
+
+
 def test_name_of_64_allowed_characters_is_fine() -> None:
     """If a name has 64 letters, digits, '-', '_' and '.', then it is accepted."""
     name = ("Ab-_.9" * 11)[:64]
