@@ -69,6 +69,12 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
 
+class ConfigUnreadable(ConfigError):
+    """Opening or reading the file failed (I/O error, out of file descriptors, a symlink loop...): unlike a bad
+    content, this may pass without the file changing, so the daemon tries again (see :mod:`.config_watch`).
+    Travels as a plain ``config`` error."""
+
+
 @dataclass(frozen=True)
 class GitUrl:
     """A git remote prefix served by a profile."""
@@ -255,7 +261,7 @@ def read_config_file(path: str) -> bytes | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+        raise ConfigUnreadable(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -277,7 +283,7 @@ def read_config_file(path: str) -> bytes | None:
             raise _too_large(path, size)
         return b"".join(chunks)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+        raise ConfigUnreadable(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
 

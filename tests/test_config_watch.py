@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from aadhelper.config import Config, load_config_file, parse_config
+from aadhelper.config import Config, ConfigUnreadable, load_config_file, parse_config
 from aadhelper.config_watch import RECHECK_BROKEN, ConfigWatcher
 from aadhelper.errors import ConfigError, UnknownProfile
 
@@ -189,12 +189,12 @@ async def test_unchanged_file_is_read_once(config_path: Path) -> None:
     assert len(reads) == 1
 
 
-async def test_broken_file_with_an_unchanged_stamp_is_retried_after_a_pause(config_path: Path,
-                                                                            autojump_clock: trio.testing.MockClock,
-                                                                            ) -> None:
+async def test_unreadable_file_with_an_unchanged_stamp_is_retried_after_a_pause(
+        config_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     """If reading fails for a cause the file's stamp does not show (out of file descriptors, I/O error), then the
     file is read again after RECHECK_BROKEN seconds, not on every request and not only after the file changes."""
-    outcomes: list[Config | ConfigError] = [ConfigError("too many open files")]
+    too_many = ConfigUnreadable("cannot read the config file: Too many open files")
+    outcomes: list[Config | ConfigError] = [too_many]
 
     def loader(path: str) -> Config | None:
         outcome = outcomes.pop(0) if outcomes else parse_config(TWO, path, {})
@@ -203,19 +203,40 @@ async def test_broken_file_with_an_unchanged_stamp_is_retried_after_a_pause(conf
         return outcome
 
     watcher = ConfigWatcher(str(config_path), loader)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigUnreadable):
         await watcher.current()
-    outcomes.append(ConfigError("too many open files"))
+    outcomes.append(too_many)
     await trio.sleep(RECHECK_BROKEN / 2)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigUnreadable):
         await watcher.current()
     assert len(outcomes) == 1  # not read again yet
     await trio.sleep(RECHECK_BROKEN / 2)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigUnreadable):
         await watcher.current()
     assert outcomes == []
     await trio.sleep(RECHECK_BROKEN)
     assert sorted((await watcher.current()).profiles) == ["a", "b"] and watcher.error is None
+
+
+async def test_bad_content_is_not_parsed_again_until_the_file_changes(config_path: Path,
+                                                                     autojump_clock: trio.testing.MockClock) -> None:
+    """If the file's content is bad, then requests do not parse it again while its stamp stays the same (a 1 MiB
+    file takes ~0.5 s to parse), however long they keep coming; a change is read at once."""
+    reads: list[str] = []
+
+    def loader(path: str) -> Config | None:
+        reads.append(path)
+        return load_config_file(path)
+
+    config_path.write_text("[x")
+    watcher = ConfigWatcher(str(config_path), loader)
+    for _ in range(20):
+        with pytest.raises(ConfigError, match="not valid TOML"):
+            await watcher.current()
+        await trio.sleep(RECHECK_BROKEN)
+    assert len(reads) == 1
+    write(config_path, TWO)
+    assert sorted((await watcher.current()).profiles) == ["a", "b"] and len(reads) == 2
 
 
 async def test_reading_runs_off_the_event_loop_once_for_concurrent_requests(config_path: Path) -> None:
