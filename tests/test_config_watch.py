@@ -12,8 +12,9 @@ import pytest
 import trio
 import trio.testing
 
+from aadhelper import config_watch
 from aadhelper.config import Config, ConfigUnreadable, load_config_file, parse_config
-from aadhelper.config_watch import RECHECK_BROKEN, ConfigWatcher
+from aadhelper.config_watch import RECHECK_BROKEN, ConfigWatcher, file_stamp
 from aadhelper.errors import ConfigError, UnknownProfile
 
 PROFILE = """
@@ -175,18 +176,28 @@ async def test_reload_of_a_broken_file_raises_but_keeps_the_last_good(config_pat
     assert await watcher.current() is good
 
 
-async def test_unchanged_file_is_read_once(config_path: Path) -> None:
-    """If the file does not change, then it is read once, however many requests use it (each costs a stat)."""
+async def test_unchanged_file_is_read_once_and_each_request_costs_one_stat(config_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the file does not change, then it is read once, however many requests use it, and each request costs
+    exactly one stat (the hot path that scripts/bench measures)."""
     reads: list[str] = []
+    stats: list[str] = []
 
     def loader(path: str) -> Config | None:
         reads.append(path)
         return load_config_file(path)
 
+    def counting_stamp(path: str) -> tuple[int, ...]:
+        stats.append(path)
+        return file_stamp(path)
+
+    monkeypatch.setattr(config_watch, "file_stamp", counting_stamp)
     watcher = ConfigWatcher(str(config_path), loader)
+    await watcher.current()
+    stats.clear()
     for _ in range(50):
         await watcher.current()
-    assert len(reads) == 1
+    assert len(reads) == 1 and len(stats) == 50
 
 
 async def test_unreadable_file_with_an_unchanged_stamp_is_retried_after_a_pause(
