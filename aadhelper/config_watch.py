@@ -114,7 +114,7 @@ class ConfigWatcher:
                     await self._load(explicit=False)
         if self._config is None:
             assert self._error is not None
-            raise self._error
+            raise self._error.with_traceback(None)  # see _BlameBrokenFile
         return self._config
 
     def lookups(self) -> contextlib.AbstractContextManager[None]:
@@ -128,7 +128,7 @@ class ConfigWatcher:
         async with self._lock:
             await self._load(explicit=True)
         if self._error is not None:
-            raise self._error
+            raise self._error.with_traceback(None)
         assert self._config is not None
         return self._config
 
@@ -179,7 +179,9 @@ class _BlameBrokenFile(contextlib.AbstractContextManager[None]):
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         error = self._watcher.error
         if isinstance(exc, ConfigError) and error is not None:
-            raise error from None
+            # One error object is raised for every request while the file is broken: each raise would add its
+            # frames (and their locals) to the traceback it already carries, without bound.
+            raise error.with_traceback(None) from None
 
 
 def _missing(path: str) -> ConfigError:

@@ -276,3 +276,30 @@ async def test_reading_runs_off_the_event_loop_once_for_concurrent_requests(conf
             await trio.sleep(0.05)
             release.set()
     assert len(reads) == 1 and len(results) == 5 and len({id(r) for r in results}) == 1
+
+
+def traceback_length(exc: BaseException) -> int:
+    length, tb = 0, exc.__traceback__
+    while tb is not None:
+        length, tb = length + 1, tb.tb_next
+    return length
+
+
+@pytest.mark.parametrize("good_first", [False, True])
+async def test_raising_the_file_error_again_and_again_holds_no_more_memory(config_path: Path,
+                                                                          good_first: bool) -> None:
+    """If requests keep hitting a broken file's error (never a good one, or an unknown profile while the last good
+    one serves), then the one error object they all get does not grow: its traceback is that of one raise, not a
+    chain of every request's frames."""
+    watcher = ConfigWatcher(str(config_path))
+    if good_first:
+        await watcher.current()
+    write(config_path, "[x")
+    lengths = []
+    for _ in range(200):
+        with pytest.raises(ConfigError) as caught:
+            config = await watcher.current()
+            with watcher.lookups():
+                config.profile("nosuch")
+        lengths.append(traceback_length(caught.value))
+    assert caught.value is watcher.error and max(lengths) == lengths[0]
