@@ -93,7 +93,7 @@ class Daemon:
 
     async def _op_token(self, message: dict[str, Any]) -> dict[str, Any]:
         request = protocol.TokenRequest.from_message(message)
-        profile, git_url = self._resolve(request)
+        profile, git_url = await self._resolve(request)
         token = await self.cache.get(profile, request.scopes, request.min_valid)
         reply = protocol.ok_reply(access_token=token.access_token.reveal(), token_type=token.token_type,
                                   expires_on=int(token.expires_on), profile=profile.name, scopes=list(token.scopes))
@@ -103,7 +103,7 @@ class Daemon:
 
     async def _op_invalidate(self, message: dict[str, Any]) -> dict[str, Any]:
         request = protocol.TokenRequest.from_message(message)
-        profile, _ = self._resolve(request)
+        profile, _ = await self._resolve(request)
         return protocol.ok_reply(dropped=self.cache.invalidate(profile.name, request.scopes))
 
     async def _op_status(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -111,7 +111,7 @@ class Daemon:
                   "socket": self.socket_path, "socket_activated": self.socket_activated,
                   "config": self.config.path}
         try:
-            config = self.config.current()
+            config = await self.config.current()
         except ConfigError as exc:
             daemon["config_error"] = exc.to_wire()
             configured: dict[str, Profile] = {}
@@ -119,6 +119,7 @@ class Daemon:
         else:
             configured = dict(config.profiles)
             default = config.default_profile
+            daemon.update(self.config.status())  # a broken file while the last good configuration serves
         records = self.cache.status()
         profiles = []
         for name, profile in sorted(configured.items()):
@@ -153,21 +154,22 @@ class Daemon:
             raise ProtocolError("field 'profile' must be a string")
         # Re-reading the config forgets the profiles whose definition changed; a named profile's secret or
         # sign-in changed even if its config did not, so it starts afresh too. Others keep their tokens.
-        config = self.config.reload()
+        config = await self.config.reload()
         if name:
             self.cache.forget_profile(name)
         return protocol.ok_reply(profiles=sorted(config.profiles))
 
-    def _resolve(self, request: protocol.TokenRequest) -> tuple[Profile, GitUrl | None]:
+    async def _resolve(self, request: protocol.TokenRequest) -> tuple[Profile, GitUrl | None]:
         """The profile a request names, and the git URL mapping that chose it (None without ``url``)."""
-        config = self.config.current()
-        if request.url is None:
-            return config.profile(request.profile), None
-        match = config.profile_for_url(request.url)
-        if match is None:
-            raise NoProfileForUrl(f"no profile is mapped to {_redact_url(request.url)}",
-                                  hint="add one with `aadhelper profile git-url add NAME URL`")
-        return match
+        config = await self.config.current()
+        with self.config.lookups():
+            if request.url is None:
+                return config.profile(request.profile), None
+            match = config.profile_for_url(request.url)
+            if match is None:
+                raise NoProfileForUrl(f"no profile is mapped to {_redact_url(request.url)}",
+                                      hint="add one with `aadhelper profile git-url add NAME URL`")
+            return match
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -254,7 +256,7 @@ async def serve(fetcher: Fetcher, *, config_path: str | None = None, socket_path
             daemon = Daemon(watcher, cache, socket_path=path, socket_activated=bool(activated), fetcher=fetcher)
             # A broken config is logged; the daemon still answers ping/status and reports it per request.
             with contextlib.suppress(ConfigError):
-                watcher.current()
+                await watcher.current()
 
             def report_status() -> None:
                 systemd.status(_status_line(cache))
@@ -281,10 +283,8 @@ async def serve(fetcher: Fetcher, *, config_path: str | None = None, socket_path
 
 
 def _idle_exit(watcher: ConfigWatcher) -> int:
-    try:
-        return watcher.current().idle_exit
-    except ConfigError:
-        return 0
+    config = watcher.last_good
+    return config.idle_exit if config is not None else 0
 
 
 def _status_line(cache: TokenCache) -> str:
@@ -308,7 +308,7 @@ async def _watch_signals(scope: trio.CancelScope, watcher: ConfigWatcher,
                 log.info("SIGHUP: reloading the configuration")
                 systemd.reloading()
                 with contextlib.suppress(ConfigError):
-                    watcher.reload()
+                    await watcher.reload()
                 systemd.ready()
                 continue
             log.info("%s: shutting down", signal.Signals(signum).name)

@@ -53,6 +53,8 @@ def render(reply: dict[str, Any], *, now: float) -> str:
              f"socket {daemon.get('socket')}" + (" (socket-activated)" if daemon.get("socket_activated") else "")]
     if daemon.get("config_error"):
         lines.append(f"config: {error_from_wire(daemon['config_error']).one_line()}")
+        if daemon.get("config_last_good"):
+            lines.append(f"  still serving the last good configuration, read at {_clock(daemon['config_last_good'])}")
     profiles = reply.get("profiles", [])
     if not profiles and not daemon.get("config_error"):
         lines.append("no profiles configured: add one with `aadhelper profile add NAME ...`")
