@@ -358,3 +358,63 @@ def test_adding_a_profile_keeps_other_profiles_tokens(env: dict[str, str], autho
         token_of(env, "other")
         assert token_of(env, "graph") == first
         assert authority.count(grant_type="client_credentials") == 3
+
+
+def _status_tokens(env: dict[str, str], profile: str) -> list[dict[str, object]]:
+    result = cli(env, "status", "--json")
+    reply = json.loads(result.stdout)
+    return next(p["tokens"] for p in reply["profiles"] if p["name"] == profile)
+
+
+def test_tokens_as_short_as_min_valid_do_not_start_a_refresh_storm(env: dict[str, str],
+                                                                   authority: SimulatedAuthority) -> None:
+    """If the authority issues 300 s tokens (the profile's min_valid) and one client once asked --min-valid 10, then
+    twenty more requests over a few seconds cost no authority request beyond the first, and status says the tokens
+    are short (issue 9: 590 token requests in 12 s)."""
+    authority.token_lifetime = 300
+    with DaemonProcess(env):
+        token_of(env, "graph", "--min-valid", "10")
+        for _ in range(20):
+            token_of(env, "graph")
+        record = _status_tokens(env, "graph")[0]
+        assert authority.count(endpoint="token") == 1
+    assert record["short_tokens"] is True and record["min_valid"] == 30
+    assert record["requests_last_hour"] == 1
+
+
+def test_refused_min_valid_does_not_change_the_schedule(env: dict[str, str], authority: SimulatedAuthority) -> None:
+    """If a client asks --min-valid 600 of 600 s tokens, then it gets exit 3 with one line saying the tokens are too
+    short, and later default requests cost no authority request (issue 9: 475 requests in 10 s after it)."""
+    authority.token_lifetime = 600
+    with DaemonProcess(env):
+        token_of(env, "graph")
+        refused = cli(env, "token", "graph", "--min-valid", "600")
+        assert refused.returncode == 3 and "too short to keep the requested minimum validity" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        for _ in range(10):
+            token_of(env, "graph")
+        assert authority.count(endpoint="token") == 1
+        assert _status_tokens(env, "graph")[0]["min_valid"] == 300
+
+
+@pytest.mark.parametrize("expires_in", [float("nan"), Fault.raw("1e999"), "inf", 10**18])
+def test_absurd_lifetimes_neither_crash_nor_loop(env: dict[str, str], authority: SimulatedAuthority,
+                                                 expires_in: object) -> None:
+    """If the authority answers with expires_in NaN, 1e999, "inf" or 10^18, then the daemon stays up, the client
+    gets one line (exit 7 for the unusable ones), and the authority sees a handful of requests, not a loop
+    (issue 9: the daemon died on 1e999; ~75 requests/s on NaN)."""
+    with DaemonProcess(env) as daemon:
+        other = token_of(env, "other")
+        authority.inject(Fault.reply_fields(expires_in=expires_in), times=1000)
+        results = [cli(env, "token", "graph") for _ in range(5)]
+        assert daemon.alive()
+        assert token_of(env, "other") == other  # the other profile's cached token is served meanwhile
+        count = authority.count(endpoint="token")
+    for result in results:
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 1
+    if expires_in == 10**18:
+        assert all(result.returncode == 0 for result in results)  # clamped to a day, served
+    else:
+        assert all(result.returncode == 7 for result in results)
+        assert "bad expires_in" in results[0].stderr
+    assert count <= 2 + 5  # other's one request; graph: one per backoff step, a few steps in a few seconds

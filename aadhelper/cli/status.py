@@ -82,6 +82,11 @@ def _token_state(token: dict[str, Any], now: float) -> str:
         text = "error"
     else:
         text = "no token"
+    if token.get("short_tokens") and token.get("token_lifetime") is not None:
+        text += (f" (the authority's tokens live {_duration(token['token_lifetime'])}, shorter than the profile's "
+                 f"min_valid: refreshed at 75-80 % of that, served with {token.get('min_valid')} s left at least)")
+    if token.get("throttled_since"):
+        text += f", request budget spent since {_clock(token['throttled_since'])}"
     if token.get("refreshing"):
         text += ", refreshing now"
     elif token.get("next_refresh"):
