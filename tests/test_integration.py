@@ -178,7 +178,7 @@ def test_failures_are_specific_and_daemon_keeps_serving_others(
 
 def test_throttling_is_honoured_without_new_authority_requests(env: dict[str, str],
                                                                authority: SimulatedAuthority) -> None:
-    """If the authority answers 429 with Retry-After, then further requests inside that time fail fast with a
+    """If the authority answers 429 with Retry-After 60, then further requests inside that time fail fast with a
     'next attempt' note and no new authority request."""
     authority.inject(Fault.throttle(60))
     with DaemonProcess(env):
@@ -186,6 +186,17 @@ def test_throttling_is_honoured_without_new_authority_requests(env: dict[str, st
         second = cli(env, "header", "graph")
         assert second.returncode == 7 and "next attempt in" in second.stderr
         assert authority.count(grant_type="client_credentials") == 1
+
+
+def test_a_short_retry_after_is_waited_out_exactly(env: dict[str, str], authority: SimulatedAuthority) -> None:
+    """If the authority answers 429 with Retry-After 3, then the waiting request gets its header, and the authority
+    sees the retry no sooner than 3 s after the 429 (measured at the authority: a daemon that ignored Retry-After
+    would come back after its 1 s backoff)."""
+    authority.inject(Fault.throttle(3))
+    with DaemonProcess(env):
+        assert cli(env, "header", "graph", check=True).stdout.startswith("Authorization: Bearer ")
+    times = [r.time for r in authority.requests if r.grant_type == "client_credentials"]
+    assert len(times) == 2 and times[1] - times[0] >= 3.0
 
 
 def test_transient_server_error_is_retried_within_the_request(env: dict[str, str],
