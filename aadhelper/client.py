@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import _socket
 import os
+import sys
 
 from . import paths, protocol
-from .errors import AadhelperError, DaemonNotRunning, ProtocolError, error_from_wire
+from .errors import AadhelperError, DaemonNotRunning, ProtocolError, UnsafeSocket, error_from_wire
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,11 +30,13 @@ def call(message: dict[str, Any], *, socket_path: str | None = None, timeout: fl
     With ``autostart``, a missing daemon is started (see :mod:`aadhelper.autostart`) and asked once more.
     """
     path = socket_path or paths.socket_path()
+    check_socket_dir(path)
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         try:
             sock.connect(path)
+            check_peer(sock, path)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
             if autostart:
@@ -68,6 +71,39 @@ def call(message: dict[str, Any], *, socket_path: str | None = None, timeout: fl
     if not isinstance(error, dict):
         raise ProtocolError("malformed reply from the daemon: neither ok nor an error object")
     raise error_from_wire(error)
+
+
+_SOCKET_HINT = "remove it (as its owner), or set AADHELPER_SOCKET to a path in a directory only you can use"
+
+
+def check_socket_dir(path: str) -> None:
+    """Refuse a socket whose directory is not ours alone: its owner could have put their own server there (the
+    /tmp fallback can be created first by another local user). A missing directory is fine: nothing answers."""
+    directory = os.path.dirname(path) or "."
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return
+    uid = os.getuid()
+    if info.st_uid != uid:
+        raise UnsafeSocket(f"the socket directory {directory} belongs to uid {info.st_uid}, not to you (uid {uid})",
+                           hint=_SOCKET_HINT)
+    if info.st_mode & 0o077:
+        raise UnsafeSocket(f"the socket directory {directory} is open to other users (mode {info.st_mode & 0o777:o})",
+                           hint="chmod 700 it, or restart the daemon (it makes the directory private)")
+
+
+def check_peer(sock: _socket.socket, path: str) -> None:
+    """Refuse a daemon that runs as another user (SO_PEERCRED, Linux; elsewhere the directory check stands alone)."""
+    option = getattr(_socket, "SO_PEERCRED", None)
+    if option is None:
+        return
+    # struct ucred {pid_t pid; uid_t uid; gid_t gid;}: three native ints, read without importing struct.
+    creds = sock.getsockopt(_socket.SOL_SOCKET, option, 12)
+    peer = int.from_bytes(creds[4:8], sys.byteorder)
+    if peer != os.getuid():
+        raise UnsafeSocket(f"the process answering on {path} runs as uid {peer}, not as you (uid {os.getuid()})",
+                           hint=_SOCKET_HINT)
 
 
 def _read_line(sock: _socket.socket, limit: int) -> bytes:

@@ -31,6 +31,8 @@ SECRET_SERVICE_ENV = "AADHELPER_TEST_SECRET_SERVICE"
 #: The throwaway keyring's password, exported by scripts/with-secret-service so a test can unlock it again.
 KEYRING_PASSWORD_ENV = "AADHELPER_TEST_KEYRING_PASSWORD"
 SECRET_SERVICE = "secret-service"
+#: Tests that play another local user (chown, setuid) need root; CI runs as root.
+ROOT = "root"
 # Longest AF_UNIX path we hand out, leaving room under the kernel's 108 bytes.
 _MAX_SOCKET_PATH = 100
 
@@ -55,6 +57,8 @@ def missing(component: str) -> str | None:
         if os.environ.get(SECRET_SERVICE_ENV) != "1" or not os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
             return "not inside scripts/with-secret-service (scripts/test runs pytest in it)"
         return None
+    if component == ROOT:
+        return None if os.geteuid() == 0 else "not running as root (needed to act as another user)"
     return None if shutil.which(component) else f"{component!r} is not on PATH"
 
 
