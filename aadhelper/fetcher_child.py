@@ -13,9 +13,10 @@ Requests (ids chosen by the daemon)::
 
     {"v": 1, "op": "acquire", "id": 7, "profile": {"name": ..., "tenant": ...}, "scopes": [...]}
     {"v": 1, "op": "login_required", "id": 8, "profile": "me"}
+    {"v": 1, "op": "unsaved_sign_ins", "id": 9}
 
 Replies: ``{"v": 1, "ok": true, "id": 7, "token": {...}}``, ``{"v": 1, "ok": true, "id": 8, "login_required":
-{error} | null}``, or an error reply with the id.
+{error} | null}``, ``{"v": 1, "ok": true, "id": 9, "profiles": ["me"]}``, or an error reply with the id.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import socket
 from typing import Any
@@ -61,8 +63,10 @@ def run(sock: socket.socket, *, secret_store: str | None, verbose: bool) -> int:
     configure_logging(verbose)
     harden_process()
     set_process_name("aadhelper-fetch")
-    run_at_idle_priority()  # before trio starts threads: they inherit it
+    priority = run_at_idle_priority()  # before trio starts threads: they inherit it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # What a test (or a reader of the log) waits for: the process has its name and priority from here on.
+    log.debug("token fetcher running (pid %d, %s)", os.getpid(), priority)
     try:
         store = open_secret_store(secret_store)
     except ConfigError as exc:
@@ -129,6 +133,8 @@ async def _dispatch(fetcher: LocalFetcher, message: dict[str, Any]) -> dict[str,
             raise ProtocolError("login_required without a profile name")
         error = await fetcher.login_required(name)
         return protocol.ok_reply(login_required=error.to_wire() if error is not None else None)
+    if op == "unsaved_sign_ins":
+        return protocol.ok_reply(profiles=list(await fetcher.unsaved_sign_ins()))
     raise ProtocolError(f"the token fetcher has no operation {op!r}")
 
 

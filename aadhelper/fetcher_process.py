@@ -37,7 +37,7 @@ import trio
 from . import protocol
 from .config import Profile
 from .errors import AadhelperError, LoginRequired, ProtocolError, error_from_wire
-from .fetcher import LineLink, error_of_reply, profile_to_wire, token_from_wire
+from .fetcher import LineLink, error_of_reply, profile_to_wire, strings_from_wire, token_from_wire
 from .tokens import TokenResponse
 
 if TYPE_CHECKING:
@@ -48,8 +48,17 @@ log = logging.getLogger("aadhelper.fetcher")
 CHILD_MODULE = "aadhelper.fetcher_child"
 #: Seconds the daemon gives the child at shutdown to finish a refresh exchange.
 STOP_GRACE = 10.0
-#: Least seconds between two starts of the child (a child that cannot start must not be started per request).
+#: Least seconds between two starts of the child (a child that cannot start must not be started per request) ...
 RESTART_INTERVAL = 1.0
+#: ... doubled after each child that stopped without answering anything, up to this (seconds).
+RESTART_MAX = 60.0
+#: Longest the daemon waits for the child's answer to a fetch (seconds): longer than a fetch may legitimately take
+#: (a keyring read, the authority exchange, a keyring write: each has its own deadline in the child), shorter than
+#: the client's 60 s, so a stopped or starved child costs a request one clear line, not a hang.
+FETCH_DEADLINE = 40.0
+#: Longest the daemon waits for the child's answer to a question for ``status`` (seconds): status must answer
+#: even when the child cannot.
+STATE_DEADLINE = 5.0
 #: Upper end of the descriptors closed in a forked fetcher (os.closerange uses close_range(2) where it can).
 MAX_FD = 2**20
 
@@ -99,25 +108,34 @@ class _Child:
         self.started = started
         self.pending: dict[int, _Call] = {}
         self.gone = False
+        #: Whether the child has answered anything (one that stops before that must not be restarted per request).
+        self.answered = False
         self.stopping = False
         #: Set once the process has exited and been reaped (by :meth:`read_replies`).
         self.exited = trio.Event()
         self._ids = itertools.count(1)
 
-    async def call(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Send a request and wait for its reply; raises when the child stops first."""
+    async def call(self, message: dict[str, Any], deadline: float = FETCH_DEADLINE) -> dict[str, Any]:
+        """Send a request and wait for its reply; raises when the child stops first or does not answer within
+        ``deadline`` seconds (the child goes on; its late reply is dropped)."""
         if self.gone:
             raise self.stopped()
         call_id = next(self._ids)
         waiting = self.pending[call_id] = _Call()
         try:
-            try:
-                await self.link.send({**message, "id": call_id})
-            except (OSError, trio.ClosedResourceError):
-                raise self.stopped() from None
-            await waiting.done.wait()
+            with trio.move_on_after(deadline):
+                try:
+                    await self.link.send({**message, "id": call_id})
+                except (OSError, trio.ClosedResourceError):
+                    raise self.stopped() from None
+                await waiting.done.wait()
         finally:
             del self.pending[call_id]
+        if not waiting.done.is_set():
+            log.warning("the token fetcher (pid %d) did not answer a %s request within %.0f s: stopped (SIGSTOP) or "
+                        "starved of CPU?", self.process.pid, message.get("op"), deadline)
+            raise AadhelperError(f"the token fetcher process did not answer within {deadline:.0f} s",
+                                 hint="see the daemon's log; aadhelper keeps trying")
         if waiting.reply is None:
             raise self.stopped()
         return waiting.reply
@@ -129,6 +147,7 @@ class _Child:
                 reply = await self.link.receive()
                 if reply is None:
                     break
+                self.answered = True
                 waiting = self.pending.get(reply.get("id"))  # type: ignore[arg-type]
                 if waiting is not None:  # else its caller gave up (cancelled)
                     waiting.reply = reply
@@ -182,6 +201,8 @@ class ProcessFetcher:
         self._nursery_cm: Any = None
         self._nursery: trio.Nursery | None = None
         self._starting = trio.Lock()
+        #: Seconds from a child's start before another may replace it (grows while children die unanswering).
+        self._restart_delay = RESTART_INTERVAL
 
     def start_early(self) -> None:
         """Fork the first fetcher now; call before trio runs, while this process has no other thread, and after the
@@ -231,7 +252,7 @@ class ProcessFetcher:
         return _RemoteSource(self, profile)
 
     async def login_required(self, profile: str) -> LoginRequired | None:
-        reply = await self.call(protocol.request("login_required", profile=profile))
+        reply = await self.call(protocol.request("login_required", profile=profile), deadline=STATE_DEADLINE)
         wire = reply.get("login_required")
         if wire is None:
             return None
@@ -240,10 +261,14 @@ class ProcessFetcher:
             raise ProtocolError("the token fetcher sent a malformed login state")
         return error
 
-    async def call(self, message: dict[str, Any]) -> dict[str, Any]:
+    async def unsaved_sign_ins(self) -> tuple[str, ...]:
+        reply = await self.call(protocol.request("unsaved_sign_ins"), deadline=STATE_DEADLINE)
+        return strings_from_wire(reply.get("profiles"), "profile names")
+
+    async def call(self, message: dict[str, Any], deadline: float = FETCH_DEADLINE) -> dict[str, Any]:
         """One request to the child; its error reply is raised as the error it carries."""
         child = await self._running_child()
-        reply = await child.call(message)
+        reply = await child.call(message, deadline)
         error = error_of_reply(reply)
         if error is not None:
             raise error
@@ -255,10 +280,14 @@ class ProcessFetcher:
             if child is not None and not child.gone:
                 return child
             if child is not None:
-                wait = child.started + RESTART_INTERVAL - trio.current_time()
-                if wait > 0:
-                    raise AadhelperError(f"the token fetcher process stopped; restarting it in {math.ceil(wait)} s",
-                                         hint="see the daemon's log")
+                wait = child.started + self._restart_delay - trio.current_time()
+                if wait > RESTART_INTERVAL:
+                    raise AadhelperError(f"the token fetcher process keeps stopping; starting it again in "
+                                         f"{math.ceil(wait)} s", hint="see the daemon's log")
+                # Right after one crash: worth waiting for (under the lock, so concurrent requests share the start).
+                await trio.sleep(max(0.0, wait))
+                self._restart_delay = RESTART_INTERVAL if child.answered \
+                    else min(2 * self._restart_delay, RESTART_MAX)
             self._child = child = await self._start()
             return child
 

@@ -44,13 +44,17 @@ def run_at_idle_priority() -> None:
     on the same CPU. No nice value promises that (measured with ``scripts/bench --rows 5`` on 2 CPUs: p99
     during refreshes 1.28-1.33 x outside with SCHED_IDLE; 2.19 with nice 19, 2.26 with nice 10, 2.54 without).
     The cost: on a machine whose every CPU is saturated by normal work, a fetch waits for idle time. Where the
-    policy is not available (not Linux, or a seccomp filter), nice 19 is the next best thing.
+    policy is not available (not Linux, or a seccomp filter), nice 19 is the next best thing. Returns which of
+    them it got, for the log.
     """
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return "SCHED_IDLE"
     except (AttributeError, OSError):
         with contextlib.suppress(OSError):
             os.nice(19)
+            return "nice 19"
+    return "normal CPU priority"
 
 
 def _prctl(option: int, argument: int | bytes, what: str) -> None:

@@ -139,6 +139,9 @@ class SignIns:
             # The keyring cannot say whether a login happened; the newest token known is still ours to use.
             current, base = chain.unsaved, chain.replaces
         else:
+            if chain.unsaved is not None and stored == chain.unsaved:
+                # A write given up on (the keyring did not answer in time) landed after all.
+                chain.unsaved = chain.replaces = None
             if chain.unsaved is not None and _digest(stored) != chain.replaces:
                 log.info("profile %r: the stored refresh token changed (login or logout); dropping the unsaved one",
                          profile)
@@ -151,13 +154,18 @@ class SignIns:
             raise dead
         return Turn(self, profile, chain, current, base)
 
-    async def _store(self, profile: str, chain: _Chain) -> None:
-        """Write ``chain.unsaved`` if the keyring still holds what it replaces (lock held)."""
+    async def _store(self, profile: str, chain: _Chain, *, retrying: bool = False) -> bool:
+        """Write ``chain.unsaved`` if the keyring still holds what it replaces (lock held); False when the keyring
+        refused, and the token stays in memory."""
         assert chain.unsaved is not None
         try:
             stored = await self._secrets.get(profile, SECRET_KIND)
-            if _digest(stored) == chain.replaces:
+            if stored == chain.unsaved:
+                pass  # a write given up on (the keyring did not answer in time) landed after all
+            elif _digest(stored) == chain.replaces:
                 await self._secrets.set(profile, SECRET_KIND, chain.unsaved)
+                if retrying:
+                    log.info("profile %r: stored the rotated refresh token in the keyring", profile)
             else:
                 log.info("profile %r: the stored refresh token changed during the refresh (login or logout); "
                          "keeping that one", profile)
@@ -165,8 +173,9 @@ class SignIns:
             log.warning("profile %r: could not store the rotated refresh token (%s); keeping it in memory and "
                         "retrying", profile, exc.one_line())
             self._unsaved.set()
-            return
+            return False
         chain.unsaved = chain.replaces = None
+        return True
 
     async def keep_storing(self, *, start: float = STORE_RETRY_START, largest: float = STORE_RETRY_MAX) -> None:
         """Run for the fetcher's lifetime: store rotated refresh tokens the keyring refused, with backoff."""
@@ -179,8 +188,26 @@ class SignIns:
                 if chain.unsaved is not None:
                     async with chain.lock:
                         if chain.unsaved is not None:
-                            await self._store(name, chain)
+                            await self._store(name, chain, retrying=True)
             delay = min(delay * 2, largest) if self._unsaved.is_set() else start
+
+    def unsaved(self) -> tuple[str, ...]:
+        """The profiles whose newest refresh token is only in this process's memory (the keyring refused it)."""
+        return tuple(sorted(name for name, chain in self._chains.items() if chain.unsaved is not None))
+
+    async def store_before_exit(self, within: float) -> None:
+        """The process is about to exit: try once more (for at most ``within`` seconds) to store each unsaved
+        refresh token, and log loudly each one that is lost (at an authority that revokes used refresh tokens, the
+        sign-in cannot be refreshed without it)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(within):
+            for name in self.unsaved():
+                chain = self._chains[name]
+                async with chain.lock:
+                    if chain.unsaved is not None:
+                        await self._store(name, chain, retrying=True)
+        for name in self.unsaved():
+            log.error("profile %r: the new refresh token could not be stored in the keyring and is lost with this "
+                      "process; run `aadhelper login %s`", name, name)
 
     async def login_required(self, profile: str) -> LoginRequired | None:
         """Why ``profile`` needs ``aadhelper login`` (no or a dead refresh token); None when it is signed in or the
