@@ -36,7 +36,7 @@ def harden_process() -> None:
     _prctl(4, 0, "PR_SET_DUMPABLE")  # PR_SET_DUMPABLE
 
 
-def run_at_idle_priority() -> None:
+def run_at_idle_priority() -> str:
     """Let every other thread on the machine go first (``SCHED_IDLE``; threads started later inherit it).
 
     For the token fetcher, whose work is background work (refreshes ahead of expiry): a normal thread that
