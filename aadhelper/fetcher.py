@@ -131,6 +131,12 @@ class AsyncSecrets:
             self._stuck = None
         answered, started = trio.Event(), threading.Event()
         token = trio.lowlevel.current_trio_token()
+        began = trio.current_time()
+
+        def finished() -> None:  # in trio
+            answered.set()
+            if self._stuck is answered:
+                log.info("the OS keyring answered again, %.0f s after a call to it", trio.current_time() - began)
 
         def call() -> Any:
             started.set()
@@ -138,9 +144,8 @@ class AsyncSecrets:
                 return function(*args)
             finally:  # in the worker thread, also when trio no longer waits for it
                 with contextlib.suppress(trio.RunFinishedError):
-                    token.run_sync_soon(answered.set)
+                    token.run_sync_soon(finished)
 
-        began = trio.current_time()
         with trio.move_on_after(self._deadline):
             # Abandoned on cancellation too: a keyring that does not answer must not hold up the exit.
             return await trio.to_thread.run_sync(call, limiter=self._limiter, abandon_on_cancel=True)

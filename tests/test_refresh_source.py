@@ -5,6 +5,7 @@ grant on any replayed refresh token, so every "no replay" claim below is checked
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -18,8 +19,8 @@ import trio.testing
 
 from aadhelper.cache import TokenCache
 from aadhelper.config import Profile
-from aadhelper.errors import LoginRequired, SecretStoreError
-from aadhelper.fetcher import AsyncSecrets
+from aadhelper.errors import AuthorityUnavailable, LoginRequired, SecretStoreError
+from aadhelper.fetcher import AsyncSecrets, LocalFetcher
 from aadhelper.grants import HttpClients, TokenSource, make_source
 from aadhelper.grants.refresh import SECRET_KIND, SignIns
 from aadhelper.secret_store import KeyringSecretStore, MemorySecretStore
@@ -408,3 +409,55 @@ async def test_large_refresh_tokens_rotate_in_the_real_secret_service(
     assert "me/refresh_token" in names and len([n for n in names if n.startswith("me/refresh_token#")]) == 5
     assert store.delete("me", SECRET_KIND)
     assert not [n for n in keyring_entries() if n.startswith("me/")]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("unusable", [{"expires_in": 3600}, {"access_token": "eyJ.x.y", "expires_in": -5},
+                                      {"access_token": "eyJ.x.y", "expires_in": 3600, "token_type": "N/A"}])
+async def test_rotated_refresh_token_is_stored_even_when_the_rest_of_the_reply_is_unusable(
+        authority: SimulatedAuthority, rig: Rig, store: MemorySecretStore, first_token: str,
+        unusable: dict[str, object]) -> None:
+    """If the authority rotates the refresh token in a reply whose access token is unusable (missing, or with a bad
+    lifetime or type), then the refresh fails as a malformed reply, but the new refresh token is in the keyring
+    already: it was stored before the rest of the reply was parsed (at an authority that revokes used tokens, the
+    old one is worth nothing now)."""
+    rotated = "rotated-" + hashlib.sha256(first_token.encode()).hexdigest()
+    authority.inject(Fault.status(200, {"token_type": "Bearer", **unusable, "refresh_token": rotated},
+                                  grant_type="refresh_token"))
+    with pytest.raises(AuthorityUnavailable, match="malformed token reply"):
+        await rig.source().acquire(SCOPE_SETS[0])
+    assert store.get("me", SECRET_KIND) == Secret(rotated)
+    assert rig.sign_ins.unsaved() == ()
+
+
+async def test_a_sign_in_the_keyring_never_took_is_logged_as_lost_at_exit(
+        authority: SimulatedAuthority, profile: Profile, first_token: str, caplog: pytest.LogCaptureFixture) -> None:
+    """If the keyring refuses every write of a rotated refresh token, then the fetcher reports the profile as unsaved
+    while it runs, tries once more when it stops, and logs at ERROR level that the new refresh token is lost, naming
+    `aadhelper login me`."""
+    store = FlakyStore()
+    store.set("me", SECRET_KIND, Secret(first_token))
+    store.fail_sets = 1_000_000
+    async with LocalFetcher(store) as fetcher:
+        await fetcher.source(profile).acquire(SCOPE_SETS[0])
+        assert await fetcher.unsaved_sign_ins() == ("me",)
+        sets_before_exit = store.fail_sets
+    assert store.fail_sets == sets_before_exit - 1  # the last attempt at exit
+    lost = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(lost) == 1 and "new refresh token could not be stored" in lost[0].getMessage()
+    assert "aadhelper login me" in lost[0].getMessage()
+    assert store.get("me", SECRET_KIND) == Secret(first_token)
+
+
+async def test_a_sign_in_stored_by_the_last_attempt_at_exit_is_not_lost(
+        authority: SimulatedAuthority, profile: Profile, first_token: str, caplog: pytest.LogCaptureFixture) -> None:
+    """If the keyring refused the rotated refresh token while the fetcher ran but takes it when the fetcher stops,
+    then it is stored and nothing is logged as lost."""
+    store = FlakyStore()
+    store.set("me", SECRET_KIND, Secret(first_token))
+    store.fail_sets = 1
+    async with LocalFetcher(store) as fetcher:
+        await fetcher.source(profile).acquire(SCOPE_SETS[0])
+        assert await fetcher.unsaved_sign_ins() == ("me",)
+    assert not [r for r in caplog.records if r.levelno == logging.ERROR]
+    stored = store.get("me", SECRET_KIND)
+    assert stored is not None and stored != Secret(first_token)
