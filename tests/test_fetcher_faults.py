@@ -6,28 +6,20 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
-import signal
 import socket
 import subprocess
 import threading
-import time
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
 import trio.testing
 
-from aadhelper import client
 from aadhelper.errors import AadhelperError, KeyringUnavailable
 from aadhelper.fetcher import KEYRING_DEADLINE, AsyncSecrets
-from aadhelper.fetcher_process import FETCH_DEADLINE, RESTART_INTERVAL, ChildProcess, ProcessFetcher
-from aadhelper.secret_store import KeyringSecretStore, MemorySecretStore
-from aadhelper.testing import SimulatedAuthority
+from aadhelper.fetcher_process import FETCH_DEADLINE, ChildProcess, ProcessFetcher
+from aadhelper.secret_store import MemorySecretStore
 from aadhelper.tokens import Secret
-from tests.harness import DaemonProcess, cli, sensitive, token_of, wait_until
-from tests.test_integration import add_profile
 
 TENANT = "contoso.onmicrosoft.com"
 SCOPE = "https://graph.microsoft.com/.default"
