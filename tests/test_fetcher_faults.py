@@ -6,20 +6,27 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 import trio
 import trio.testing
 
+from aadhelper import client
 from aadhelper.errors import AadhelperError, KeyringUnavailable
 from aadhelper.fetcher import KEYRING_DEADLINE, AsyncSecrets
-from aadhelper.fetcher_process import FETCH_DEADLINE, ChildProcess, ProcessFetcher
+from aadhelper.fetcher_process import FETCH_DEADLINE, RESTART_INTERVAL, ChildProcess, ProcessFetcher
 from aadhelper.secret_store import MemorySecretStore
+from aadhelper.testing import SimulatedAuthority
 from aadhelper.tokens import Secret
+from tests import test_fetcher
+from tests.harness import AADHELPER, DaemonProcess, cli
+from tests.test_fetcher import running_fetcher, wait_for_log
 
 TENANT = "contoso.onmicrosoft.com"
 SCOPE = "https://graph.microsoft.com/.default"
@@ -171,3 +178,100 @@ async def test_a_fetch_the_child_never_answers_fails_after_the_fetch_deadline(
         for child in children:
             child.kill()
             child.wait()
+
+
+async def test_a_request_right_after_the_fetcher_died_waits_for_its_restart(
+        mock_clock: trio.testing.MockClock) -> None:
+    """If the fetcher child dies and a request comes within RESTART_INTERVAL of its start, then the request waits for
+    the restart (at most RESTART_INTERVAL) and is answered by the new child, instead of failing."""
+    async with ProcessFetcher(secret_store="memory") as fetcher:
+        assert await fetcher.unsaved_sign_ins() == ()  # real time passes; the mock clock stands still
+        first = fetcher._child
+        assert first is not None
+        first.process.kill()
+        await first.exited.wait()
+        answers: list[tuple[str, ...]] = []
+
+        async def request() -> None:
+            answers.append(await fetcher.unsaved_sign_ins())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(request)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not answers and fetcher._child is first  # waiting for the restart, not failed
+            mock_clock.jump(RESTART_INTERVAL)
+        assert answers == [()] and fetcher._child is not first
+
+
+# -- the real daemon -------------------------------------------------------------------------------------------
+
+daemon_env = test_fetcher.daemon_env
+authority = test_fetcher.authority
+
+
+def keyring_pid() -> int:
+    """The pid of the process that owns org.freedesktop.secrets on the session bus (as scripts/with-secret-service
+    finds it)."""
+    reply = subprocess.run(["dbus-send", "--session", "--print-reply=literal", "--dest=org.freedesktop.DBus",
+                            "/org/freedesktop/DBus", "org.freedesktop.DBus.GetConnectionUnixProcessID",
+                            "string:org.freedesktop.secrets"], capture_output=True, text=True, check=True, timeout=10)
+    return int(reply.stdout.split()[-1])
+
+
+@contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    """Process ``pid`` stopped (SIGSTOP) for the block, continued (SIGCONT) however the block ends."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.requires("secret-service")
+def test_a_stopped_keyring_costs_fetches_one_line_and_the_daemon_recovers_when_it_answers(
+        daemon_env: dict[str, str], authority: SimulatedAuthority) -> None:
+    """If the Secret Service's process is stopped (SIGSTOP), then a cached token is still served; a fetch fails after
+    KEYRING_DEADLINE with one line naming the keyring and its fix (exit 4), and the next one fails at once the same
+    way instead of queueing. Once the keyring runs again, the daemon says it answered and the next fetch works."""
+    with DaemonProcess(daemon_env) as daemon:
+        header = cli(daemon_env, "header", "graph", check=True).stdout
+        with stopped(keyring_pid()):
+            assert cli(daemon_env, "header", "graph", check=True).stdout == header
+            client.invalidate("graph", socket_path=daemon.socket_path)
+            hung = cli(daemon_env, "header", "graph")
+            again = cli(daemon_env, "header", "graph")
+        for result, what in ((hung, f"did not answer within {KEYRING_DEADLINE:.0f} s"), (again, "has not answered")):
+            assert result.returncode == 4, result.stderr
+            (line,) = result.stderr.strip().splitlines()
+            assert what in line and "OS keyring" in line and "'graph'" in line and "gnome-keyring" in line
+        wait_for_log(daemon, "the OS keyring answered again")
+        fresh = cli(daemon_env, "header", "graph", check=True).stdout
+        assert fresh != header and authority.validate(fresh.strip())
+
+
+@pytest.mark.requires("secret-service")
+def test_a_stopped_fetcher_still_lets_the_daemon_serve_cached_tokens(daemon_env: dict[str, str],
+                                                                      authority: SimulatedAuthority) -> None:
+    """If the token fetcher process is stopped (SIGSTOP), then the daemon still serves cached tokens at once; a
+    request that needs a fetch waits for it (bounded by FETCH_DEADLINE), and is answered once the fetcher runs
+    again."""
+    with DaemonProcess(daemon_env) as daemon:
+        fetcher = running_fetcher(daemon)
+        header = cli(daemon_env, "header", "graph", check=True).stdout
+        cold = None
+        try:
+            with stopped(fetcher):
+                assert cli(daemon_env, "header", "graph", check=True).stdout == header
+                client.invalidate("graph", socket_path=daemon.socket_path)
+                cold = subprocess.Popen([AADHELPER, "header", "graph"], env=daemon_env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+                assert cli(daemon_env, "status", check=True).returncode == 0  # the daemon answers meanwhile
+                assert cold.poll() is None
+            out, err = cold.communicate(timeout=FETCH_DEADLINE + 10)
+        finally:
+            if cold is not None and cold.poll() is None:
+                cold.kill()
+                cold.wait()
+        assert cold.returncode == 0, err
+        assert out != header and authority.validate(out.strip())
