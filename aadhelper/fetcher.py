@@ -9,9 +9,11 @@ runs the fetcher in a child process, and the serving loop only sends one line an
 tests use.
 
 A fetcher is an async context manager (its background duties: connecting the keyring early, retrying the
-storage of a rotated refresh token) that hands out one :class:`~aadhelper.grants.TokenSource` per profile
-and says whether a user profile needs ``aadhelper login``. The messages between daemon and child are JSON
-lines (:mod:`aadhelper.protocol`'s encoding); the codecs for profiles, tokens and replies live here, next to
+storage of a rotated refresh token, one last try at exit) that hands out one
+:class:`~aadhelper.grants.TokenSource` per profile, says whether a user profile needs ``aadhelper login``, and
+which profiles have a new sign-in the keyring has not taken yet. Every keyring call has a deadline
+(:data:`KEYRING_DEADLINE`, :class:`AsyncSecrets`). The messages between daemon and child are JSON lines
+(:mod:`aadhelper.protocol`'s encoding); the codecs for profiles, tokens and replies live here, next to
 the interface they carry.
 """
 

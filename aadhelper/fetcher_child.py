@@ -6,8 +6,9 @@ runs on its own, so a slow authority for one profile holds up no other), runs at
 (:func:`aadhelper.process_setup.run_at_idle_priority`: the daemon's serving loop always goes first), and exits
 when the daemon closes its end or sends SIGTERM. Before exiting it lets a refresh-token exchange that is under
 way finish, so that a rotated refresh token reaches the keyring (:mod:`aadhelper.grants.refresh`); that is also
-why a SIGKILL of the daemon loses no rotation. Ctrl-C in a terminal goes to the daemon, which then closes the
-link; the fetcher ignores SIGINT.
+why a SIGKILL of the daemon loses no rotation. A rotated refresh token the keyring refused so far gets one more
+try, and is logged at ERROR level if it is lost (:meth:`aadhelper.grants.refresh.SignIns.store_before_exit`).
+Ctrl-C in a terminal goes to the daemon, which then closes the link; the fetcher ignores SIGINT.
 
 Requests (ids chosen by the daemon)::
 

@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -275,3 +276,39 @@ def test_a_stopped_fetcher_still_lets_the_daemon_serve_cached_tokens(daemon_env:
                 cold.wait()
         assert cold.returncode == 0, err
         assert out != header and authority.validate(out.strip())
+
+
+#: Seconds a busy loop spins at most (it stops itself even if the test is killed).
+BUSY_LOOP_LIMIT = 120
+
+
+@contextmanager
+def busy_loops(count: int) -> Iterator[None]:
+    """``count`` processes spinning at normal CPU priority (each stops itself after BUSY_LOOP_LIMIT seconds)."""
+    code = f"import time\nend = time.monotonic() + {BUSY_LOOP_LIMIT}\nwhile time.monotonic() < end:\n    pass\n"
+    loops = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+
+
+@pytest.mark.requires("secret-service")
+def test_a_fetcher_starved_of_cpu_by_busy_loops_still_answers(daemon_env: dict[str, str],
+                                                             authority: SimulatedAuthority) -> None:
+    """If two busy loops at normal priority take both CPUs while the fetcher runs at idle priority, then fetches
+    still succeed (the idle fetcher gets the CPU it needs well within FETCH_DEADLINE), and its priority stays idle:
+    the daemon's serving loop still goes first."""
+    with DaemonProcess(daemon_env) as daemon:
+        fetcher = running_fetcher(daemon)
+        header = cli(daemon_env, "header", "graph", check=True).stdout
+        with busy_loops(2):
+            for _ in range(3):
+                client.invalidate("graph", socket_path=daemon.socket_path)
+                result = cli(daemon_env, "header", "graph")
+                assert result.returncode == 0, result.stderr
+                assert result.stdout != header and authority.validate(result.stdout.strip())
+                header = result.stdout
+            assert os.sched_getscheduler(fetcher) == os.SCHED_IDLE
