@@ -21,11 +21,13 @@ from aadhelper.cache import TokenCache
 from aadhelper.config import Profile
 from aadhelper.errors import AuthorityUnavailable, LoginRequired, SecretStoreError
 from aadhelper.fetcher import AsyncSecrets, LocalFetcher
+from aadhelper.fetcher_process import ProcessFetcher
 from aadhelper.grants import HttpClients, TokenSource, make_source
 from aadhelper.grants.refresh import SECRET_KIND, SignIns
 from aadhelper.secret_store import KeyringSecretStore, MemorySecretStore
 from aadhelper.testing import DEVICE_CODE_GRANT, GRAPH, Fault, RecordedRequest, SimulatedAuthority
 from aadhelper.tokens import Secret
+from tests.conftest import lock_keyring, unlock_keyring
 
 TENANT = "contoso.onmicrosoft.com"
 CLIENT = "22222222-0000-0000-0000-000000000001"
@@ -461,3 +463,32 @@ async def test_a_sign_in_stored_by_the_last_attempt_at_exit_is_not_lost(
     assert not [r for r in caplog.records if r.levelno == logging.ERROR]
     stored = store.get("me", SECRET_KIND)
     assert stored is not None and stored != Secret(first_token)
+
+
+@pytest.mark.requires("secret-service")
+async def test_the_fetcher_process_reports_an_unsaved_sign_in_until_the_keyring_takes_it(
+        authority: SimulatedAuthority, client_ssl_context: object, profile: Profile,
+        secret_service: KeyringSecretStore) -> None:
+    """If the keyring is locked when the fetcher process must store a rotated refresh token, then the daemon's
+    ``unsaved_sign_ins()`` names the profile (for status); once the keyring is unlocked, the fetcher stores the token
+    by itself and the profile is no longer named."""
+    first = device_sign_in(authority, client_ssl_context)
+    secret_service.set("me", SECRET_KIND, Secret(first))
+    with trio.fail_after(60):
+        async with ProcessFetcher(secret_store="keyring") as fetcher, trio.open_nursery() as nursery:
+            release, reached = threading.Event(), threading.Event()
+            authority.inject(Fault.hold_reply(release, grant_type="refresh_token", reached=reached))
+            nursery.start_soon(fetcher.source(profile).acquire, SCOPE_SETS[0])
+            assert await trio.to_thread.run_sync(reached.wait, 20)
+            try:
+                lock_keyring()
+                release.set()
+                while await fetcher.unsaved_sign_ins() != ("me",):
+                    await trio.sleep(0.05)
+            finally:
+                unlock_keyring()
+            while await fetcher.unsaved_sign_ins():
+                await trio.sleep(0.05)
+    stored = secret_service.get("me", SECRET_KIND)
+    assert stored is not None and stored != Secret(first)
+    assert refreshes(authority)[0].digests["refresh_token"] == sha(first)
