@@ -153,7 +153,7 @@ class _Child:
             log.warning("the token fetcher (pid %d) did not answer a %s request within %.0f s: stopped (SIGSTOP) or "
                         "starved of CPU?", self.process.pid, message.get("op"), deadline)
             raise AadhelperError(f"the token fetcher process did not answer within {deadline:.0f} s",
-                                 hint="see the daemon's log; aadhelper keeps trying")
+                                 hint="see the daemon's log; is the fetcher stopped, or the machine overloaded?")
         if waiting.reply is None:
             raise self.stopped()
         return waiting.reply
@@ -350,8 +350,13 @@ class _RemoteSource:
         self._profile = profile
 
     async def acquire(self, scopes: tuple[str, ...]) -> TokenResponse:
-        reply = await self._fetcher.call(protocol.request("acquire", profile=profile_to_wire(self._profile),
-                                                          scopes=list(scopes)))
+        try:
+            reply = await self._fetcher.call(protocol.request("acquire", profile=profile_to_wire(self._profile),
+                                                              scopes=list(scopes)))
+        except AadhelperError as exc:
+            if exc.profile is None:  # the fetcher process's own failures know no profile; the user wants it
+                exc.profile = self._profile.name
+            raise
         return TokenResponse(token=token_from_wire(reply.get("token")))
 
     def __repr__(self) -> str:

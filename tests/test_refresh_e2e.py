@@ -156,6 +156,7 @@ def test_sigkill_of_the_fetcher_during_a_refresh(env: dict[str, str], authority:
         assert waiting.returncode == 1
         (line,) = stderr.strip().splitlines()
         assert "the token fetcher process stopped during the request" in line and "see the daemon's log" in line
+        assert "profile 'me'" in line
         assert stored(secret_service) == first  # the fetcher died before it could store the rotated token
         # No pause: the next request waits for the fetcher's restart if it comes too soon for one.
 
