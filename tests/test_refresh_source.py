@@ -5,6 +5,7 @@ grant on any replayed refresh token, so every "no replay" claim below is checked
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import threading
 import time
@@ -23,7 +24,7 @@ from aadhelper.errors import AuthorityUnavailable, LoginRequired, SecretStoreErr
 from aadhelper.fetcher import AsyncSecrets, LocalFetcher
 from aadhelper.fetcher_process import ProcessFetcher
 from aadhelper.grants import HttpClients, TokenSource, make_source
-from aadhelper.grants.refresh import SECRET_KIND, SignIns
+from aadhelper.grants.refresh import SECRET_KIND, STORE_RETRY_MAX, STORE_RETRY_START, SignIns
 from aadhelper.secret_store import KeyringSecretStore, MemorySecretStore
 from aadhelper.testing import DEVICE_CODE_GRANT, GRAPH, Fault, RecordedRequest, SimulatedAuthority
 from aadhelper.tokens import Secret
@@ -492,3 +493,37 @@ async def test_the_fetcher_process_reports_an_unsaved_sign_in_until_the_keyring_
     stored = secret_service.get("me", SECRET_KIND)
     assert stored is not None and stored != Secret(first)
     assert refreshes(authority)[0].digests["refresh_token"] == sha(first)
+
+
+class RefusingSecrets:
+    """The fetcher's async secret access over a keyring that holds ``old`` and refuses every write."""
+
+    def __init__(self, old: str) -> None:
+        self.old = Secret(old)
+        self.writes: list[float] = []
+
+    async def get(self, profile: str, kind: str) -> Secret | None:
+        return self.old
+
+    async def set(self, profile: str, kind: str, value: Secret) -> None:
+        self.writes.append(trio.current_time())
+        raise SecretStoreError("the OS keyring is locked (simulated)")
+
+
+async def test_storing_an_unsaved_refresh_token_is_retried_with_backoff(autojump_clock: trio.testing.MockClock) -> None:
+    """If the keyring refuses a rotated refresh token for an hour, then SignIns.keep_storing retries with exponential
+    backoff (1 s doubling to STORE_RETRY_MAX): a few dozen writes in an hour, never one per second, and the profile
+    stays reported as unsaved."""
+    secrets = RefusingSecrets("old-token")
+    sign_ins = SignIns(secrets)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sign_ins.keep_storing)
+        async with sign_ins.turn("me") as turn:
+            await turn.replace(Secret("new-token"))
+        await trio.sleep(3600)
+        nursery.cancel_scope.cancel()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(secrets.writes)]
+    assert gaps[:6] == pytest.approx([1, 2, 4, 8, 16, 32])
+    assert max(gaps) == pytest.approx(STORE_RETRY_MAX) and min(gaps) >= STORE_RETRY_START
+    assert len(secrets.writes) < 3600 / STORE_RETRY_MAX + 10
+    assert sign_ins.unsaved() == ("me",)
