@@ -105,9 +105,12 @@ class AsyncSecrets:
         prepare = getattr(self._store, "prepare", None)  # optional: a store may have nothing to get ready
         if prepare is None:
             return
+        # Only a head start: the first read meets a failure again and reports it.
         try:
             await self._run(prepare, action="open", what="it", profile=None)
-        except Exception:  # only a head start: the first read meets the failure again and reports it
+        except KeyringUnavailable as exc:  # did not answer in time
+            log.warning("%s", exc.one_line())
+        except Exception:
             log.exception("could not prepare the secret store")
 
     async def get(self, profile: str, kind: str) -> Secret | None:

@@ -527,3 +527,26 @@ async def test_storing_an_unsaved_refresh_token_is_retried_with_backoff(autojump
     assert max(gaps) == pytest.approx(STORE_RETRY_MAX) and min(gaps) >= STORE_RETRY_START
     assert len(secrets.writes) < 3600 / STORE_RETRY_MAX + 10
     assert sign_ins.unsaved() == ("me",)
+
+
+class LateSecrets(RefusingSecrets):
+    """A keyring whose writes land although the caller gave up on them (they did not answer in time)."""
+
+    async def set(self, profile: str, kind: str, value: Secret) -> None:
+        self.old = value
+        await super().set(profile, kind, value)
+
+
+async def test_a_write_given_up_on_that_landed_later_counts_as_saved(caplog: pytest.LogCaptureFixture) -> None:
+    """If a write of the rotated refresh token was reported as failed (timed out) but reached the keyring anyway,
+    then the next refresh presents that token, the profile is no longer unsaved, and the keyring's value is not
+    mistaken for a login or logout."""
+    secrets = LateSecrets("old-token")
+    sign_ins = SignIns(secrets)
+    async with sign_ins.turn("me") as turn:
+        await turn.replace(Secret("new-token"))
+    assert sign_ins.unsaved() == ("me",)
+    async with sign_ins.turn("me") as turn:
+        assert turn.current == Secret("new-token")
+    assert sign_ins.unsaved() == ()
+    assert "login or logout" not in caplog.text

@@ -16,7 +16,10 @@ Rules, and why:
   daemon shutting down must not drop the only copy of the new one.
 * **Never fall back to a used token while the new one is known.** If the keyring refuses the write, the new token
   stays in memory (in :class:`SignIns`, so a reloaded source sees it too), is the one presented next, and
-  :meth:`SignIns.keep_storing` retries the write with backoff.
+  :meth:`SignIns.keep_storing` retries the write with backoff. :meth:`SignIns.unsaved` names such profiles (for
+  ``status``); when the fetcher stops, :meth:`SignIns.store_before_exit` tries once more and logs at ERROR level
+  each new token that is lost. A write given up on because the keyring did not answer in time may land later: a
+  keyring that then holds the new token counts as saved.
 * **A login or logout wins.** The write is a compare-and-swap: it happens only if the keyring still holds the token
   this refresh replaced. Otherwise ``aadhelper login``/``logout`` changed it meanwhile and the user's newer decision
   stands (the CLI runs in another process, so the compare and the write are not one atomic step; the gap is a
@@ -154,9 +157,8 @@ class SignIns:
             raise dead
         return Turn(self, profile, chain, current, base)
 
-    async def _store(self, profile: str, chain: _Chain, *, retrying: bool = False) -> bool:
-        """Write ``chain.unsaved`` if the keyring still holds what it replaces (lock held); False when the keyring
-        refused, and the token stays in memory."""
+    async def _store(self, profile: str, chain: _Chain, *, retrying: bool = False) -> None:
+        """Write ``chain.unsaved`` if the keyring still holds what it replaces (lock held)."""
         assert chain.unsaved is not None
         try:
             stored = await self._secrets.get(profile, SECRET_KIND)
@@ -173,9 +175,8 @@ class SignIns:
             log.warning("profile %r: could not store the rotated refresh token (%s); keeping it in memory and "
                         "retrying", profile, exc.one_line())
             self._unsaved.set()
-            return False
+            return
         chain.unsaved = chain.replaces = None
-        return True
 
     async def keep_storing(self, *, start: float = STORE_RETRY_START, largest: float = STORE_RETRY_MAX) -> None:
         """Run for the fetcher's lifetime: store rotated refresh tokens the keyring refused, with backoff."""
