@@ -541,6 +541,7 @@ async def test_a_write_given_up_on_that_landed_later_counts_as_saved(caplog: pyt
     """If a write of the rotated refresh token was reported as failed (timed out) but reached the keyring anyway,
     then the next refresh presents that token, the profile is no longer unsaved, and the keyring's value is not
     mistaken for a login or logout."""
+    caplog.set_level(logging.INFO, logger="aadhelper")
     secrets = LateSecrets("old-token")
     sign_ins = SignIns(secrets)
     async with sign_ins.turn("me") as turn:
