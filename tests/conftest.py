@@ -5,7 +5,8 @@
   Components are executables on PATH, or ``secret-service`` (the private session of
   ``scripts/with-secret-service``; the ``keyring`` marker means the same).
 - ``secret_service``: a :class:`KeyringSecretStore` on the real gnome-keyring, cleaned up after the test;
-  ``keyring_entries`` lists the raw entries; ``locked_keyring`` locks the collection for one test.
+  ``keyring_entries`` lists the raw entries; ``locked_keyring`` locks the collection for one test
+  (``lock_keyring``/``unlock_keyring`` do it at any point of a test).
 - ``trustme_ca`` (session), ``server_ssl_context``, ``client_ssl_context``, ``ca_pem_file``.
 - ``isolated_env``: environment for subprocesses with every aadhelper/XDG path under ``tmp_path``.
 """
@@ -125,26 +126,38 @@ def secret_service() -> Iterator[KeyringSecretStore]:
 @pytest.fixture
 def locked_keyring(secret_service: KeyringSecretStore) -> Iterator[None]:
     """The default collection locked (as after a screen lock), unlocked again after the test."""
+    lock_keyring()
+    try:
+        yield
+    finally:
+        unlock_keyring()
+
+
+def lock_keyring() -> None:
+    """Lock the private gnome-keyring's default collection, as a screen lock does."""
+    import secretstorage
+
+    with closing(secretstorage.dbus_init()) as connection:
+        secretstorage.get_default_collection(connection).lock()
+
+
+def unlock_keyring() -> None:
+    """Unlock the private gnome-keyring's default collection again."""
     import secretstorage
     from secretstorage.util import DBusAddressWrapper, format_secret, open_session
 
     password = os.environ.get(KEYRING_PASSWORD_ENV)
     assert password, f"{KEYRING_PASSWORD_ENV} is not set: scripts/with-secret-service exports it"
     with closing(secretstorage.dbus_init()) as connection:
-        secretstorage.get_default_collection(connection).lock()
-    try:
-        yield
-    finally:
-        with closing(secretstorage.dbus_init()) as connection:
-            # Unlocking normally needs a prompt (no display here); gnome-keyring's internal interface
-            # takes the password directly, as `gnome-keyring-daemon --unlock` does.
-            service = DBusAddressWrapper("/org/freedesktop/secrets", "org.freedesktop.Secret.Service", connection)
-            (path,) = service.call("ReadAlias", "s", "default")
-            internal = DBusAddressWrapper("/org/freedesktop/secrets",
-                                          "org.gnome.keyring.InternalUnsupportedGuiltRiddenInterface", connection)
-            master = format_secret(open_session(connection), password.encode(), "text/plain")
-            internal.call("UnlockWithMasterPassword", "o(oayays)", path, master)
-            assert not secretstorage.get_default_collection(connection).is_locked()
+        # Unlocking normally needs a prompt (no display here); gnome-keyring's internal interface
+        # takes the password directly, as `gnome-keyring-daemon --unlock` does.
+        service = DBusAddressWrapper("/org/freedesktop/secrets", "org.freedesktop.Secret.Service", connection)
+        (path,) = service.call("ReadAlias", "s", "default")
+        internal = DBusAddressWrapper("/org/freedesktop/secrets",
+                                      "org.gnome.keyring.InternalUnsupportedGuiltRiddenInterface", connection)
+        master = format_secret(open_session(connection), password.encode(), "text/plain")
+        internal.call("UnlockWithMasterPassword", "o(oayays)", path, master)
+        assert not secretstorage.get_default_collection(connection).is_locked()
 
 
 # -- TLS with trustme ---------------------------------------------------------------------------------------
