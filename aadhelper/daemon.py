@@ -121,10 +121,11 @@ class Daemon:
             default = config.default_profile
             daemon.update(self.config.status())  # a broken file while the last good configuration serves
         records = self.cache.status()
+        logins, unsaved = await self._sign_in_states([p for p in configured.values() if p.credential == "user"])
         profiles = []
         for name, profile in sorted(configured.items()):
             tokens = [r for r in records if r["profile"] == name]
-            login = await self._login_state(profile)
+            login = logins.get(name)
             if login is not None and not any(r["state"] == "login_required" for r in tokens):
                 # No refresh token, or a dead one: say so for the profile's scopes even before anyone asked.
                 tokens.append({"profile": name, "credential": profile.credential, "scopes": list(profile.scopes),
@@ -133,20 +134,39 @@ class Daemon:
                                "last_error_at": None, "min_valid": profile.min_valid, "short_tokens": False,
                                "token_lifetime": None, "requests_last_hour": 0, "last_request_at": None,
                                "throttled_since": None})
-            profiles.append({"name": name, "credential": profile.credential, "default": name == default,
-                             "tokens": tokens})
+            record = {"name": name, "credential": profile.credential, "default": name == default, "tokens": tokens}
+            if name in unsaved:
+                record["unsaved_sign_in"] = True
+            profiles.append(record)
         return protocol.ok_reply(daemon=daemon, profiles=profiles)
 
-    async def _login_state(self, profile: Profile) -> LoginRequired | None:
-        """Why a user profile needs a login, for status; None when it is signed in or nobody can tell right now (a
-        status must answer even while the fetcher restarts)."""
-        if self.fetcher is None or profile.credential != "user":
-            return None
-        try:
-            return await self.fetcher.login_required(profile.name)
-        except AadhelperError as exc:
-            log.info("status: cannot tell whether profile %r is signed in (%s)", profile.name, exc.one_line())
-            return None
+    async def _sign_in_states(self, users: list[Profile]) -> tuple[dict[str, LoginRequired | None], tuple[str, ...]]:
+        """Per user profile, why it needs a login (None: signed in, or nobody can tell right now), and the user
+        profiles whose rotated refresh token the keyring has not taken yet. Asked of the fetcher all at once, each
+        question bounded by its deadline: a status must answer even while the fetcher restarts or is stopped."""
+        logins: dict[str, LoginRequired | None] = {}
+        unsaved: list[tuple[str, ...]] = []
+        fetcher = self.fetcher
+        if fetcher is None or not users:
+            return logins, ()
+
+        async def login_state(profile: str) -> None:
+            try:
+                logins[profile] = await fetcher.login_required(profile)
+            except AadhelperError as exc:
+                log.info("status: cannot tell whether profile %r is signed in (%s)", profile, exc.one_line())
+
+        async def unsaved_sign_ins() -> None:
+            try:
+                unsaved.append(await fetcher.unsaved_sign_ins())
+            except AadhelperError as exc:
+                log.info("status: cannot tell whether every sign-in is saved (%s)", exc.one_line())
+
+        async with trio.open_nursery() as nursery:
+            for profile in users:
+                nursery.start_soon(login_state, profile.name)
+            nursery.start_soon(unsaved_sign_ins)
+        return logins, unsaved[0] if unsaved else ()
 
     async def _op_reload(self, message: dict[str, Any]) -> dict[str, Any]:
         name = message.get("profile")

@@ -241,6 +241,8 @@ def test_a_rotated_refresh_token_the_locked_keyring_refused_is_stored_later_or_r
     try:
         try:
             refresh_while_the_keyring_locks(authority, env, daemon)
+            status = cli(env, "status")
+            assert "a new sign-in is not yet saved to the keyring" in status.stdout
             if then == "stop":
                 assert daemon.stop() == 0
         finally:
@@ -252,6 +254,7 @@ def test_a_rotated_refresh_token_the_locked_keyring_refused_is_stored_later_or_r
             assert stored(secret_service) == first
             return
         wait_for_log(daemon, "profile 'me': stored the rotated refresh token in the keyring", timeout=60)
+        assert "not yet saved" not in cli(env, "status").stdout
         rotated = stored(secret_service)
         assert rotated not in (None, first)
         client.invalidate("me", socket_path=env["AADHELPER_SOCKET"])

@@ -61,6 +61,9 @@ def render(reply: dict[str, Any], *, now: float) -> str:
     for profile in profiles:
         default = " (default)" if profile.get("default") else ""
         lines.append(f"{profile.get('name')}{default}  {profile.get('credential')}")
+        if profile.get("unsaved_sign_in"):
+            lines.append("  a new sign-in is not yet saved to the keyring (retrying; unlock the keyring, or it is lost "
+                         "when the daemon stops)")
         tokens = profile.get("tokens", [])
         if not tokens:
             lines.append("  no token requested yet")
