@@ -31,25 +31,16 @@ def call(message: dict[str, Any], *, socket_path: str | None = None, timeout: fl
     """
     path = socket_path or paths.socket_path()
     check_socket_dir(path)
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-            check_peer(sock, path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            sock.close()
-            if autostart:
-                from . import autostart as starter
+    sock = _connect(path, timeout)
+    if sock is None:
+        if autostart:
+            from . import autostart as starter
 
-                if starter.enabled():
-                    starter.start_daemon(path)
-                    return call(message, socket_path=path, timeout=timeout)
-            raise DaemonNotRunning(
-                f"no aadhelper daemon answers on {path} ({type(exc).__name__})", hint=START_HINT) from None
-        except OSError as exc:
-            raise DaemonNotRunning(f"cannot connect to {path}: {os.strerror(exc.errno or 0)}",
-                                   hint=START_HINT) from None
+            if starter.enabled():
+                starter.start_daemon(path)
+                return call(message, socket_path=path, timeout=timeout)
+        raise DaemonNotRunning(f"no aadhelper daemon answers on {path}", hint=START_HINT)
+    try:
         try:
             sock.sendall(protocol.encode(message))
             line = _read_line(sock, protocol.MAX_REPLY_BYTES)
@@ -71,6 +62,49 @@ def call(message: dict[str, Any], *, socket_path: str | None = None, timeout: fl
     if not isinstance(error, dict):
         raise ProtocolError("malformed reply from the daemon: neither ok nor an error object")
     raise error_from_wire(error)
+
+
+#: Pauses before each new connect() while the daemon's listen backlog is full (EAGAIN: it runs, but thousands of
+#: clients arrived at once) or the socket refuses (ECONNREFUSED: a daemon between accepts under that load, or none):
+#: about 2 s in all for a full backlog, the first three (35 ms) for a refusal, which is usually a stale socket.
+_CONNECT_RETRIES = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.5, 0.5, 0.5)
+_REFUSED_RETRIES = 3
+
+
+def _connect(path: str, timeout: float) -> _socket.socket | None:
+    """A socket connected to ``path`` and checked (:func:`check_peer`); None when nothing listens there."""
+    import time
+
+    refused = 0
+    for pause in (*_CONNECT_RETRIES, None):
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            check_peer(sock, path)
+            return sock
+        except FileNotFoundError:
+            sock.close()
+            return None
+        except ConnectionRefusedError:
+            sock.close()
+            refused += 1
+            if pause is None or refused > _REFUSED_RETRIES:
+                return None
+        except BlockingIOError:  # EAGAIN: the backlog is full
+            sock.close()
+            if pause is None:
+                raise DaemonNotRunning(f"the daemon on {path} is too busy to accept a connection",
+                                       hint="try again; check how many clients run at once") from None
+        except OSError as exc:
+            sock.close()
+            raise DaemonNotRunning(f"cannot connect to {path}: {os.strerror(exc.errno or 0)}",
+                                   hint=START_HINT) from None
+        except BaseException:
+            sock.close()
+            raise
+        time.sleep(pause)
+    return None
 
 
 _SOCKET_HINT = "remove it (as its owner), or set AADHELPER_SOCKET to a path in a directory only you can use"

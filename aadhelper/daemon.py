@@ -217,7 +217,8 @@ class Daemon:
             self.activity.last = time.monotonic()
 
     async def _read_line(self, conn: trio.socket.SocketType, buffer: bytearray) -> bytes | None:
-        """The next request line; None on EOF, on a half-written request that times out, or when oversized."""
+        """The next request line (a last one may end at EOF instead of a newline); None on EOF, on a half-written
+        request that times out, or when oversized."""
         with trio.move_on_after(protocol.READ_TIMEOUT):
             while True:
                 newline = buffer.find(b"\n")
@@ -231,7 +232,10 @@ class Daemon:
                     break
                 chunk = await conn.recv(65536)
                 if not chunk:
-                    return None
+                    # EOF: a request the client finished with shutdown(SHUT_WR) instead of a newline is answered.
+                    line = bytes(buffer)
+                    buffer.clear()
+                    return line if line.strip() else None
                 buffer += chunk
             await _send(conn, protocol.error_reply(ProtocolError(
                 f"request larger than {protocol.MAX_REQUEST_BYTES} bytes").to_wire()))
@@ -240,9 +244,13 @@ class Daemon:
 
 
 async def _send(conn: trio.socket.SocketType, message: dict[str, Any]) -> None:
+    """Send a reply; a client that does not take it within WRITE_TIMEOUT loses its connection (OSError)."""
     data = memoryview(protocol.encode(message))
-    while data:
-        data = data[await conn.send(data):]
+    with trio.move_on_after(protocol.WRITE_TIMEOUT):
+        while data:
+            data = data[await conn.send(data):]
+        return
+    raise TimeoutError(f"the client did not read its reply within {protocol.WRITE_TIMEOUT:.0f} s")
 
 
 def _redact_url(url: str) -> str:
