@@ -173,10 +173,11 @@ class Daemon:
         if name is not None and not isinstance(name, str):
             raise ProtocolError("field 'profile' must be a string")
         # Re-reading the config forgets the profiles whose definition changed; a named profile's secret or
-        # sign-in changed even if its config did not, so it starts afresh too. Others keep their tokens.
-        config = await self.config.reload()
+        # sign-in changed even if its config did not, so it starts afresh too (first: a broken config file must not
+        # keep the old secret's tokens and errors). Others keep their tokens.
         if name:
             self.cache.forget_profile(name)
+        config = await self.config.reload()
         return protocol.ok_reply(profiles=sorted(config.profiles))
 
     async def _resolve(self, request: protocol.TokenRequest) -> tuple[Profile, GitUrl | None]:

@@ -130,3 +130,21 @@ def test_deleted_config_is_dropped_by_a_reload(env: dict[str, str]) -> None:
         result = cli(env, "token", "graph", timeout=PROMPT)
         assert result.returncode == 3 and "profile 'graph' is not configured" in result.stderr
         assert "no profiles configured" in status(env)[1]
+
+
+def test_a_profile_reload_while_the_config_is_broken_drops_its_tokens(env: dict[str, str],
+                                                                      authority: SimulatedAuthority) -> None:
+    """If the config file is broken and a profile is reloaded by name (what `secret set` and `login` send after
+    storing a new credential), then the daemon drops that profile's tokens all the same, though the reload reports
+    the file's error: the next request asks the authority afresh."""
+    from aadhelper import client
+    from aadhelper.errors import ConfigError
+
+    config = Path(env["AADHELPER_CONFIG"])
+    with DaemonProcess(env) as daemon:
+        first = token_of(env, "graph")
+        config.write_text("[profiles.graph\ntenant = ")
+        with pytest.raises(ConfigError):
+            client.reload("graph", socket_path=daemon.socket_path)
+        assert token_of(env, "graph") != first
+        assert authority.count(grant_type="client_credentials") == 2
