@@ -2,8 +2,9 @@
 
 - ``@pytest.mark.requires("git", ...)`` or the ``require`` fixture: a test needing a real component SKIPS on a
   developer machine without it and FAILS when ``CI=true``, so CI can never pass by skipping.
-  Components are executables on PATH, or ``secret-service`` (the private session of
-  ``scripts/with-secret-service``; the ``keyring`` marker means the same).
+  Components are executables on PATH, ``secret-service`` (the private session of
+  ``scripts/with-secret-service``; the ``keyring`` marker means the same), or a kernel feature (``PR_SET_MDWE``).
+  Never call ``pytest.skip`` for a missing component directly: go through :func:`require`.
 - ``secret_service``: a :class:`KeyringSecretStore` on the real gnome-keyring, cleaned up after the test;
   ``keyring_entries`` lists the raw entries; ``locked_keyring`` locks the collection for one test.
 - ``trustme_ca`` (session), ``server_ssl_context``, ``client_ssl_context``, ``ca_pem_file``.
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import ssl
@@ -31,13 +33,20 @@ SECRET_SERVICE_ENV = "AADHELPER_TEST_SECRET_SERVICE"
 #: The throwaway keyring's password, exported by scripts/with-secret-service so a test can unlock it again.
 KEYRING_PASSWORD_ENV = "AADHELPER_TEST_KEYRING_PASSWORD"
 SECRET_SERVICE = "secret-service"
+#: The kernel's MemoryDenyWriteExecute (Linux >= 6.3), which systemd >= 254 uses for the unit's
+#: ``MemoryDenyWriteExecute=yes``. prctl options from <linux/prctl.h>.
+MDWE = "PR_SET_MDWE"
+PR_SET_MDWE = 65
+PR_GET_MDWE = 66
+PR_MDWE_REFUSE_EXEC_GAIN = 1
 # Longest AF_UNIX path we hand out, leaving room under the kernel's 108 bytes.
 _MAX_SOCKET_PATH = 100
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "requires(*components): needs real components (executables, or 'secret-service'); "
+        "markers", "requires(*components): needs real components (executables, 'secret-service', "
+        "'PR_SET_MDWE'); "
         "skipped locally when missing, failed when CI=true")
 
 
@@ -54,6 +63,10 @@ def missing(component: str) -> str | None:
     if component == SECRET_SERVICE:
         if os.environ.get(SECRET_SERVICE_ENV) != "1" or not os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
             return "not inside scripts/with-secret-service (scripts/test runs pytest in it)"
+        return None
+    if component == MDWE:
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_GET_MDWE, 0, 0, 0, 0) < 0:
+            return f"this kernel ({os.uname().release}) has no PR_SET_MDWE (Linux >= 6.3 has it)"
         return None
     return None if shutil.which(component) else f"{component!r} is not on PATH"
 
