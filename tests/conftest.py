@@ -8,7 +8,8 @@
 - ``secret_service``: a :class:`KeyringSecretStore` on the real gnome-keyring, cleaned up after the test;
   ``keyring_entries`` lists the raw entries; ``locked_keyring`` locks the collection for one test.
 - ``trustme_ca`` (session), ``server_ssl_context``, ``client_ssl_context``, ``ca_pem_file``.
-- ``isolated_env``: environment for subprocesses with every aadhelper/XDG path under ``tmp_path``.
+- ``isolated_env``: environment for subprocesses with every aadhelper/XDG path under ``tmp_path``;
+  :func:`coverage_environ` for a test that builds a subprocess's environment from scratch.
 """
 
 from __future__ import annotations
@@ -214,3 +215,9 @@ def isolated_env(tmp_path: Path) -> dict[str, str]:
         AADHELPER_STATE_DIR=str(home / "state" / "aadhelper"),
     )
     return env
+
+
+def coverage_environ() -> dict[str, str]:
+    """coverage.py's variables (set under ``scripts/test --coverage``), for an environment a test builds from
+    scratch, so the processes it starts are measured too; empty otherwise."""
+    return {key: value for key, value in os.environ.items() if key.startswith("COVERAGE_")}

@@ -26,7 +26,7 @@ from aadhelper import client, paths, systemd
 from aadhelper.cli import service
 from aadhelper.errors import ConfigError, DaemonNotRunning
 
-from .conftest import MDWE, PR_MDWE_REFUSE_EXEC_GAIN, PR_SET_MDWE, require
+from .conftest import MDWE, PR_MDWE_REFUSE_EXEC_GAIN, PR_SET_MDWE, coverage_environ, require
 
 REPO = Path(__file__).resolve().parent.parent
 CHECKED_IN = REPO / "systemd"
@@ -55,6 +55,7 @@ def home(tmp_path: Path) -> dict[str, str]:
         "XDG_CACHE_HOME": str(tmp_path / "cache"),
         "XDG_RUNTIME_DIR": str(runtime),
         "LANG": "C.UTF-8",
+        **coverage_environ(),
     }
     Path(env["HOME"]).mkdir()
     return env
@@ -360,7 +361,7 @@ import json, os, socket, sys
 from aadhelper import systemd
 from aadhelper.errors import ConfigError, DaemonNotRunning
 
-from .conftest import MDWE, PR_MDWE_REFUSE_EXEC_GAIN, PR_SET_MDWE, require
+from .conftest import MDWE, PR_MDWE_REFUSE_EXEC_GAIN, PR_SET_MDWE, coverage_environ, require
 kind, pid_rule, count, names, path = json.loads(sys.argv[1])
 placeholder = os.open(os.devnull, os.O_RDONLY)  # keeps the object below off fd 3, so dup2 makes a distinct fd
 if kind == "unix":
@@ -584,6 +585,22 @@ def test_socket_activated_daemon_answers_first_connection(home: dict[str, str], 
         assert reply["pid"] == proc.pid, log.read_text()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=PATIENCE) == 0, log.read_text()
+    assert not Path(env["AADHELPER_SOCKET"]).exists()
+
+
+@needs_activate
+def test_socket_activated_daemon_exits_when_idle(home: dict[str, str], tmp_path: Path) -> None:
+    """If a socket-activated daemon has `idle_exit` set and no client comes for that long, then it exits 0 by
+    itself, says why in its log, and leaves the listening socket to systemd (the next client starts it again)."""
+    sock_path = tmp_path / "activated.sock"
+    log = tmp_path / "daemon.log"
+    env = daemon_env(home, tmp_path)
+    Path(env["AADHELPER_CONFIG"]).write_text("[daemon]\nidle_exit = 1\n")
+    with running(socket_activate(sock_path, [str(AADHELPER), "daemon"], env), env, log) as proc:
+        connect_when_bound(sock_path, proc, log).close()  # the first connection starts the daemon
+        assert proc.wait(timeout=PATIENCE) == 0, log.read_text()
+    assert "idle for" in log.read_text() and "exiting" in log.read_text(), log.read_text()
+    assert sock_path.is_socket()  # systemd's socket, not the daemon's to remove
     assert not Path(env["AADHELPER_SOCKET"]).exists()
 
 
