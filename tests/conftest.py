@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
+import base64
 import ctypes
+import json
 import os
 import shutil
 import ssl
@@ -215,6 +217,19 @@ def isolated_env(tmp_path: Path) -> dict[str, str]:
         AADHELPER_STATE_DIR=str(home / "state" / "aadhelper"),
     )
     return env
+
+
+@pytest.fixture(autouse=True)
+def _coverage_context(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``scripts/test --coverage``: the Python processes a test starts record their lines under the test's
+    id, as the test process does under the test function's name, so ``coverage report --contexts=REGEX`` can say
+    what some tests cover. Does nothing otherwise."""
+    encoded = os.environ.get("COVERAGE_PROCESS_CONFIG")  # coverage's serialized configuration (base64 JSON)
+    if not encoded:
+        return
+    config = json.loads(base64.b64decode(encoded))
+    config["context"] = request.node.nodeid
+    monkeypatch.setenv("COVERAGE_PROCESS_CONFIG", base64.b64encode(json.dumps(config).encode()).decode())
 
 
 def coverage_environ() -> dict[str, str]:
