@@ -220,16 +220,25 @@ def isolated_env(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(autouse=True)
-def _coverage_context(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+def _coverage_context(request: pytest.FixtureRequest) -> Iterator[None]:
     """Under ``scripts/test --coverage``: the Python processes a test starts record their lines under the test's
     id, as the test process does under the test function's name, so ``coverage report --contexts=REGEX`` can say
-    what some tests cover. Does nothing otherwise."""
+    what some tests cover. Does nothing otherwise.
+
+    Not through ``monkeypatch``: an autouse fixture that requests it would set it up before every other fixture
+    and so undo a test's own monkeypatching only after those fixtures' teardown.
+    """
     encoded = os.environ.get("COVERAGE_PROCESS_CONFIG")  # coverage's serialized configuration (base64 JSON)
     if not encoded:
+        yield
         return
     config = json.loads(base64.b64decode(encoded))
     config["context"] = request.node.nodeid
-    monkeypatch.setenv("COVERAGE_PROCESS_CONFIG", base64.b64encode(json.dumps(config).encode()).decode())
+    os.environ["COVERAGE_PROCESS_CONFIG"] = base64.b64encode(json.dumps(config).encode()).decode()
+    try:
+        yield
+    finally:
+        os.environ["COVERAGE_PROCESS_CONFIG"] = encoded
 
 
 def coverage_environ() -> dict[str, str]:

@@ -30,6 +30,7 @@ from aadhelper.fetcher import LocalFetcher
 from aadhelper.grants import TokenSource
 from aadhelper.listener import DaemonAlreadyRunning, bind_unix_socket, check_peer
 from aadhelper.tokens import Secret
+from tests.harness import DaemonProcess, wait_until
 
 
 class NoSecrets:
@@ -300,31 +301,33 @@ async def test_clients_over_the_connection_cap_wait_for_a_free_slot(tmp_path: Pa
         nursery.cancel_scope.cancel()
 
 
-async def test_running_out_of_descriptors_pauses_accepting_without_dying(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """If accept() fails because the process has no file descriptor left, then the daemon logs it, keeps
-    trying, and answers the waiting client once a descriptor is free again."""
-    async with trio.open_nursery() as nursery:
-        info = await start_daemon(nursery, tmp_path)
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        with trio.fail_after(10):
-            waiting = connect_and_send(info.socket_path, PING)
-            lowest_free = os.dup(0)
-            os.close(lowest_free)
-            try:
-                # No descriptor at or above the lowest free one: the daemon's next accept() fails with EMFILE.
-                resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
-                while "cannot accept a connection" not in caplog.text:
-                    await trio.sleep(0.01)
-            finally:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-            try:
-                assert protocol.decode(await wait_for_reply(waiting))["ok"] is True
-            finally:
-                waiting.close()
-            assert (await call(info, "ping"))["ok"] is True
-        nursery.cancel_scope.cancel()
-    assert "Too many open files" in caplog.text
+def test_running_out_of_descriptors_pauses_accepting_without_dying(isolated_env: dict[str, str]) -> None:
+    """If accept() fails because the daemon has no file descriptor left, then it logs why, keeps trying, and
+    answers the waiting client once a descriptor is free again.
+
+    A real daemon process whose descriptor limit the test lowers (prlimit) to the lowest number it has free, so
+    that accept() fails with EMFILE while everything already open keeps working.
+    """
+    env = dict(isolated_env, AADHELPER_SECRET_STORE="memory")
+    with DaemonProcess(env) as daemon:
+        soft, hard = resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE)
+        used = {int(fd) for fd in os.listdir(f"/proc/{daemon.pid}/fd")}
+        lowest_free = min(set(range(len(used) + 1)) - used)
+        resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (lowest_free, hard))
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as waiting:
+                waiting.settimeout(30)
+                waiting.connect(daemon.socket_path)  # queued by the kernel: no descriptor needed yet
+                waiting.sendall(PING)
+                # check_alive() raises (with the log) if the daemon died instead of waiting.
+                wait_until(lambda: daemon.check_alive() or "cannot accept a connection: Too many open files"
+                           in daemon.log(), timeout=30)
+                resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (soft, hard))
+                assert protocol.decode(waiting.makefile("rb").readline())["ok"] is True
+        finally:
+            if daemon.alive():
+                resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        assert client.ping(socket_path=daemon.socket_path)["pid"] == daemon.pid
 
 
 async def test_an_unexpected_accept_error_is_not_retried_forever() -> None:

@@ -360,8 +360,6 @@ FD3_HARNESS = r"""
 import json, os, socket, sys
 from aadhelper import systemd
 from aadhelper.errors import ConfigError, DaemonNotRunning
-
-from .conftest import MDWE, PR_MDWE_REFUSE_EXEC_GAIN, PR_SET_MDWE, coverage_environ, require
 kind, pid_rule, count, names, path = json.loads(sys.argv[1])
 placeholder = os.open(os.devnull, os.O_RDONLY)  # keeps the object below off fd 3, so dup2 makes a distinct fd
 if kind == "unix":
