@@ -221,8 +221,9 @@ def isolated_env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture(autouse=True)
 def _coverage_context(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Under ``scripts/test --coverage``: the Python processes a test starts record their lines under the test's
-    id, as the test process does under the test function's name, so ``coverage report --contexts=REGEX`` can say
+    """Under ``scripts/test --coverage``: every line run while a test runs, in this process (trio tasks included,
+    which coverage's own ``test_function`` context loses between two awaits of the test) and in the Python
+    processes the test starts, is recorded under the test's id, so ``coverage report --contexts=REGEX`` can say
     what some tests cover. Does nothing otherwise.
 
     Not through ``monkeypatch``: an autouse fixture that requests it would set it up before every other fixture
@@ -232,13 +233,20 @@ def _coverage_context(request: pytest.FixtureRequest) -> Iterator[None]:
     if not encoded:
         yield
         return
+    import coverage
+
+    measuring = coverage.Coverage.current()
     config = json.loads(base64.b64decode(encoded))
     config["context"] = request.node.nodeid
     os.environ["COVERAGE_PROCESS_CONFIG"] = base64.b64encode(json.dumps(config).encode()).decode()
+    if measuring is not None:
+        measuring.switch_context(request.node.nodeid)
     try:
         yield
     finally:
         os.environ["COVERAGE_PROCESS_CONFIG"] = encoded
+        if measuring is not None:
+            measuring.switch_context("")
 
 
 def coverage_environ() -> dict[str, str]:
