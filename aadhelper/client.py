@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import _socket
 import os
+import sys
 
 from . import paths, protocol
-from .errors import AadhelperError, DaemonNotRunning, ProtocolError, error_from_wire
+from .errors import AadhelperError, DaemonNotRunning, ProtocolError, UnsafeSocket, error_from_wire
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-#: Seconds to wait for a reply. A cold token may need a round trip to the authority with retries.
-DEFAULT_TIMEOUT = 60.0
+DEFAULT_TIMEOUT = protocol.REPLY_TIMEOUT
 
 START_HINT = "start it with `aadhelper daemon` (or `systemctl --user start aadhelper.socket`)"
 
@@ -36,24 +36,17 @@ def call(message: dict[str, Any], *, socket_path: str | None = None, timeout: fl
         raise ProtocolError(f"request too large for the daemon: {len(data)} bytes, its limit is "
                             f"{protocol.MAX_REQUEST_BYTES} (is a URL or scope that long?)")
     path = socket_path or paths.socket_path()
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            sock.close()
-            if autostart:
-                from . import autostart as starter
+    check_socket_dir(path)
+    sock = _connect(path, timeout)
+    if sock is None:
+        if autostart:
+            from . import autostart as starter
 
-                if starter.enabled():
-                    starter.start_daemon(path)
-                    return call(message, socket_path=path, timeout=timeout)
-            raise DaemonNotRunning(
-                f"no aadhelper daemon answers on {path} ({type(exc).__name__})", hint=START_HINT) from None
-        except OSError as exc:
-            raise DaemonNotRunning(f"cannot connect to {path}: {os.strerror(exc.errno or 0)}",
-                                   hint=START_HINT) from None
+            if starter.enabled():
+                starter.start_daemon(path)
+                return call(message, socket_path=path, timeout=timeout)
+        raise DaemonNotRunning(f"no aadhelper daemon answers on {path}", hint=START_HINT)
+    try:
         try:
             sock.sendall(data)
             line = _read_line(sock, protocol.MAX_REPLY_BYTES)
@@ -75,6 +68,82 @@ def call(message: dict[str, Any], *, socket_path: str | None = None, timeout: fl
     if not isinstance(error, dict):
         raise ProtocolError("malformed reply from the daemon: neither ok nor an error object")
     raise error_from_wire(error)
+
+
+#: Pauses before each new connect() while the daemon's listen backlog is full (EAGAIN: it runs, but thousands of
+#: clients arrived at once) or the socket refuses (ECONNREFUSED: a daemon between accepts under that load, or none):
+#: about 2 s in all for a full backlog, the first three (35 ms) for a refusal, which is usually a stale socket.
+_CONNECT_RETRIES = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.5, 0.5, 0.5)
+_REFUSED_RETRIES = 3
+
+
+def _connect(path: str, timeout: float) -> _socket.socket | None:
+    """A socket connected to ``path`` and checked (:func:`check_peer`); None when nothing listens there."""
+    import time
+
+    refused = 0
+    for pause in (*_CONNECT_RETRIES, None):
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            check_peer(sock, path)
+            return sock
+        except FileNotFoundError:
+            sock.close()
+            return None
+        except ConnectionRefusedError:
+            sock.close()
+            refused += 1
+            if pause is None or refused > _REFUSED_RETRIES:
+                return None
+        except BlockingIOError:  # EAGAIN: the backlog is full
+            sock.close()
+            if pause is None:
+                raise DaemonNotRunning(f"the daemon on {path} is too busy to accept a connection",
+                                       hint="try again; check how many clients run at once") from None
+        except OSError as exc:
+            sock.close()
+            raise DaemonNotRunning(f"cannot connect to {path}: {os.strerror(exc.errno or 0)}",
+                                   hint=START_HINT) from None
+        except BaseException:
+            sock.close()
+            raise
+        time.sleep(pause)
+    return None
+
+
+_SOCKET_HINT = "remove it (as its owner), or set AADHELPER_SOCKET to a path in a directory only you can use"
+
+
+def check_socket_dir(path: str) -> None:
+    """Refuse a socket whose directory is not ours alone: its owner could have put their own server there (the
+    /tmp fallback can be created first by another local user). A missing directory is fine: nothing answers."""
+    directory = os.path.dirname(path) or "."
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return
+    uid = os.getuid()
+    if info.st_uid != uid:
+        raise UnsafeSocket(f"the socket directory {directory} belongs to uid {info.st_uid}, not to you (uid {uid})",
+                           hint=_SOCKET_HINT)
+    if info.st_mode & 0o077:
+        raise UnsafeSocket(f"the socket directory {directory} is open to other users (mode {info.st_mode & 0o777:o})",
+                           hint="chmod 700 it, or restart the daemon (it makes the directory private)")
+
+
+def check_peer(sock: _socket.socket, path: str) -> None:
+    """Refuse a daemon that runs as another user (SO_PEERCRED, Linux; elsewhere the directory check stands alone)."""
+    option = getattr(_socket, "SO_PEERCRED", None)
+    if option is None:
+        return
+    # struct ucred {pid_t pid; uid_t uid; gid_t gid;}: three native ints, read without importing struct.
+    creds = sock.getsockopt(_socket.SOL_SOCKET, option, 12)
+    peer = int.from_bytes(creds[4:8], sys.byteorder)
+    if peer != os.getuid():
+        raise UnsafeSocket(f"the process answering on {path} runs as uid {peer}, not as you (uid {os.getuid()})",
+                           hint=_SOCKET_HINT)
 
 
 def _read_line(sock: _socket.socket, limit: int) -> bytes:

@@ -3,7 +3,9 @@
 Layers, later wins: built-in defaults -> the TOML file (``$AADHELPER_CONFIG`` or ``<user config dir>/config.toml``)
 -> environment (``AZURE_AUTHORITY_HOST`` for profiles without ``authority``; ``AADHELPER_NO_AUTOSTART=1``).
 :func:`parse_config` is pure (text in, value out); :func:`load_config` reads the file. Writing lives in
-:mod:`aadhelper.config_edit`. The file::
+:mod:`aadhelper.config_edit`. Reading never blocks on a FIFO or device and refuses anything that is not a regular
+file (a symlink to one is fine), a file of another user or writable by everyone, and a file over
+:data:`MAX_CONFIG_BYTES` (1 MiB), each with a one-line :class:`ConfigError`. The file::
 
     default_profile = "graph"           # optional when there is exactly one profile
 
@@ -51,6 +53,9 @@ TENANT_ALIASES = frozenset({"common", "organizations", "consumers"})
 #: git's username when a user-credential profile's mapping names none; Azure DevOps accepts any non-empty one.
 DEFAULT_GIT_USERNAME = "aadhelper"
 MAX_MIN_VALID = 86400
+#: Largest config file read (a real one is a few KiB; parsing 1 MiB of profiles takes ~0.5 s): anything larger is
+#: refused with a one-line error instead of being read into memory.
+MAX_CONFIG_BYTES = 1024 * 1024
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,253}")
@@ -62,6 +67,12 @@ _PROFILE_KEYS = ("tenant", "client_id", "scopes", "authority", "credential", "mi
 _GIT_KEYS = ("url", "username")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+class ConfigUnreadable(ConfigError):
+    """Opening or reading the file failed (I/O error, out of file descriptors, a symlink loop...): unlike a bad
+    content, this may pass without the file changing, so the daemon tries again (see :mod:`.config_watch`).
+    Travels as a plain ``config`` error."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +186,7 @@ class _Where:
             parts.append(f"profile {self.profile!r}")
         if self.section is not None:
             parts.append(self.section)
-        parts.append(problem if key is None else f"key {key!r} {problem}")
+        parts.append(problem if key is None else f"key {_shown(key)} {problem}")
         return ConfigError(": ".join(parts), hint=hint, profile=self.profile)
 
 
@@ -195,7 +206,7 @@ def parse_config(text: str, path: str, environ: Mapping[str, str] = os.environ) 
     _check_git_url_conflicts(profiles, path)
     default = _get(data, "default_profile", str, top, "must be a profile name", None)
     if default is not None and default not in profiles:
-        raise top.error("default_profile", f"names profile {default!r}, which is not configured "
+        raise top.error("default_profile", f"names profile {_shown(default)}, which is not configured "
                                            f"(profiles: {', '.join(profiles) or 'none'})")
     if default is None and len(profiles) == 1:
         default = next(iter(profiles))
@@ -221,14 +232,15 @@ def parse_toml(text: str, path: str) -> dict[str, Any]:
 def load_config(path: str | None = None, environ: Mapping[str, str] = os.environ) -> Config:
     """Read and parse the config file; a missing file is an empty configuration."""
     path = path or paths.config_file()
-    try:
-        with open(path, "rb") as file:
-            _check_file_owner(path, os.fstat(file.fileno()))
-            data = file.read()
-    except FileNotFoundError:
-        return parse_config("", path, environ)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    config = load_config_file(path, environ)
+    return parse_config("", path, environ) if config is None else config
+
+
+def load_config_file(path: str, environ: Mapping[str, str] = os.environ) -> Config | None:
+    """Read and parse the config file at ``path``; None when there is no file (a dangling symlink included)."""
+    data = read_config_file(path)
+    if data is None:
+        return None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -236,10 +248,61 @@ def load_config(path: str | None = None, environ: Mapping[str, str] = os.environ
     return parse_config(text, path, environ)
 
 
+def read_config_file(path: str) -> bytes | None:
+    """The config file's bytes, None when it does not exist; never blocks on a FIFO or device, never reads more
+    than :data:`MAX_CONFIG_BYTES`.
+
+    A symlink to a regular file is followed (dotfile managers link the config). The type and owner checks are made
+    on the opened descriptor, so a file swapped between a check and the read cannot slip through.
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer; the fstat below refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigUnreadable(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: the config file is {_file_kind(info.st_mode)}, not a regular file; "
+                              "refusing to read it", hint="replace it with a regular file")
+        _check_file_owner(path, info)
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise _too_large(path, info.st_size)
+        chunks: list[bytes] = []
+        size = 0
+        # Bounded even when the file grows while it is read.
+        while size <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_CONFIG_BYTES:
+            raise _too_large(path, size)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ConfigUnreadable(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def _too_large(path: str, size: int) -> ConfigError:
+    return ConfigError(f"{path}: the config file has {size} bytes or more, over the limit of {MAX_CONFIG_BYTES}; "
+                       "refusing to read it", hint="a configuration is a few KiB: check what was written to it")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
 def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str]) -> Profile:
     if not _NAME_RE.fullmatch(name):
-        raise ConfigError(f"{path}: profile name {name!r} must be 1 to 64 letters, digits, '-', '_' or '.'",
-                          profile=name)
+        # No profile=name: the message shows the name, cut short (it may be anything, of any length).
+        raise ConfigError(f"{path}: profile name {_shown(name)} must be 1 to 64 letters, digits, '-', '_' or '.'")
     where = _Where(path, profile=name)
     if not isinstance(raw, dict):
         raise where.error(None, "must be a table ([profiles.NAME])")
@@ -248,7 +311,7 @@ def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str]
     client_id = _get_str(raw, "client_id", where, _TOKEN_RE, "the application (client) id")
     credential = _get(raw, "credential", str, where, f"must be one of {', '.join(CREDENTIALS)}", "client_secret")
     if credential not in CREDENTIALS:
-        raise where.error("credential", f"must be one of {', '.join(CREDENTIALS)}, not {credential!r}")
+        raise where.error("credential", f"must be one of {', '.join(CREDENTIALS)}, not {_shown(credential)}")
     if credential == "client_secret" and tenant.lower() in TENANT_ALIASES:
         raise where.error("tenant", f"must name a real tenant (GUID or domain), not {tenant!r}, for credential "
                                     "'client_secret': the client credentials grant has no user to pick a tenant "
@@ -293,7 +356,7 @@ def _parse_git_urls(raw: object, where: _Where) -> tuple[GitUrl, ...]:
         except ValueError as exc:
             raise item_where.error("url", str(exc)) from None
         if any(g.url == normalised for g in result):
-            raise item_where.error("url", f"repeats {normalised!r}")
+            raise item_where.error("url", f"repeats {_shown(normalised)}")
         username = _get(item, "username", str, item_where, "must be a string", None)
         if username is not None and not (username and username.isprintable() and len(username) <= 256):
             raise item_where.error("username", "must be a non-empty printable string")
@@ -307,8 +370,8 @@ def _check_git_url_conflicts(profiles: Mapping[str, Profile], path: str) -> None
         for git_url in profile.git_urls:
             other = owner.setdefault(git_url.url, profile.name)
             if other != profile.name:
-                raise _Where(path, profile.name, "git").error(
-                    "url", f"{git_url.url!r} is also mapped by profile {other!r}; a URL can belong to one profile only")
+                raise _Where(path, profile.name, "git").error("url", f"{_shown(git_url.url)} is also mapped by profile "
+                                                                     f"{other!r}; a URL can belong to one profile only")
 
 
 def _check_keys(table: Mapping[str, object], allowed: tuple[str, ...], where: _Where) -> None:
@@ -350,7 +413,7 @@ def _get_str(table: Mapping[str, object], key: str, where: _Where, pattern: re.P
     if value is None:
         raise where.error(key, f"is missing ({what})")
     if not pattern.fullmatch(value):
-        raise where.error(key, f"must be {what} without spaces, not {value!r}")
+        raise where.error(key, f"must be {what} without spaces, not {_shown(value)}")
     return str(value)
 
 
@@ -358,7 +421,14 @@ def _env_flag(environ: Mapping[str, str], name: str, where: _Where) -> bool:
     value = environ.get(name, "").strip().lower()
     if value in _TRUE or value in _FALSE:
         return value in _TRUE
-    raise where.error(None, f"environment variable {name} must be 1 or 0, not {value!r}")
+    raise where.error(None, f"environment variable {name} must be 1 or 0, not {_shown(value)}")
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """A value from the file for a message: quoted, and cut short so that the message stays one readable line
+    whatever the file holds."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 4]}...{text[-1]}"
 
 
 def _check_file_owner(path: str, info: os.stat_result) -> None:

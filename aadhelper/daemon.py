@@ -93,7 +93,7 @@ class Daemon:
 
     async def _op_token(self, message: dict[str, Any]) -> dict[str, Any]:
         request = protocol.TokenRequest.from_message(message)
-        profile, git_url = self._resolve(request)
+        profile, git_url = await self._resolve(request)
         token = await self.cache.get(profile, request.scopes, request.min_valid)
         reply = protocol.ok_reply(access_token=token.access_token.reveal(), token_type=token.token_type,
                                   expires_on=int(token.expires_on), profile=profile.name, scopes=list(token.scopes))
@@ -103,7 +103,7 @@ class Daemon:
 
     async def _op_invalidate(self, message: dict[str, Any]) -> dict[str, Any]:
         request = protocol.TokenRequest.from_message(message)
-        profile, _ = self._resolve(request)
+        profile, _ = await self._resolve(request)
         return protocol.ok_reply(dropped=self.cache.invalidate(profile.name, request.scopes))
 
     async def _op_status(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -111,7 +111,7 @@ class Daemon:
                   "socket": self.socket_path, "socket_activated": self.socket_activated,
                   "config": self.config.path}
         try:
-            config = self.config.current()
+            config = await self.config.current()
         except ConfigError as exc:
             daemon["config_error"] = exc.to_wire()
             configured: dict[str, Profile] = {}
@@ -119,31 +119,54 @@ class Daemon:
         else:
             configured = dict(config.profiles)
             default = config.default_profile
+            daemon.update(self.config.status())  # a broken file while the last good configuration serves
         records = self.cache.status()
+        logins, unsaved = await self._sign_in_states([p for p in configured.values() if p.credential == "user"])
         profiles = []
         for name, profile in sorted(configured.items()):
             tokens = [r for r in records if r["profile"] == name]
-            login = await self._login_state(profile)
+            login = logins.get(name)
             if login is not None and not any(r["state"] == "login_required" for r in tokens):
                 # No refresh token, or a dead one: say so for the profile's scopes even before anyone asked.
                 tokens.append({"profile": name, "credential": profile.credential, "scopes": list(profile.scopes),
                                "state": "login_required", "expires_on": None, "next_refresh": None,
                                "refreshing": False, "refreshes": 0, "failures": 0, "last_error": login.to_wire(),
-                               "last_error_at": None})
-            profiles.append({"name": name, "credential": profile.credential, "default": name == default,
-                             "tokens": tokens})
+                               "last_error_at": None, "min_valid": profile.min_valid, "short_tokens": False,
+                               "token_lifetime": None, "requests_last_hour": 0, "last_request_at": None,
+                               "throttled_since": None})
+            record = {"name": name, "credential": profile.credential, "default": name == default, "tokens": tokens}
+            if name in unsaved:
+                record["unsaved_sign_in"] = True
+            profiles.append(record)
         return protocol.ok_reply(daemon=daemon, profiles=profiles)
 
-    async def _login_state(self, profile: Profile) -> LoginRequired | None:
-        """Why a user profile needs a login, for status; None when it is signed in or nobody can tell right now (a
-        status must answer even while the fetcher restarts)."""
-        if self.fetcher is None or profile.credential != "user":
-            return None
-        try:
-            return await self.fetcher.login_required(profile.name)
-        except AadhelperError as exc:
-            log.info("status: cannot tell whether profile %r is signed in (%s)", profile.name, exc.one_line())
-            return None
+    async def _sign_in_states(self, users: list[Profile]) -> tuple[dict[str, LoginRequired | None], tuple[str, ...]]:
+        """Per user profile, why it needs a login (None: signed in, or nobody can tell right now), and the user
+        profiles whose rotated refresh token the keyring has not taken yet. Asked of the fetcher all at once, each
+        question bounded by its deadline: a status must answer even while the fetcher restarts or is stopped."""
+        logins: dict[str, LoginRequired | None] = {}
+        unsaved: list[tuple[str, ...]] = []
+        fetcher = self.fetcher
+        if fetcher is None or not users:
+            return logins, ()
+
+        async def login_state(profile: str) -> None:
+            try:
+                logins[profile] = await fetcher.login_required(profile)
+            except AadhelperError as exc:
+                log.info("status: cannot tell whether profile %r is signed in (%s)", profile, exc.one_line())
+
+        async def unsaved_sign_ins() -> None:
+            try:
+                unsaved.append(await fetcher.unsaved_sign_ins())
+            except AadhelperError as exc:
+                log.info("status: cannot tell whether every sign-in is saved (%s)", exc.one_line())
+
+        async with trio.open_nursery() as nursery:
+            for profile in users:
+                nursery.start_soon(login_state, profile.name)
+            nursery.start_soon(unsaved_sign_ins)
+        return logins, unsaved[0] if unsaved else ()
 
     async def _op_reload(self, message: dict[str, Any]) -> dict[str, Any]:
         name = message.get("profile")
@@ -151,21 +174,22 @@ class Daemon:
             raise ProtocolError("field 'profile' must be a string")
         # Re-reading the config forgets the profiles whose definition changed; a named profile's secret or
         # sign-in changed even if its config did not, so it starts afresh too. Others keep their tokens.
-        config = self.config.reload()
+        config = await self.config.reload()
         if name:
             self.cache.forget_profile(name)
         return protocol.ok_reply(profiles=sorted(config.profiles))
 
-    def _resolve(self, request: protocol.TokenRequest) -> tuple[Profile, GitUrl | None]:
+    async def _resolve(self, request: protocol.TokenRequest) -> tuple[Profile, GitUrl | None]:
         """The profile a request names, and the git URL mapping that chose it (None without ``url``)."""
-        config = self.config.current()
-        if request.url is None:
-            return config.profile(request.profile), None
-        match = config.profile_for_url(request.url)
-        if match is None:
-            raise NoProfileForUrl(f"no profile is mapped to {_redact_url(request.url)}",
-                                  hint="add one with `aadhelper profile git-url add NAME URL`")
-        return match
+        config = await self.config.current()
+        with self.config.lookups():
+            if request.url is None:
+                return config.profile(request.profile), None
+            match = config.profile_for_url(request.url)
+            if match is None:
+                raise NoProfileForUrl(f"no profile is mapped to {_redact_url(request.url)}",
+                                      hint="add one with `aadhelper profile git-url add NAME URL`")
+            return match
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -193,7 +217,8 @@ class Daemon:
             self.activity.last = time.monotonic()
 
     async def _read_line(self, conn: trio.socket.SocketType, buffer: bytearray) -> bytes | None:
-        """The next request line; None on EOF, on a half-written request that times out, or when oversized."""
+        """The next request line (a last one may end at EOF instead of a newline); None on EOF, on a half-written
+        request that times out, or when oversized."""
         with trio.move_on_after(protocol.READ_TIMEOUT):
             while True:
                 newline = buffer.find(b"\n")
@@ -207,7 +232,10 @@ class Daemon:
                     break
                 chunk = await conn.recv(65536)
                 if not chunk:
-                    return None
+                    # EOF: a request the client finished with shutdown(SHUT_WR) instead of a newline is answered.
+                    line = bytes(buffer)
+                    buffer.clear()
+                    return line if line.strip() else None
                 buffer += chunk
             await _send(conn, protocol.error_reply(ProtocolError(
                 f"request larger than {protocol.MAX_REQUEST_BYTES} bytes").to_wire()))
@@ -216,9 +244,13 @@ class Daemon:
 
 
 async def _send(conn: trio.socket.SocketType, message: dict[str, Any]) -> None:
+    """Send a reply; a client that does not take it within WRITE_TIMEOUT loses its connection (OSError)."""
     data = memoryview(protocol.encode(message))
-    while data:
-        data = data[await conn.send(data):]
+    with trio.move_on_after(protocol.WRITE_TIMEOUT):
+        while data:
+            data = data[await conn.send(data):]
+        return
+    raise TimeoutError(f"the client did not read its reply within {protocol.WRITE_TIMEOUT:.0f} s")
 
 
 def _redact_url(url: str) -> str:
@@ -252,7 +284,7 @@ async def serve(fetcher: Fetcher, *, config_path: str | None = None, socket_path
             daemon = Daemon(watcher, cache, socket_path=path, socket_activated=bool(activated), fetcher=fetcher)
             # A broken config is logged; the daemon still answers ping/status and reports it per request.
             with contextlib.suppress(ConfigError):
-                watcher.current()
+                await watcher.current()
 
             def report_status() -> None:
                 systemd.status(_status_line(cache))
@@ -279,16 +311,17 @@ async def serve(fetcher: Fetcher, *, config_path: str | None = None, socket_path
 
 
 def _idle_exit(watcher: ConfigWatcher) -> int:
-    try:
-        return watcher.current().idle_exit
-    except ConfigError:
-        return 0
+    config = watcher.last_good
+    return config.idle_exit if config is not None else 0
 
 
 def _status_line(cache: TokenCache) -> str:
     next_refresh = cache.next_refresh()
     profiles = len(cache.profiles_cached())
-    when = time.strftime("%H:%M:%S", time.localtime(next_refresh)) if next_refresh else "none"
+    try:
+        when = time.strftime("%H:%M:%S", time.localtime(next_refresh)) if next_refresh else "none"
+    except (OverflowError, OSError, ValueError):  # a time no calendar holds must not stop the daemon
+        when = "never"
     return f"{profiles} profile(s) cached; next refresh {when}"
 
 
@@ -303,7 +336,7 @@ async def _watch_signals(scope: trio.CancelScope, watcher: ConfigWatcher,
                 log.info("SIGHUP: reloading the configuration")
                 systemd.reloading()
                 with contextlib.suppress(ConfigError):
-                    watcher.reload()
+                    await watcher.reload()
                 systemd.ready()
                 continue
             log.info("%s: shutting down", signal.Signals(signum).name)

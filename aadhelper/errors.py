@@ -20,6 +20,7 @@ raises the same class the daemon raised, and a distinct ``exit_code`` so scripts
     │   └── AuthorityUnavailable       code "authority_unavailable" exit 7   network, 5xx, 429, malformed reply
     ├── DaemonNotRunning               code "daemon_not_running"    exit 8   nothing answers on the socket
     ├── ProtocolError                  code "protocol"              exit 9   a malformed message on the socket
+    ├── UnsafeSocket                   code "unsafe_socket"         exit 10  the socket's directory or peer is not ours
     └── Cancelled                      code "cancelled"             exit 130 the user pressed Ctrl-C
 
 Messages never contain a secret: constructors take only names, codes and the authority's non-secret
@@ -231,6 +232,14 @@ class ProtocolError(AadhelperError):
     exit_code = 9
 
 
+class UnsafeSocket(AadhelperError):
+    """The socket's directory belongs to (or is open to) someone else, or another user answers on it: whoever
+    does could read our requests and hand us their tokens, so the client does not talk to it."""
+
+    code = "unsafe_socket"
+    exit_code = 10
+
+
 class Cancelled(AadhelperError):
     code = "cancelled"
     exit_code = 130
@@ -248,5 +257,6 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (7, "authority unavailable (network, 5xx, throttling, malformed reply)"),
     (8, "daemon not running"),
     (9, "protocol error between client and daemon"),
+    (10, "the daemon's socket is not safe (its directory or the process on it belongs to another user)"),
     (130, "cancelled"),
 )

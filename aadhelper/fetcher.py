@@ -9,9 +9,11 @@ runs the fetcher in a child process, and the serving loop only sends one line an
 tests use.
 
 A fetcher is an async context manager (its background duties: connecting the keyring early, retrying the
-storage of a rotated refresh token) that hands out one :class:`~aadhelper.grants.TokenSource` per profile
-and says whether a user profile needs ``aadhelper login``. The messages between daemon and child are JSON
-lines (:mod:`aadhelper.protocol`'s encoding); the codecs for profiles, tokens and replies live here, next to
+storage of a rotated refresh token, one last try at exit) that hands out one
+:class:`~aadhelper.grants.TokenSource` per profile, says whether a user profile needs ``aadhelper login``, and
+which profiles have a new sign-in the keyring has not taken yet. Every keyring call has a deadline
+(:data:`KEYRING_DEADLINE`, :class:`AsyncSecrets`). The messages between daemon and child are JSON lines
+(:mod:`aadhelper.protocol`'s encoding); the codecs for profiles, tokens and replies live here, next to
 the interface they carry.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -28,7 +31,7 @@ import trio
 
 from . import protocol
 from .config import Profile
-from .errors import AadhelperError, LoginRequired, ProtocolError, error_from_wire
+from .errors import AadhelperError, KeyringUnavailable, LoginRequired, ProtocolError, error_from_wire
 from .tokens import Secret, Token
 
 if TYPE_CHECKING:
@@ -38,6 +41,14 @@ if TYPE_CHECKING:
     from .secret_store import SecretStore
 
 log = logging.getLogger("aadhelper.fetcher")
+
+#: Longest wait for one keyring call (seconds); a call normally takes milliseconds. Past it the call is abandoned
+#: and fails as "keyring unavailable" (see :class:`AsyncSecrets`).
+KEYRING_DEADLINE = 10.0
+#: Longest the fetcher spends at exit on a last attempt to store rotated refresh tokens the keyring refused so far
+#: (seconds; the daemon kills a fetcher that has not exited :data:`~aadhelper.fetcher_process.STOP_GRACE` seconds
+#: after it asked it to stop).
+EXIT_STORE_DEADLINE = 3.0
 
 
 class Fetcher(Protocol):
@@ -56,38 +67,104 @@ class Fetcher(Protocol):
         """Why the user profile ``profile`` needs ``aadhelper login``; None when signed in or unknown."""
         ...
 
+    async def unsaved_sign_ins(self) -> tuple[str, ...]:
+        """The user profiles whose newest refresh token the keyring has refused so far (sorted): it lives only in
+        the fetcher's memory, is retried with backoff, and is lost if the fetcher stops before a write succeeds."""
+        ...
+
 
 # -- in this process --------------------------------------------------------------------------------
 
 
 class AsyncSecrets:
-    """The blocking secret store seen from trio: every call in a worker thread, one at a time.
+    """The blocking secret store seen from trio: every call in a worker thread, one at a time, each within
+    :data:`KEYRING_DEADLINE`.
 
     One at a time because keyring backends are not documented as thread-safe (the store's own Secret Service
     connection carries one exchange at a time and locks itself too), and the calls are rare (a refresh, not
     a request).
+
+    A keyring that does not answer (its D-Bus peer stopped or wedged) must not wedge the fetcher: a call that
+    outlives the deadline is abandoned (its thread stays blocked in the store) and fails with
+    :class:`~aadhelper.errors.KeyringUnavailable`. The abandoned thread still holds the one-at-a-time token
+    until the store returns, so the calls made meanwhile could only queue behind it: they fail at once with
+    the same error instead (a status naming several profiles would otherwise take one deadline each). The
+    moment the store answers the abandoned call, the next call runs normally: the fetcher recovers by itself.
     """
 
-    def __init__(self, store: SecretStore) -> None:
+    def __init__(self, store: SecretStore, *, deadline: float = KEYRING_DEADLINE) -> None:
         self._store = store
+        self._deadline = deadline
         self._limiter = trio.CapacityLimiter(1)
+        #: Set when the abandoned call that still blocks the store returns; None when none was abandoned.
+        self._stuck: trio.Event | None = None
+        self._stuck_since = 0.0
 
     async def prepare(self) -> None:
         """Let the store choose its backend and connect now, so that the first secret read does not wait for it."""
         prepare = getattr(self._store, "prepare", None)  # optional: a store may have nothing to get ready
         if prepare is None:
             return
+        # Only a head start: the first read meets a failure again and reports it.
         try:
-            # Abandoned on cancellation: a keyring that does not answer must not hold up the exit.
-            await trio.to_thread.run_sync(prepare, limiter=self._limiter, abandon_on_cancel=True)
-        except Exception:  # only a head start: the first read meets the failure again and reports it
+            await self._run(prepare, action="open", what="it", profile=None)
+        except KeyringUnavailable as exc:  # did not answer in time
+            log.warning("%s", exc.one_line())
+        except Exception:
             log.exception("could not prepare the secret store")
 
     async def get(self, profile: str, kind: str) -> Secret | None:
-        return await trio.to_thread.run_sync(self._store.get, profile, kind, limiter=self._limiter)
+        result: Secret | None = await self._run(self._store.get, profile, kind, action="read",
+                                                what=f"the {kind} of profile {profile!r}", profile=profile)
+        return result
 
     async def set(self, profile: str, kind: str, value: Secret) -> None:
-        await trio.to_thread.run_sync(self._store.set, profile, kind, value, limiter=self._limiter)
+        await self._run(self._store.set, profile, kind, value, action="store",
+                        what=f"the {kind} of profile {profile!r}", profile=profile)
+
+    async def answering(self) -> None:
+        """Return once no abandoned call blocks the store (at once when none does)."""
+        if self._stuck is not None:
+            await self._stuck.wait()
+
+    async def _run(self, function: Callable[..., Any], *args: Any, action: str, what: str,
+                   profile: str | None) -> Any:
+        if self._stuck is not None:
+            if not self._stuck.is_set():
+                waited = trio.current_time() - self._stuck_since
+                raise self._unanswered(f"has not answered for {waited:.0f} s", action, what, profile)
+            self._stuck = None
+        answered, started = trio.Event(), threading.Event()
+        token = trio.lowlevel.current_trio_token()
+        began = trio.current_time()
+
+        def finished() -> None:  # in trio
+            answered.set()
+            if self._stuck is answered:
+                log.info("the OS keyring answered again, %.0f s after a call to it", trio.current_time() - began)
+
+        def call() -> Any:
+            started.set()
+            try:
+                return function(*args)
+            finally:  # in the worker thread, also when trio no longer waits for it
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(finished)
+
+        with trio.move_on_after(self._deadline):
+            # Abandoned on cancellation too: a keyring that does not answer must not hold up the exit.
+            return await trio.to_thread.run_sync(call, limiter=self._limiter, abandon_on_cancel=True)
+        # A call still waiting for its turn was simply withdrawn; one whose thread runs now blocks the store.
+        if started.is_set() and not answered.is_set():
+            self._stuck, self._stuck_since = answered, began
+        raise self._unanswered(f"did not answer within {self._deadline:.0f} s", action, what, profile)
+
+    @staticmethod
+    def _unanswered(how: str, action: str, what: str, profile: str | None) -> KeyringUnavailable:
+        return KeyringUnavailable(
+            f"the OS keyring {how}: cannot {action} {what}", profile=profile,
+            hint="check the keyring daemon (e.g. gnome-keyring-daemon) of your session; aadhelper tries again "
+                 "by itself once it answers")
 
 
 class LocalFetcher:
@@ -121,6 +198,7 @@ class LocalFetcher:
             await self._nursery_cm.__aexit__(exc_type, exc, tb)
         finally:
             with trio.CancelScope(shield=True):
+                await self._sign_ins.store_before_exit(EXIT_STORE_DEADLINE)
                 await self._http.aclose()
 
     def source(self, profile: Profile) -> TokenSource:
@@ -131,6 +209,9 @@ class LocalFetcher:
 
     async def login_required(self, profile: str) -> LoginRequired | None:
         return await self._sign_ins.login_required(profile)
+
+    async def unsaved_sign_ins(self) -> tuple[str, ...]:
+        return self._sign_ins.unsaved()
 
 
 # -- messages between the daemon and a fetcher process ------------------------------------------------
@@ -156,8 +237,13 @@ def profile_from_wire(wire: object, scopes: tuple[str, ...]) -> Profile:
 
 
 def scopes_from_wire(wire: object) -> tuple[str, ...]:
+    return strings_from_wire(wire, "scopes")
+
+
+def strings_from_wire(wire: object, what: str) -> tuple[str, ...]:
+    """A list of strings (scopes, profile names) sent between daemon and fetcher."""
     if not isinstance(wire, list) or not all(isinstance(s, str) for s in wire):
-        raise ProtocolError("malformed scopes between daemon and fetcher")
+        raise ProtocolError(f"malformed {what} between daemon and fetcher")
     return tuple(wire)
 
 

@@ -6,16 +6,18 @@ runs on its own, so a slow authority for one profile holds up no other), runs at
 (:func:`aadhelper.process_setup.run_at_idle_priority`: the daemon's serving loop always goes first), and exits
 when the daemon closes its end or sends SIGTERM. Before exiting it lets a refresh-token exchange that is under
 way finish, so that a rotated refresh token reaches the keyring (:mod:`aadhelper.grants.refresh`); that is also
-why a SIGKILL of the daemon loses no rotation. Ctrl-C in a terminal goes to the daemon, which then closes the
-link; the fetcher ignores SIGINT.
+why a SIGKILL of the daemon loses no rotation. A rotated refresh token the keyring refused so far gets one more
+try, and is logged at ERROR level if it is lost (:meth:`aadhelper.grants.refresh.SignIns.store_before_exit`).
+Ctrl-C in a terminal goes to the daemon, which then closes the link; the fetcher ignores SIGINT.
 
 Requests (ids chosen by the daemon)::
 
     {"v": 1, "op": "acquire", "id": 7, "profile": {"name": ..., "tenant": ...}, "scopes": [...]}
     {"v": 1, "op": "login_required", "id": 8, "profile": "me"}
+    {"v": 1, "op": "unsaved_sign_ins", "id": 9}
 
 Replies: ``{"v": 1, "ok": true, "id": 7, "token": {...}}``, ``{"v": 1, "ok": true, "id": 8, "login_required":
-{error} | null}``, or an error reply with the id.
+{error} | null}``, ``{"v": 1, "ok": true, "id": 9, "profiles": ["me"]}``, or an error reply with the id.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import socket
 from typing import Any
@@ -61,8 +64,10 @@ def run(sock: socket.socket, *, secret_store: str | None, verbose: bool) -> int:
     configure_logging(verbose)
     harden_process()
     set_process_name("aadhelper-fetch")
-    run_at_idle_priority()  # before trio starts threads: they inherit it
+    priority = run_at_idle_priority()  # before trio starts threads: they inherit it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # What a test (or a reader of the log) waits for: the process has its name and priority from here on.
+    log.debug("token fetcher running (pid %d, %s)", os.getpid(), priority)
     try:
         store = open_secret_store(secret_store)
     except ConfigError as exc:
@@ -129,6 +134,8 @@ async def _dispatch(fetcher: LocalFetcher, message: dict[str, Any]) -> dict[str,
             raise ProtocolError("login_required without a profile name")
         error = await fetcher.login_required(name)
         return protocol.ok_reply(login_required=error.to_wire() if error is not None else None)
+    if op == "unsaved_sign_ins":
+        return protocol.ok_reply(profiles=list(await fetcher.unsaved_sign_ins()))
     raise ProtocolError(f"the token fetcher has no operation {op!r}")
 
 

@@ -17,15 +17,24 @@ from .errors import ConfigError
 
 APP_NAME = "aadhelper"
 SOCKET_NAME = "daemon.sock"
+#: systemd-logind's per-user runtime directory (what XDG_RUNTIME_DIR normally names).
+_RUN_USER = "/run/user/{uid}"
 
 
 def runtime_dir() -> str:
-    """The per-user runtime directory for the socket (not created here)."""
+    """The per-user runtime directory for the socket (not created here), in this order:
+
+    1. ``$XDG_RUNTIME_DIR/aadhelper`` (what ``%t/aadhelper`` means in a systemd user unit);
+    2. ``/run/user/UID/aadhelper`` when that directory exists and is ours (sessions without the variable);
+    3. ``$TMPDIR`` (else ``/tmp``) ``/aadhelper-UID``: another local user can create that name first, so the daemon
+       creates it 0700 and refuses it unless it is a real directory of ours, and the client refuses a directory
+       that is not ours alone or a daemon of another uid (:mod:`aadhelper.client`).
+    """
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isabs(xdg) and os.path.isdir(xdg):
         return os.path.join(xdg, APP_NAME)
     uid = os.getuid()
-    run_user = f"/run/user/{uid}"
+    run_user = _RUN_USER.format(uid=uid)
     try:
         if os.stat(run_user).st_uid == uid:
             return os.path.join(run_user, APP_NAME)

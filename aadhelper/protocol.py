@@ -51,8 +51,15 @@ VERSION = 1
 MAX_REQUEST_BYTES = 64 * 1024
 #: Largest reply line the client accepts: access tokens run to a few KB, a status of many profiles more.
 MAX_REPLY_BYTES = 4 * 1024 * 1024
-#: Seconds the daemon waits for a complete request line before closing the connection.
+#: Seconds the daemon waits for a complete request line before closing the connection, and for a client to take
+#: a reply (a client that never reads would otherwise hold its connection slot for good).
 READ_TIMEOUT = 5.0
+WRITE_TIMEOUT = 5.0
+#: Seconds a client waits for a reply. A cold token may need a round trip to the authority with retries.
+REPLY_TIMEOUT = 60.0
+#: Seconds the daemon lets a request wait for a token before answering with the cause of the wait: well inside
+#: REPLY_TIMEOUT, so the client hears why (an authority or keyring that is slow) rather than "no answer".
+ANSWER_DEADLINE = 45.0
 
 OPS = frozenset({"ping", "token", "invalidate", "status", "reload"})
 
@@ -68,10 +75,12 @@ def decode(line: bytes) -> dict[str, Any]:
         message = _loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"malformed message: not JSON ({type(exc).__name__})") from None
+    except RecursionError:  # a 2 KB line of "[[[[..." is valid JSON nested deeper than the parser recurses
+        raise ProtocolError("malformed message: nested too deeply") from None
     if not isinstance(message, dict):
         raise ProtocolError("malformed message: not a JSON object")
     version = message.get("v")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:  # True and 1.0 compare equal to 1, and are not versions
         raise ProtocolError(
             f"protocol version {version!r} is not supported (this side speaks {VERSION})",
             hint="restart the daemon after upgrading aadhelper",

@@ -3,10 +3,12 @@
 - ``@pytest.mark.requires("git", ...)`` or the ``require`` fixture: a test needing a real component SKIPS on a
   developer machine without it and FAILS when ``CI=true``, so CI can never pass by skipping.
   Components are executables on PATH, ``secret-service`` (the private session of
-  ``scripts/with-secret-service``; the ``keyring`` marker means the same), or a kernel feature (``PR_SET_MDWE``).
+  ``scripts/with-secret-service``; the ``keyring`` marker means the same), ``root``, or a kernel feature
+  (``PR_SET_MDWE``).
   Never call ``pytest.skip`` for a missing component directly: go through :func:`require`.
 - ``secret_service``: a :class:`KeyringSecretStore` on the real gnome-keyring, cleaned up after the test;
-  ``keyring_entries`` lists the raw entries; ``locked_keyring`` locks the collection for one test.
+  ``keyring_entries`` lists the raw entries; ``locked_keyring`` locks the collection for one test
+  (``lock_keyring``/``unlock_keyring`` do it at any point of a test).
 - ``trustme_ca`` (session), ``server_ssl_context``, ``client_ssl_context``, ``ca_pem_file``.
 - ``isolated_env``: environment for subprocesses with every aadhelper/XDG path under ``tmp_path``;
   :func:`coverage_environ` for a test that builds a subprocess's environment from scratch.
@@ -36,6 +38,8 @@ SECRET_SERVICE_ENV = "AADHELPER_TEST_SECRET_SERVICE"
 #: The throwaway keyring's password, exported by scripts/with-secret-service so a test can unlock it again.
 KEYRING_PASSWORD_ENV = "AADHELPER_TEST_KEYRING_PASSWORD"
 SECRET_SERVICE = "secret-service"
+#: Tests that play another local user (chown, setuid) need root; CI runs as root.
+ROOT = "root"
 #: The kernel's MemoryDenyWriteExecute (Linux >= 6.3), which systemd >= 254 uses for the unit's
 #: ``MemoryDenyWriteExecute=yes``. prctl options from <linux/prctl.h>.
 MDWE = "PR_SET_MDWE"
@@ -49,7 +53,7 @@ _MAX_SOCKET_PATH = 100
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "requires(*components): needs real components (executables, 'secret-service', "
-        "'PR_SET_MDWE'); "
+        "'root', 'PR_SET_MDWE'); "
         "skipped locally when missing, failed when CI=true")
 
 
@@ -67,6 +71,8 @@ def missing(component: str) -> str | None:
         if os.environ.get(SECRET_SERVICE_ENV) != "1" or not os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
             return "not inside scripts/with-secret-service (scripts/test runs pytest in it)"
         return None
+    if component == ROOT:
+        return None if os.geteuid() == 0 else "not running as root (needed to act as another user)"
     if component == MDWE:
         if ctypes.CDLL(None, use_errno=True).prctl(PR_GET_MDWE, 0, 0, 0, 0) < 0:
             return f"this kernel ({os.uname().release}) has no PR_SET_MDWE (Linux >= 6.3 has it)"
@@ -137,26 +143,38 @@ def secret_service() -> Iterator[KeyringSecretStore]:
 @pytest.fixture
 def locked_keyring(secret_service: KeyringSecretStore) -> Iterator[None]:
     """The default collection locked (as after a screen lock), unlocked again after the test."""
+    lock_keyring()
+    try:
+        yield
+    finally:
+        unlock_keyring()
+
+
+def lock_keyring() -> None:
+    """Lock the private gnome-keyring's default collection, as a screen lock does."""
+    import secretstorage
+
+    with closing(secretstorage.dbus_init()) as connection:
+        secretstorage.get_default_collection(connection).lock()
+
+
+def unlock_keyring() -> None:
+    """Unlock the private gnome-keyring's default collection again."""
     import secretstorage
     from secretstorage.util import DBusAddressWrapper, format_secret, open_session
 
     password = os.environ.get(KEYRING_PASSWORD_ENV)
     assert password, f"{KEYRING_PASSWORD_ENV} is not set: scripts/with-secret-service exports it"
     with closing(secretstorage.dbus_init()) as connection:
-        secretstorage.get_default_collection(connection).lock()
-    try:
-        yield
-    finally:
-        with closing(secretstorage.dbus_init()) as connection:
-            # Unlocking normally needs a prompt (no display here); gnome-keyring's internal interface
-            # takes the password directly, as `gnome-keyring-daemon --unlock` does.
-            service = DBusAddressWrapper("/org/freedesktop/secrets", "org.freedesktop.Secret.Service", connection)
-            (path,) = service.call("ReadAlias", "s", "default")
-            internal = DBusAddressWrapper("/org/freedesktop/secrets",
-                                          "org.gnome.keyring.InternalUnsupportedGuiltRiddenInterface", connection)
-            master = format_secret(open_session(connection), password.encode(), "text/plain")
-            internal.call("UnlockWithMasterPassword", "o(oayays)", path, master)
-            assert not secretstorage.get_default_collection(connection).is_locked()
+        # Unlocking normally needs a prompt (no display here); gnome-keyring's internal interface
+        # takes the password directly, as `gnome-keyring-daemon --unlock` does.
+        service = DBusAddressWrapper("/org/freedesktop/secrets", "org.freedesktop.Secret.Service", connection)
+        (path,) = service.call("ReadAlias", "s", "default")
+        internal = DBusAddressWrapper("/org/freedesktop/secrets",
+                                      "org.gnome.keyring.InternalUnsupportedGuiltRiddenInterface", connection)
+        master = format_secret(open_session(connection), password.encode(), "text/plain")
+        internal.call("UnlockWithMasterPassword", "o(oayays)", path, master)
+        assert not secretstorage.get_default_collection(connection).is_locked()
 
 
 # -- TLS with trustme ---------------------------------------------------------------------------------------

@@ -9,13 +9,20 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
+import trio
+
+from aadhelper.cache import TokenCache
+from aadhelper.config import Profile
 from aadhelper.testing import daemon_process as testing_daemon
+from aadhelper.tokens import Secret, Token, TokenResponse
 
 BIN = Path(sys.executable).parent
 AADHELPER = str(BIN / "aadhelper")
@@ -104,4 +111,51 @@ def exited(pid: int) -> bool:
     return state == "Z"
 
 
-__all__ = ["AADHELPER", "DaemonProcess", "assert_no_leaks", "cli", "exited", "sensitive", "token_of", "wait_until"]
+
+
+# -- the token cache's unit-test kit: a scripted token source on trio's clock ---------------------------------
+
+BASE = 1_800_000_000.0
+PROFILE = Profile(name="graph", tenant="contoso", client_id="app", scopes=("https://graph.microsoft.com/.default",),
+                  authority="https://login.microsoftonline.com", credential="client_secret")
+
+
+def wall() -> float:
+    """Unix time that moves with trio's (mock) clock."""
+    return BASE + trio.current_time()
+
+
+class ScriptedSource:
+    """A token source whose replies, latency and failures the test scripts."""
+
+    def __init__(self, lifetime: float = 3600, latency: float = 1.0, refresh_in: float | None = None) -> None:
+        self.lifetime = lifetime
+        self.latency = latency
+        self.refresh_in = refresh_in
+        self.calls = 0
+        self.failures: list[Exception] = []
+        self.issued: list[Token] = []
+        #: When each call arrived (the authority's view of the spacing).
+        self.times: list[float] = []
+
+    async def acquire(self, scopes: tuple[str, ...]) -> TokenResponse:
+        self.calls += 1
+        now = wall()
+        self.times.append(now)
+        await trio.sleep(self.latency)
+        if self.failures:
+            raise self.failures.pop(0)
+        token = Token(access_token=Secret(f"token-{self.calls}"), token_type="Bearer", expires_on=now + self.lifetime,
+                      refresh_on=now + self.refresh_in if self.refresh_in else None, scopes=scopes, obtained_at=now)
+        self.issued.append(token)
+        return TokenResponse(token=token)
+
+
+def open_cache(source: ScriptedSource, **kwargs: Any) -> TokenCache:
+    """A cache whose every profile gets ``source``, with a seeded random generator."""
+    factory: Callable[[Profile], ScriptedSource] = lambda profile: source  # noqa: E731
+    return TokenCache(factory, clock=wall, rng=random.Random(7), **kwargs)
+
+
+__all__ = ["AADHELPER", "BASE", "PROFILE", "DaemonProcess", "ScriptedSource", "assert_no_leaks", "cli", "exited",
+           "open_cache", "sensitive", "token_of", "wait_until", "wall"]

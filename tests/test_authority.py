@@ -28,6 +28,7 @@ from aadhelper.testing import (
     SimulatedAuthority,
     pkce_challenge,
 )
+from aadhelper.testing.faults import http_date
 from aadhelper.testing.jwt import b64url_decode, b64url_encode
 
 TENANT = "contoso.onmicrosoft.com"
@@ -532,6 +533,129 @@ def test_stop_releases_a_held_request(tls: Tls) -> None:
         worker.join(timeout=10)
     assert not stopper.is_alive() and not worker.is_alive()
     assert len(errors) == 1
+
+
+def test_fault_status_and_throttle_retry_after_forms(authority: SimulatedAuthority, http: httpx.Client) -> None:
+    """If a 5xx or 429 fault carries Retry-After as seconds or as an HTTP-date, then the header says exactly that;
+    without one, no Retry-After is sent."""
+    date = http_date(1_900_000_000)
+    authority.inject(Fault.status(502))
+    authority.inject(Fault.status(503, retry_after=30))
+    authority.inject(Fault.status(500, body="busy", retry_after=date))
+    authority.inject(Fault.throttle(date))
+    plain, seconds, raw, throttled = (client_credentials(http) for _ in range(4))
+    assert_error(plain, 502, "temporarily_unavailable", 90033)
+    assert "Retry-After" not in plain.headers
+    assert_error(seconds, 503, "temporarily_unavailable", 90033)
+    assert seconds.headers["Retry-After"] == "30"
+    assert (raw.status_code, raw.text, raw.headers["Retry-After"]) == (500, "busy", date)
+    assert_error(throttled, 429, "temporarily_unavailable", 90055)
+    assert throttled.headers["Retry-After"] == date == "Sun, 17 Mar 2030 17:46:40 GMT"
+
+
+def test_fault_reply_fields(authority: SimulatedAuthority, http: httpx.Client) -> None:
+    """If reply_fields is queued, then the real reply goes out with fields set, removed or written raw (NaN,
+    1e999 as JSON text), and an error reply passes unchanged (using the fault up)."""
+    authority.inject(Fault.reply_fields(access_token=Fault.REMOVE, expires_in=Fault.raw("1e999"),
+                                        refresh_in=float("nan"), token_type="pop", extra=[1]))
+    spoiled = client_credentials(http)
+    assert spoiled.status_code == 200
+    assert '"expires_in": 1e999' in spoiled.text and '"refresh_in": NaN' in spoiled.text
+    body = json.loads(spoiled.text)
+    assert "access_token" not in body and body["token_type"] == "pop" and body["extra"] == [1]
+    assert body["expires_in"] == float("inf") and body["ext_expires_in"] == 3600
+    authority.inject(Fault.reply_fields(expires_in="inf"))
+    assert_error(client_credentials(http, client_secret="wrong"), 401, "invalid_client", 7000215)
+    assert client_credentials(http).json()["expires_in"] == 3600
+    assert [r.fault for r in authority.requests] == ["reply_fields", "reply_fields", None]
+
+
+def test_fault_reply_fields_commits_the_rotation(authority: SimulatedAuthority, http: httpx.Client) -> None:
+    """If a refresh meets reply_fields without an access token, then the refresh token is rotated all the same:
+    the reply carries the new one, which works, and the one presented is used up."""
+    old = device_sign_in(http, authority)["refresh_token"]
+    authority.inject(Fault.reply_fields(access_token=Fault.REMOVE, grant_type="refresh_token"))
+    spoiled = refresh(http, old).json()
+    assert "access_token" not in spoiled and spoiled["refresh_token"] not in (None, old)
+    assert refresh(http, spoiled["refresh_token"]).status_code == 200
+    assert_error(refresh(http, old), 400, "invalid_grant", 50173)
+
+
+def test_fault_drip(authority: SimulatedAuthority, tls: Tls) -> None:
+    """If the drip fault is queued, then the headers come at once and the real body one byte per write, whole."""
+    authority.inject(Fault.drip(0.001))
+    with httpx.Client(base_url=authority.url, verify=tls.client, timeout=10) as client, \
+            client.stream("POST", f"/{TENANT}/oauth2/v2.0/token", data={
+                "grant_type": "client_credentials", "client_id": "app", "client_secret": SECRET,
+                "scope": GRAPH_DEFAULT}) as response:
+        assert response.status_code == 200 and response.headers["Connection"] == "close"
+        pieces = list(response.iter_raw())
+    body = b"".join(pieces)
+    authority.validate(json.loads(body)["access_token"])
+    assert len(pieces) > len(body) // 2  # the client saw it trickle, not arrive in one piece
+    assert authority.wait_until(lambda rs: rs[-1].body_sent is not None)[-1].body_sent == len(body)
+
+
+def test_fault_huge_body(authority: SimulatedAuthority, tls: Tls) -> None:
+    """If huge_body is queued, then the real reply arrives padded to the size asked, with that Content-Length, and
+    is still valid JSON."""
+    size = 3 * 1024 * 1024
+    authority.inject(Fault.huge_body(size))
+    with httpx.Client(base_url=authority.url, verify=tls.client, timeout=10) as client:
+        response = client_credentials(client)
+    assert response.status_code == 200 and int(response.headers["Content-Length"]) == len(response.content) == size
+    authority.validate(response.json()["access_token"])
+    assert authority.wait_until(lambda rs: rs[-1].body_sent is not None)[-1].body_sent == size
+
+
+def test_fault_endless_body_ends_when_the_client_leaves(authority: SimulatedAuthority, tls: Tls) -> None:
+    """If endless_body is queued, then a chunked reply keeps coming past any size, and the authority stops
+    sending once the client closes the connection."""
+    authority.inject(Fault.endless_body())
+    received = 0
+    with httpx.Client(base_url=authority.url, verify=tls.client, timeout=10) as client, \
+            client.stream("POST", f"/{TENANT}/oauth2/v2.0/token", data={
+                "grant_type": "client_credentials", "client_id": "app", "client_secret": SECRET,
+                "scope": GRAPH_DEFAULT}) as response:
+        assert response.headers["Transfer-Encoding"] == "chunked"
+        for piece in response.iter_raw():
+            received += len(piece)
+            if received > 4 * 1024 * 1024:
+                break
+    body_sent = authority.wait_until(lambda rs: rs[-1].body_sent is not None)[-1].body_sent
+    assert body_sent is not None and body_sent >= received  # body_sent counts the chunk framing too
+
+
+def test_fault_reset_mid_body(authority: SimulatedAuthority, http: httpx.Client) -> None:
+    """If reset_mid_body is queued, then the client gets the headers and the first bytes, then a broken
+    connection; the next request is answered."""
+    authority.inject(Fault.reset_mid_body(25))
+    with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
+        client_credentials(http)
+    assert authority.wait_until(lambda rs: rs[-1].body_sent is not None)[-1].body_sent == 25
+    assert authority.requests[-1].status == 200
+    assert client_credentials(http).status_code == 200
+
+
+def test_fault_hang(authority: SimulatedAuthority, tls: Tls) -> None:
+    """If hang is queued, then the request is recorded and never answered; a patient client times out."""
+    authority.inject(Fault.hang())
+    with httpx.Client(base_url=authority.url, verify=tls.client, timeout=0.3) as impatient, \
+            pytest.raises(httpx.ReadTimeout):
+        client_credentials(impatient)
+    assert (authority.requests[-1].fault, authority.requests[-1].status) == ("hang", None)
+
+
+def test_stopped_authority_refuses_then_restarts_on_its_port(authority: SimulatedAuthority,
+                                                             http: httpx.Client) -> None:
+    """If the authority is stopped, then connections are refused; started again, it answers on the same URL."""
+    url = authority.url
+    authority.stop()
+    with pytest.raises(httpx.ConnectError):
+        client_credentials(http)
+    authority.start()
+    assert authority.url == url
+    assert client_credentials(http).status_code == 200
 
 
 # records, garbage, metadata -----------------------------------------------------------------------------------

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
-
 import pytest
 import trio
 import trio.testing
 
 from aadhelper import cache as cache_module
-from aadhelper.cache import TokenCache
 from aadhelper.config import Profile
 from aadhelper.errors import (
     AadhelperError,
@@ -20,44 +16,8 @@ from aadhelper.errors import (
     KeyringLocked,
     LoginRequired,
 )
-from aadhelper.tokens import Secret, Token, TokenResponse
 
-BASE = 1_800_000_000.0
-PROFILE = Profile(name="graph", tenant="contoso", client_id="app", scopes=("https://graph.microsoft.com/.default",),
-                  authority="https://login.microsoftonline.com", credential="client_secret")
-
-
-def wall() -> float:
-    """Unix time that moves with trio's (mock) clock."""
-    return BASE + trio.current_time()
-
-
-class ScriptedSource:
-    """A token source whose replies, latency and failures the test scripts."""
-
-    def __init__(self, lifetime: float = 3600, latency: float = 1.0, refresh_in: float | None = None) -> None:
-        self.lifetime = lifetime
-        self.latency = latency
-        self.refresh_in = refresh_in
-        self.calls = 0
-        self.failures: list[Exception] = []
-        self.issued: list[Token] = []
-
-    async def acquire(self, scopes: tuple[str, ...]) -> TokenResponse:
-        self.calls += 1
-        now = wall()
-        await trio.sleep(self.latency)
-        if self.failures:
-            raise self.failures.pop(0)
-        token = Token(access_token=Secret(f"token-{self.calls}"), token_type="Bearer", expires_on=now + self.lifetime,
-                      refresh_on=now + self.refresh_in if self.refresh_in else None, scopes=scopes, obtained_at=now)
-        self.issued.append(token)
-        return TokenResponse(token=token)
-
-
-def open_cache(source: ScriptedSource) -> TokenCache:
-    factory: Callable[[Profile], ScriptedSource] = lambda profile: source  # noqa: E731
-    return TokenCache(factory, clock=wall, rng=random.Random(7))
+from .harness import BASE, PROFILE, ScriptedSource, open_cache, wall
 
 
 async def test_concurrent_cold_requests_share_one_fetch(autojump_clock: trio.testing.MockClock) -> None:
@@ -121,14 +81,29 @@ async def test_refresh_never_lets_served_tokens_drop_below_min_valid(autojump_cl
 
 
 async def test_refresh_in_from_authority_is_honoured(autojump_clock: trio.testing.MockClock) -> None:
-    """If the authority advises refresh_in, then the keeper refreshes at that time rather than at ~75 %."""
-    source = ScriptedSource(lifetime=3600, latency=0.0, refresh_in=600)
+    """If the authority advises refresh_in (Entra: half the lifetime), then the keeper refreshes at that time rather
+    than at ~75 %."""
+    source = ScriptedSource(lifetime=3600, latency=0.0, refresh_in=1800)
     async with open_cache(source) as cache:
         await cache.get(PROFILE)
-        await trio.sleep(599)
+        await trio.sleep(1799)
         assert source.calls == 1
         await trio.sleep(2)
         assert source.calls == 2
+
+
+async def test_refresh_in_below_the_spacing_floor_is_floored(autojump_clock: trio.testing.MockClock) -> None:
+    """If the authority advises a refresh_in shorter than a quarter of the lifetime (or 0 s), then the keeper still
+    refreshes at most once per quarter lifetime."""
+    source = ScriptedSource(lifetime=3600, latency=0.0, refresh_in=1)
+    async with open_cache(source) as cache:
+        await cache.get(PROFILE)
+        await trio.sleep(899)
+        assert source.calls == 1
+        await trio.sleep(2)
+        assert source.calls == 2
+        await trio.sleep(24 * 3600)
+        assert source.calls <= 2 + 24 * 4
 
 
 async def test_background_failure_keeps_serving_old_token_and_backs_off(autojump_clock: trio.testing.MockClock) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import os
 import stat
 import threading
@@ -13,7 +15,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aadhelper import config_edit
-from aadhelper.config import DEFAULT_GIT_USERNAME, Config, GitUrl, load_config, parse_config
+from aadhelper.config import (
+    DEFAULT_GIT_USERNAME,
+    MAX_CONFIG_BYTES,
+    Config,
+    GitUrl,
+    load_config,
+    load_config_file,
+    parse_config,
+)
 from aadhelper.errors import ConfigError, UnknownProfile
 from aadhelper.urls import normalize_git_url, resolve_authority
 
@@ -219,6 +229,22 @@ def test_bad_profile_names_are_refused(name: str) -> None:
     """If a profile's name has characters outside letters, digits and -_. or is too long, then it is refused."""
     with pytest.raises(ConfigError, match="must be 1 to 64 letters, digits"):
         parse(PROFILE.replace("profiles.p", f'profiles."{name}"'))
+
+
+HUGE = "x " * 100_000
+
+
+@pytest.mark.parametrize("text", [
+    f'[profiles."{HUGE}"]', f'default_profile = "{HUGE}"', f'[profiles.p]\n"{HUGE}" = 1', f'[daemon]\n"{HUGE}" = 1',
+    profile_with(tenant=f'"{HUGE}"'), profile_with(client_id=f'"{HUGE}"'), profile_with(credential=f'"{HUGE}"'),
+    profile_with(git=f'[{{url = "https://h/{"a/" * 100_000}"}}, {{url = "https://h/{"a/" * 100_000}"}}]'),
+])
+def test_messages_stay_short_whatever_the_file_holds(text: str) -> None:
+    """If the file holds a huge bad name, key or value, then the error quotes it cut short: one line of a few
+    hundred characters, not the value (a config file may be up to 1 MiB; the line goes to logs and every reply)."""
+    with pytest.raises(ConfigError) as info:
+        parse(text)
+    assert len(info.value.one_line()) < 400, info.value.one_line()[:400]
 
 
 def test_name_of_64_allowed_characters_is_fine() -> None:
@@ -449,9 +475,61 @@ def test_world_writable_config_is_refused(tmp_path: Path) -> None:
 
 
 def test_directory_instead_of_file_is_a_config_error(tmp_path: Path) -> None:
-    """If the config path is a directory, then loading fails with a one-line ConfigError."""
-    with pytest.raises(ConfigError, match="cannot read the config file"):
+    """If the config path is a directory, then loading fails with a one-line ConfigError saying so."""
+    with pytest.raises(ConfigError, match="is a directory, not a regular file") as info:
         load_config(str(tmp_path), {})
+    assert "\n" not in info.value.one_line()
+
+
+def test_fifo_instead_of_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    """If the config path is a FIFO nobody writes to, then loading returns at once with a ConfigError instead of
+    waiting for a writer (which would stall whoever reads the config: the daemon's event loop)."""
+    path = tmp_path / "config.toml"
+    os.mkfifo(path)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(load_config, str(path), {})
+        try:
+            with pytest.raises(ConfigError, match="is a FIFO, not a regular file"):
+                future.result(timeout=10)
+        finally:
+            # Unblock a reader stuck in open() (the defect this test pins) so the pool can shut down.
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_device_instead_of_file_is_refused(tmp_path: Path) -> None:
+    """If the config path is a character device (an endless /dev/zero), then loading refuses it unread."""
+    path = tmp_path / "config.toml"
+    path.symlink_to("/dev/zero")
+    with pytest.raises(ConfigError, match="is a character device"):
+        load_config(str(path), {})
+
+
+def test_file_over_the_size_limit_is_refused(tmp_path: Path) -> None:
+    """If the config file is larger than MAX_CONFIG_BYTES, then loading refuses it with one line naming the
+    limit, while a file of exactly the limit is still read."""
+    path = tmp_path / "config.toml"
+    padding = b"# " + b"x" * (MAX_CONFIG_BYTES - len(PROFILE) - 3) + b"\n"
+    path.write_bytes(padding + PROFILE.encode())
+    assert path.stat().st_size == MAX_CONFIG_BYTES
+    assert load_config(str(path), {}).profile(None).name == "p"
+    with open(path, "ab") as file:
+        file.truncate(100 * 1024**2)  # sparse: 100 MiB that a reader without a bound would hold in memory
+    with pytest.raises(ConfigError, match=f"over the limit of {MAX_CONFIG_BYTES}") as info:
+        load_config(str(path), {})
+    assert "\n" not in info.value.one_line()
+
+
+def test_symlinked_config_is_followed_and_a_dangling_one_is_no_file(tmp_path: Path) -> None:
+    """If the config path is a symlink to a regular file, then it is read; if its target is gone, then the file
+    counts as missing (load_config_file says None, load_config an empty configuration)."""
+    target, link = tmp_path / "real.toml", tmp_path / "config.toml"
+    target.write_text(PROFILE)
+    link.symlink_to(target)
+    assert load_config(str(link), {}).profile(None).name == "p"
+    target.unlink()
+    assert load_config_file(str(link), {}) is None
+    assert dict(load_config(str(link), {}).profiles) == {}
 
 
 # ---------------------------------------------------------------- hypothesis: only ConfigError ever escapes

@@ -106,6 +106,9 @@ async def test_ping_answers_and_socket_is_private(daemon: DaemonInfo) -> None:
     (b'{"v": 1, "op": "token", "min_valid": -1}\n', "min_valid"),
     (b'{"v": 1, "op": "token", "profile": 5}\n', "profile"),
     (b"\xff\xfe\n", "not JSON"),
+    (b'{"v": 1, "op": "ping", "x": ' + b"[" * 2000 + b"]" * 2000 + b"}\n", "nested too deeply"),
+    (b'{"v": true, "op": "ping"}\n', "version True"),
+    (b'{"v": 1.0, "op": "ping"}\n', "version 1.0"),
 ])
 async def test_bad_requests_get_error_replies(daemon: DaemonInfo, payload: bytes, message: str) -> None:
     """If a client sends a malformed request, then it gets a protocol error reply and the daemon keeps answering."""
@@ -114,6 +117,45 @@ async def test_bad_requests_get_error_replies(daemon: DaemonInfo, payload: bytes
         assert reply["ok"] is False
         assert reply["error"]["code"] == "protocol"
         assert message in reply["error"]["message"]
+        assert (await call(daemon, "ping"))["ok"] is True
+
+
+async def test_request_ended_by_eof_instead_of_a_newline_is_answered(daemon: DaemonInfo) -> None:
+    """If a client sends a request without its final newline and then closes its side, then it still gets the
+    reply (it used to get nothing)."""
+    with trio.fail_after(10):
+        data = await raw_exchange(daemon.socket_path, b'{"v": 1, "op": "ping"}')
+        assert protocol.decode(data.splitlines()[0])["ok"] is True
+
+
+async def test_client_that_never_reads_loses_its_connection(daemon: DaemonInfo) -> None:
+    """If a client pipelines thousands of requests and never reads a reply, then once the socket buffers are full the
+    daemon drops it after WRITE_TIMEOUT instead of holding its connection slot for good, and keeps serving others."""
+    def flood() -> tuple[int, bool]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(daemon.socket_path)
+            sock.settimeout(protocol.WRITE_TIMEOUT * 4)
+            sent = 0
+            try:
+                for _ in range(200_000):  # bounded: the daemon stops reading once its replies back up
+                    sock.sendall(b'{"v": 1, "op": "status"}\n')
+                    sent += 1
+            except (TimeoutError, OSError):
+                pass  # our own sends block (the daemon stopped reading) or the daemon closed: both expected
+            replies, closed = 0, False
+            try:
+                while chunk := sock.recv(1 << 20):
+                    replies += chunk.count(b"\n")
+                closed = True
+            except ConnectionResetError:
+                closed = True
+            except TimeoutError:
+                closed = False
+            return sent - replies, closed
+
+    with trio.fail_after(protocol.WRITE_TIMEOUT * 12):
+        unanswered, closed = await trio.to_thread.run_sync(flood)
+        assert closed and unanswered > 0
         assert (await call(daemon, "ping"))["ok"] is True
 
 
@@ -129,12 +171,13 @@ async def test_oversized_request_is_refused(daemon: DaemonInfo) -> None:
 
 async def test_half_written_request_is_dropped(daemon: DaemonInfo) -> None:
     """If a client writes half a request and goes quiet, then the daemon closes the connection after its read
-    timeout without replying, and keeps answering others."""
+    timeout without replying, and keeps answering others; if it ends the half request with EOF, then that is a
+    malformed request and gets its protocol error."""
     with trio.fail_after(protocol.READ_TIMEOUT + 10):
         data = await raw_exchange(daemon.socket_path, b'{"v": 1, "op": "pi', shutdown=False)
         assert data == b""
         data = await raw_exchange(daemon.socket_path, b'{"v": 1, "op": "pi')  # EOF mid-line
-        assert data == b""
+        assert protocol.decode(data.splitlines()[0])["error"]["code"] == "protocol"
         assert (await call(daemon, "ping"))["ok"] is True
 
 

@@ -6,11 +6,11 @@ daemon)."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from aadhelper.config import Profile
 from aadhelper.errors import AadhelperError, ProtocolError, SecretMissing, error_from_wire
 from aadhelper.fetcher import LineLink, profile_from_wire, profile_to_wire, token_from_wire, token_to_wire
 from aadhelper.fetcher_child import serve_daemon
-from aadhelper.fetcher_process import RESTART_INTERVAL, ChildProcess, _Child
+from aadhelper.fetcher_process import ChildProcess, _Child
 from aadhelper.secret_store import KeyringSecretStore, MemorySecretStore
 from aadhelper.testing import SimulatedAuthority
 from aadhelper.tokens import Secret, Token
@@ -217,31 +217,55 @@ def process_name(pid: int) -> str:
     return Path(f"/proc/{pid}/comm").read_text().strip()
 
 
+def wait_for_log(daemon: DaemonProcess, pattern: str, timeout: float = 30, after: int = 0) -> re.Match[str]:
+    """The first match of ``pattern`` in the daemon's log (from offset ``after``), waiting for it: tests wait on what
+    the daemon and its fetcher report, not on the kernel's view of them."""
+    found: list[re.Match[str]] = []
+
+    def seen() -> bool:
+        daemon.check_alive()
+        match = re.compile(pattern).search(daemon.log(), after)
+        if match:
+            found.append(match)
+        return match is not None
+
+    try:
+        wait_until(seen, timeout=timeout)
+    except AssertionError:
+        tail = daemon.log()[-3000:]
+        raise AssertionError(f"no {pattern!r} in the daemon's log within {timeout} s:\n{tail}") from None
+    return found[0]
+
+
+def running_fetcher(daemon: DaemonProcess, after: int = 0) -> int:
+    """The pid of a fetcher that says it runs (with its name and priority set), from the daemon's log."""
+    return int(wait_for_log(daemon, r"token fetcher running \(pid (\d+), SCHED_IDLE\)", after=after)[1])
+
+
 @pytest.mark.requires("secret-service")
 def test_daemon_forks_its_fetcher_and_restarts_it_after_a_crash(daemon_env: dict[str, str],
                                                                 authority: SimulatedAuthority) -> None:
     """If the daemon runs, then its fetcher is a forked child named aadhelper-fetch at idle CPU priority. If the
-    fetcher is killed, then cached tokens are still served without it, and the next fetch starts a new one that
-    works."""
+    fetcher is killed, then cached tokens are still served without it, and the next fetch, right after the daemon
+    saw it die, starts a new one that works."""
     with DaemonProcess(daemon_env) as daemon:
-        first = daemon.fetcher_pid()
-        assert first is not None and process_name(first) == "aadhelper-fetch"
+        first = running_fetcher(daemon)
+        assert process_name(first) == "aadhelper-fetch"
         assert os.sched_getscheduler(first) == os.SCHED_IDLE
         assert os.sched_getscheduler(daemon.pid) == os.SCHED_OTHER
         header = cli(daemon_env, "header", "graph", check=True).stdout
         os.kill(first, signal.SIGKILL)
-        wait_until(lambda: exited(first), timeout=15)
+        death = wait_for_log(daemon, re.escape(f"token fetcher (pid {first}) stopped (killed by SIGKILL)"))
         assert cli(daemon_env, "header", "graph", check=True).stdout == header  # from the daemon's memory
         assert token_requests(authority) == 1
-        time.sleep(RESTART_INTERVAL)
         client.invalidate("graph", socket_path=daemon.socket_path)
         fresh = cli(daemon_env, "header", "graph", check=True).stdout
         assert fresh != header and authority.validate(fresh.strip())
-        second = daemon.fetcher_pid()
-        assert second is not None and second != first and os.sched_getscheduler(second) == os.SCHED_IDLE
+        second = running_fetcher(daemon, after=death.end())
+        assert second != first and process_name(second) == "aadhelper-fetch"
+        assert os.sched_getscheduler(second) == os.SCHED_IDLE
         log = daemon.log()
     assert f"token fetcher forked (pid {first})" in log
-    assert f"token fetcher (pid {first}) stopped (killed by SIGKILL)" in log
     assert f"token fetcher started (pid {second})" in log
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -9,7 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aadhelper.errors import AadhelperError, AuthenticationFailed, AuthorityUnavailable, LoginRequired
-from aadhelper.grants.http import parse_retry_after, parse_token_reply, raise_for_error
+from aadhelper.grants.http import (
+    MAX_TOKEN_LIFETIME,
+    MIN_TOKEN_LIFETIME,
+    parse_retry_after,
+    parse_token_reply,
+    raise_for_error,
+)
 
 
 def entra_error(error: str, code: int, text: str = "Something went wrong.") -> dict[str, Any]:
@@ -87,3 +94,34 @@ def test_any_authority_reply_yields_a_token_or_our_error(status: int, body: dict
         assert exc.one_line().isprintable()
     else:
         assert reply.token.expires_on > 0
+
+
+NOW = 1_800_000_000.0
+#: What expires_in and refresh_in have been seen to be, or could be: every JSON number (NaN and Infinity included,
+#: which Python's json reads), integers beyond any float, and strings that float() reads as non-finite.
+lifetimes = (st.floats() | st.integers() | st.integers(min_value=10**308, max_value=10**400).map(lambda n: -n)
+             | st.integers(min_value=10**308, max_value=10**400) | st.text(max_size=12)
+             | st.sampled_from(["inf", "-inf", "nan", "NaN", "Infinity", "1e999", " 3600 ", "0", "-1", "1e-320",
+                                "3599.5", "1_000"])
+             | json_values)
+token_reply = st.fixed_dictionaries(
+    {"access_token": st.text(min_size=1, max_size=20), "expires_in": lifetimes},
+    optional={"token_type": st.sampled_from(["Bearer", "bearer", "pop", "MAC", ""]) | json_values,
+              "refresh_in": lifetimes, "refresh_token": json_values, "id_token": json_values, "scope": json_values})
+
+
+@given(body=token_reply | token_like | st.none())
+def test_no_reply_gives_a_token_with_an_unusable_lifetime(body: dict[str, Any] | None) -> None:
+    """If a 200 reply holds any JSON at all, then parsing it either raises AuthorityUnavailable (nothing else) or
+    gives a Bearer token whose lifetime is finite, between MIN_TOKEN_LIFETIME and MAX_TOKEN_LIFETIME, and whose
+    refresh advice, if any, lies strictly inside that lifetime."""
+    try:
+        reply = parse_token_reply(body, scopes=("s",), now=NOW, profile="p")
+    except AuthorityUnavailable as exc:
+        assert exc.one_line().isprintable() and "malformed token reply" in exc.message
+        return
+    token = reply.token
+    assert math.isfinite(token.expires_on) and MIN_TOKEN_LIFETIME <= token.lifetime <= MAX_TOKEN_LIFETIME
+    assert token.obtained_at == NOW and token.token_type == "Bearer"
+    if token.refresh_on is not None:
+        assert math.isfinite(token.refresh_on) and token.obtained_at < token.refresh_on < token.expires_on

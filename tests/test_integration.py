@@ -178,7 +178,7 @@ def test_failures_are_specific_and_daemon_keeps_serving_others(
 
 def test_throttling_is_honoured_without_new_authority_requests(env: dict[str, str],
                                                                authority: SimulatedAuthority) -> None:
-    """If the authority answers 429 with Retry-After, then further requests inside that time fail fast with a
+    """If the authority answers 429 with Retry-After 60, then further requests inside that time fail fast with a
     'next attempt' note and no new authority request."""
     authority.inject(Fault.throttle(60))
     with DaemonProcess(env):
@@ -186,6 +186,17 @@ def test_throttling_is_honoured_without_new_authority_requests(env: dict[str, st
         second = cli(env, "header", "graph")
         assert second.returncode == 7 and "next attempt in" in second.stderr
         assert authority.count(grant_type="client_credentials") == 1
+
+
+def test_a_short_retry_after_is_waited_out_exactly(env: dict[str, str], authority: SimulatedAuthority) -> None:
+    """If the authority answers 429 with Retry-After 3, then the waiting request gets its header, and the authority
+    sees the retry no sooner than 3 s after the 429 (measured at the authority: a daemon that ignored Retry-After
+    would come back after its 1 s backoff)."""
+    authority.inject(Fault.throttle(3))
+    with DaemonProcess(env):
+        assert cli(env, "header", "graph", check=True).stdout.startswith("Authorization: Bearer ")
+    times = [r.time for r in authority.requests if r.grant_type == "client_credentials"]
+    assert len(times) == 2 and times[1] - times[0] >= 3.0
 
 
 def test_transient_server_error_is_retried_within_the_request(env: dict[str, str],
@@ -296,7 +307,8 @@ def test_thin_client_does_not_import_heavy_modules(env: dict[str, str]) -> None:
 def test_ssl_cert_file_is_honoured_without_ca_bundle(env: dict[str, str], authority: SimulatedAuthority,
                                                      ca_pem_file: Path) -> None:
     """If a profile names no CA bundle but SSL_CERT_FILE points at the authority's CA, then TLS verifies with it;
-    without either, the error says certificate verification failed and how to fix it."""
+    without either, it is a configuration error (exit 3, not a retried "unavailable") that says the certificate does
+    not verify and how to fix it."""
     cli(env, "profile", "add", "plain", "--tenant", TENANT, "--client-id", APP, "--scope", GRAPH_SCOPE,
         "--authority", authority.url, check=True)
     cli(env, "secret", "set", "plain", input=authority_secret(env, "graph") + "\n", check=True)
@@ -305,8 +317,9 @@ def test_ssl_cert_file_is_honoured_without_ca_bundle(env: dict[str, str], author
     untrusted = {k: v for k, v in env.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
     with DaemonProcess(untrusted):
         result = cli(untrusted, "header", "plain")
-        assert result.returncode == 7
-        assert "certificate verification failed" in result.stderr and "ca_bundle" in result.stderr
+        assert result.returncode == 3
+        assert "certificate of the authority" in result.stderr and "does not verify" in result.stderr
+        assert "ca_bundle" in result.stderr
 
 
 def authority_secret(env: dict[str, str], profile: str) -> str:
@@ -356,3 +369,63 @@ def test_adding_a_profile_keeps_other_profiles_tokens(env: dict[str, str], autho
         token_of(env, "other")
         assert token_of(env, "graph") == first
         assert authority.count(grant_type="client_credentials") == 3
+
+
+def _status_tokens(env: dict[str, str], profile: str) -> list[dict[str, object]]:
+    result = cli(env, "status", "--json")
+    reply = json.loads(result.stdout)
+    return next(p["tokens"] for p in reply["profiles"] if p["name"] == profile)
+
+
+def test_tokens_as_short_as_min_valid_do_not_start_a_refresh_storm(env: dict[str, str],
+                                                                   authority: SimulatedAuthority) -> None:
+    """If the authority issues 300 s tokens (the profile's min_valid) and one client once asked --min-valid 10, then
+    twenty more requests over a few seconds cost no authority request beyond the first, and status says the tokens
+    are short (issue 9: 590 token requests in 12 s)."""
+    authority.token_lifetime = 300
+    with DaemonProcess(env):
+        token_of(env, "graph", "--min-valid", "10")
+        for _ in range(20):
+            token_of(env, "graph")
+        record = _status_tokens(env, "graph")[0]
+        assert authority.count(endpoint="token") == 1
+    assert record["short_tokens"] is True and record["min_valid"] == 30
+    assert record["requests_last_hour"] == 1
+
+
+def test_refused_min_valid_does_not_change_the_schedule(env: dict[str, str], authority: SimulatedAuthority) -> None:
+    """If a client asks --min-valid 600 of 600 s tokens, then it gets exit 3 with one line saying the tokens are too
+    short, and later default requests cost no authority request (issue 9: 475 requests in 10 s after it)."""
+    authority.token_lifetime = 600
+    with DaemonProcess(env):
+        token_of(env, "graph")
+        refused = cli(env, "token", "graph", "--min-valid", "600")
+        assert refused.returncode == 3 and "too short to keep the requested minimum validity" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        for _ in range(10):
+            token_of(env, "graph")
+        assert authority.count(endpoint="token") == 1
+        assert _status_tokens(env, "graph")[0]["min_valid"] == 300
+
+
+@pytest.mark.parametrize("expires_in", [float("nan"), Fault.raw("1e999"), "inf", 10**18])
+def test_absurd_lifetimes_neither_crash_nor_loop(env: dict[str, str], authority: SimulatedAuthority,
+                                                 expires_in: object) -> None:
+    """If the authority answers with expires_in NaN, 1e999, "inf" or 10^18, then the daemon stays up, the client
+    gets one line (exit 7 for the unusable ones), and the authority sees a handful of requests, not a loop
+    (issue 9: the daemon died on 1e999; ~75 requests/s on NaN)."""
+    with DaemonProcess(env) as daemon:
+        other = token_of(env, "other")
+        authority.inject(Fault.reply_fields(expires_in=expires_in), times=1000)
+        results = [cli(env, "token", "graph") for _ in range(5)]
+        assert daemon.alive()
+        assert token_of(env, "other") == other  # the other profile's cached token is served meanwhile
+        count = authority.count(endpoint="token")
+    for result in results:
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 1
+    if expires_in == 10**18:
+        assert all(result.returncode == 0 for result in results)  # clamped to a day, served
+    else:
+        assert all(result.returncode == 7 for result in results)
+        assert "bad expires_in" in results[0].stderr
+    assert count <= 2 + 5  # other's one request; graph: one per backoff step, a few steps in a few seconds

@@ -148,14 +148,14 @@ def approve_device_code(authority: SimulatedAuthority, login: Login, action: str
 
 def test_device_login_end_to_end_with_a_running_daemon(env: dict[str, str], authority: SimulatedAuthority,
                                                        secret_service: KeyringSecretStore) -> None:
-    """If a user profile is not signed in, then header and status say `aadhelper login me`; after the device code
-    login (code printed, approved by the user), the refresh token is in the Secret Service and the running daemon
-    serves headers for the profile's scope and for another resource at once."""
+    """If a user profile is not signed in, then status (even before any request) and header say `aadhelper login
+    me`; after the device code login (code printed, approved by the user), the refresh token is in the Secret Service
+    and the running daemon serves headers for the profile's scope and for another resource at once."""
     with DaemonProcess(env):
+        status = cli(env, "status")  # before any request: the daemon must know without a first fetch
+        assert status.returncode == 6 and "login required" in status.stdout and "aadhelper login me" in status.stdout
         before = cli(env, "header", "me")
         assert before.returncode == 6 and "not signed in" in before.stderr and "aadhelper login me" in before.stderr
-        status = cli(env, "status")
-        assert status.returncode == 6 and "login required" in status.stdout and "aadhelper login me" in status.stdout
         assert authority.count(endpoint="token") == 0
 
         with Login(env, "me") as login:

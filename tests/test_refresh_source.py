@@ -5,6 +5,8 @@ grant on any replayed refresh token, so every "no replay" claim below is checked
 from __future__ import annotations
 
 import hashlib
+import itertools
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -18,13 +20,15 @@ import trio.testing
 
 from aadhelper.cache import TokenCache
 from aadhelper.config import Profile
-from aadhelper.errors import LoginRequired, SecretStoreError
-from aadhelper.fetcher import AsyncSecrets
+from aadhelper.errors import AuthorityUnavailable, LoginRequired, SecretStoreError
+from aadhelper.fetcher import AsyncSecrets, LocalFetcher
+from aadhelper.fetcher_process import ProcessFetcher
 from aadhelper.grants import HttpClients, TokenSource, make_source
-from aadhelper.grants.refresh import SECRET_KIND, SignIns
+from aadhelper.grants.refresh import SECRET_KIND, STORE_RETRY_MAX, STORE_RETRY_START, SignIns
 from aadhelper.secret_store import KeyringSecretStore, MemorySecretStore
 from aadhelper.testing import DEVICE_CODE_GRANT, GRAPH, Fault, RecordedRequest, SimulatedAuthority
 from aadhelper.tokens import Secret
+from tests.conftest import lock_keyring, unlock_keyring
 
 TENANT = "contoso.onmicrosoft.com"
 CLIENT = "22222222-0000-0000-0000-000000000001"
@@ -408,3 +412,148 @@ async def test_large_refresh_tokens_rotate_in_the_real_secret_service(
     assert "me/refresh_token" in names and len([n for n in names if n.startswith("me/refresh_token#")]) == 5
     assert store.delete("me", SECRET_KIND)
     assert not [n for n in keyring_entries() if n.startswith("me/")]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("unusable", [{"expires_in": 3600}, {"access_token": "eyJ.x.y", "expires_in": -5},
+                                      {"access_token": "eyJ.x.y", "expires_in": 3600, "token_type": "N/A"}])
+async def test_rotated_refresh_token_is_stored_even_when_the_rest_of_the_reply_is_unusable(
+        authority: SimulatedAuthority, rig: Rig, store: MemorySecretStore, first_token: str,
+        unusable: dict[str, object]) -> None:
+    """If the authority rotates the refresh token in a reply whose access token is unusable (missing, or with a bad
+    lifetime or type), then the refresh fails as a malformed reply, but the new refresh token is in the keyring
+    already: it was stored before the rest of the reply was parsed (at an authority that revokes used tokens, the
+    old one is worth nothing now)."""
+    rotated = "rotated-" + hashlib.sha256(first_token.encode()).hexdigest()
+    authority.inject(Fault.status(200, {"token_type": "Bearer", **unusable, "refresh_token": rotated},
+                                  grant_type="refresh_token"))
+    with pytest.raises(AuthorityUnavailable, match="malformed token reply"):
+        await rig.source().acquire(SCOPE_SETS[0])
+    assert store.get("me", SECRET_KIND) == Secret(rotated)
+    assert rig.sign_ins.unsaved() == ()
+
+
+async def test_a_sign_in_the_keyring_never_took_is_logged_as_lost_at_exit(
+        authority: SimulatedAuthority, profile: Profile, first_token: str, caplog: pytest.LogCaptureFixture) -> None:
+    """If the keyring refuses every write of a rotated refresh token, then the fetcher reports the profile as unsaved
+    while it runs, tries once more when it stops, and logs at ERROR level that the new refresh token is lost, naming
+    `aadhelper login me`."""
+    store = FlakyStore()
+    store.set("me", SECRET_KIND, Secret(first_token))
+    store.fail_sets = 1_000_000
+    async with LocalFetcher(store) as fetcher:
+        await fetcher.source(profile).acquire(SCOPE_SETS[0])
+        assert await fetcher.unsaved_sign_ins() == ("me",)
+        sets_before_exit = store.fail_sets
+    assert store.fail_sets == sets_before_exit - 1  # the last attempt at exit
+    lost = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(lost) == 1 and "new refresh token could not be stored" in lost[0].getMessage()
+    assert "aadhelper login me" in lost[0].getMessage()
+    assert store.get("me", SECRET_KIND) == Secret(first_token)
+
+
+async def test_a_sign_in_stored_by_the_last_attempt_at_exit_is_not_lost(
+        authority: SimulatedAuthority, profile: Profile, first_token: str, caplog: pytest.LogCaptureFixture) -> None:
+    """If the keyring refused the rotated refresh token while the fetcher ran but takes it when the fetcher stops,
+    then it is stored and nothing is logged as lost."""
+    store = FlakyStore()
+    store.set("me", SECRET_KIND, Secret(first_token))
+    store.fail_sets = 1
+    async with LocalFetcher(store) as fetcher:
+        await fetcher.source(profile).acquire(SCOPE_SETS[0])
+        assert await fetcher.unsaved_sign_ins() == ("me",)
+    assert not [r for r in caplog.records if r.levelno == logging.ERROR]
+    stored = store.get("me", SECRET_KIND)
+    assert stored is not None and stored != Secret(first_token)
+
+
+@pytest.mark.requires("secret-service")
+async def test_the_fetcher_process_reports_an_unsaved_sign_in_until_the_keyring_takes_it(
+        authority: SimulatedAuthority, client_ssl_context: object, profile: Profile,
+        secret_service: KeyringSecretStore) -> None:
+    """If the keyring is locked when the fetcher process must store a rotated refresh token, then the daemon's
+    ``unsaved_sign_ins()`` names the profile (for status); once the keyring is unlocked, the fetcher stores the token
+    by itself and the profile is no longer named."""
+    first = device_sign_in(authority, client_ssl_context)
+    secret_service.set("me", SECRET_KIND, Secret(first))
+    with trio.fail_after(60):
+        async with ProcessFetcher(secret_store="keyring") as fetcher, trio.open_nursery() as nursery:
+            release, reached = threading.Event(), threading.Event()
+            authority.inject(Fault.hold_reply(release, grant_type="refresh_token", reached=reached))
+            nursery.start_soon(fetcher.source(profile).acquire, SCOPE_SETS[0])
+            assert await trio.to_thread.run_sync(reached.wait, 20)
+            try:
+                lock_keyring()
+                release.set()
+                while await fetcher.unsaved_sign_ins() != ("me",):
+                    await trio.sleep(0.05)
+            finally:
+                unlock_keyring()
+            while await fetcher.unsaved_sign_ins():
+                await trio.sleep(0.05)
+    stored = secret_service.get("me", SECRET_KIND)
+    assert stored is not None and stored != Secret(first)
+    assert refreshes(authority)[0].digests["refresh_token"] == sha(first)
+
+
+class RefusingSecrets:
+    """The fetcher's async secret access over a keyring that holds ``old`` and refuses every write."""
+
+    def __init__(self, old: str) -> None:
+        self.old = Secret(old)
+        self.writes: list[float] = []
+
+    async def get(self, profile: str, kind: str) -> Secret | None:
+        return self.old
+
+    async def set(self, profile: str, kind: str, value: Secret) -> None:
+        self.writes.append(trio.current_time())
+        raise SecretStoreError("the OS keyring is locked (simulated)")
+
+
+async def test_storing_an_unsaved_refresh_token_is_retried_with_backoff(autojump_clock: trio.testing.MockClock) -> None:
+    """If the keyring refuses a rotated refresh token for an hour, then SignIns.keep_storing retries with exponential
+    backoff (1 s doubling to STORE_RETRY_MAX): a few dozen writes in an hour, never one per second, and the profile
+    stays reported as unsaved."""
+    secrets = RefusingSecrets("old-token")
+    sign_ins = SignIns(secrets)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sign_ins.keep_storing)
+        async with sign_ins.turn("me") as turn:
+            await turn.replace(Secret("new-token"))
+        await trio.sleep(3600)
+        nursery.cancel_scope.cancel()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(secrets.writes)]
+    assert gaps[:6] == pytest.approx([1, 2, 4, 8, 16, 32])
+    assert max(gaps) == pytest.approx(STORE_RETRY_MAX) and min(gaps) >= STORE_RETRY_START
+    assert len(secrets.writes) < 3600 / STORE_RETRY_MAX + 10
+    assert sign_ins.unsaved() == ("me",)
+
+
+class LateSecrets(RefusingSecrets):
+    """A keyring whose writes land although the caller gave up on them (they did not answer in time)."""
+
+    async def set(self, profile: str, kind: str, value: Secret) -> None:
+        self.old = value
+        await super().set(profile, kind, value)
+
+
+@pytest.mark.parametrize("then", ["refresh", "retry"])
+async def test_a_write_given_up_on_that_landed_later_counts_as_saved(caplog: pytest.LogCaptureFixture,
+                                                                     then: str) -> None:
+    """If a write of the rotated refresh token was reported as failed (timed out) but reached the keyring anyway,
+    then the next refresh presents that token (or the next retry finds it stored), the profile is no longer
+    unsaved, and the keyring's value is not mistaken for a login or logout."""
+    caplog.set_level(logging.INFO, logger="aadhelper")
+    secrets = LateSecrets("old-token")
+    sign_ins = SignIns(secrets)
+    async with sign_ins.turn("me") as turn:
+        await turn.replace(Secret("new-token"))
+    assert sign_ins.unsaved() == ("me",)
+    if then == "refresh":
+        async with sign_ins.turn("me") as turn:
+            assert turn.current == Secret("new-token")
+    else:
+        await sign_ins.store_before_exit(10)
+        assert len(secrets.writes) == 1
+    assert sign_ins.unsaved() == ()
+    assert "login or logout" not in caplog.text and "lost" not in caplog.text

@@ -53,12 +53,17 @@ def render(reply: dict[str, Any], *, now: float) -> str:
              f"socket {daemon.get('socket')}" + (" (socket-activated)" if daemon.get("socket_activated") else "")]
     if daemon.get("config_error"):
         lines.append(f"config: {error_from_wire(daemon['config_error']).one_line()}")
+        if daemon.get("config_last_good"):
+            lines.append(f"  still serving the last good configuration, read at {_clock(daemon['config_last_good'])}")
     profiles = reply.get("profiles", [])
     if not profiles and not daemon.get("config_error"):
         lines.append("no profiles configured: add one with `aadhelper profile add NAME ...`")
     for profile in profiles:
         default = " (default)" if profile.get("default") else ""
         lines.append(f"{profile.get('name')}{default}  {profile.get('credential')}")
+        if profile.get("unsaved_sign_in"):
+            lines.append("  a new sign-in is not yet saved to the keyring (retrying; unlock the keyring, or it is lost "
+                         "when the daemon stops)")
         tokens = profile.get("tokens", [])
         if not tokens:
             lines.append("  no token requested yet")
@@ -80,6 +85,11 @@ def _token_state(token: dict[str, Any], now: float) -> str:
         text = "error"
     else:
         text = "no token"
+    if token.get("short_tokens") and token.get("token_lifetime") is not None:
+        text += (f" (the authority's tokens live {_duration(token['token_lifetime'])}, shorter than the profile's "
+                 f"min_valid: refreshed at 75-80 % of that, served with {token.get('min_valid')} s left at least)")
+    if token.get("throttled_since"):
+        text += f", request budget spent since {_clock(token['throttled_since'])}"
     if token.get("refreshing"):
         text += ", refreshing now"
     elif token.get("next_refresh"):

@@ -6,6 +6,13 @@ Every grant posts through :func:`post_form` and reads the reply with :func:`pars
 exception classes lives here only (httpx's own ``map_httpcore_exceptions`` is the model). Messages carry
 the authority's ``error``, AADSTS code and the first sentence of ``error_description`` (never a secret:
 Entra does not echo secrets), plus the fix.
+
+Whatever the authority sends, one exchange is bounded: :data:`REQUEST_TIMEOUT` for all of it (connect, TLS,
+the form, the whole reply) and :data:`MAX_REPLY_BYTES` for the reply, read as a stream. A failure of the
+network or of the authority is :class:`AuthorityUnavailable` (retried with backoff); a certificate that does
+not verify is a :class:`ConfigError` (retrying cannot fix it); a reply that is no usable token (no access token,
+a lifetime that is not a finite number of seconds, a token type other than Bearer) is "malformed", and no NaN
+or infinity ever reaches a :class:`Token`.
 """
 
 from __future__ import annotations
@@ -14,23 +21,48 @@ import base64
 import email.utils
 import json
 import logging
+import math
+import os
 import re
+import socket
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx
+import trio
 
-from ..errors import AadhelperError, AuthenticationFailed, AuthorityError, AuthorityUnavailable, LoginRequired
+from ..errors import AadhelperError, AuthenticationFailed, AuthorityUnavailable, ConfigError, LoginRequired
 from ..tokens import Secret, Token, TokenResponse
 
 log = logging.getLogger("aadhelper.grants")
 
-#: Seconds for one token request, connect included. Entra answers in well under a second normally.
+#: Total seconds for one exchange with the authority: connect, TLS handshake, sending the form and reading the
+#: whole reply. httpx's timeouts bound each step (each read); this bounds their sum, so an authority that drips
+#: its reply a byte at a time cannot hold a fetch for ever. Entra answers in well under a second normally.
+#: Read when each exchange starts.
 REQUEST_TIMEOUT = 30.0
+#: The largest reply read. A token reply is a few KiB, id token included; anything bigger is cut off (and never
+#: buffered whole), so a broken or hostile endpoint cannot fill the fetcher's memory.
+MAX_REPLY_BYTES = 1024 * 1024
+#: The longest lifetime a token is kept, whatever ``expires_in`` says. Entra's access tokens live 60-90 minutes
+#: (configurable lifetimes and managed identity: at most 24 h). A longer claim is clamped rather than refused:
+#: keeping the token for a day and refreshing then is always safe, refusing would make an odd but working
+#: authority unusable; and a clamped lifetime keeps every expiry time a representable date (10^18 s is not).
+MAX_TOKEN_LIFETIME = 24 * 3600.0
+#: The shortest ``expires_in`` (and ``refresh_in``) taken: below a second a token is spent before anyone can use
+#: it, and an expiry "now + 1e-200" rounds to "now". Entra's shortest is 10 minutes.
+MIN_TOKEN_LIFETIME = 1.0
 #: Cap on a Retry-After we honour (MSAL's cap).
 MAX_RETRY_AFTER = 3600.0
+
+# Asking for an uncompressed reply keeps the size limit honest: a compressed body could expand far beyond it
+# between two checks.
+_REQUEST_HEADERS = {"Accept": "application/json", "Accept-Encoding": "identity"}
+_TLS_HINT = ("if the authority URL is right, set the profile's ca_bundle (or SSL_CERT_FILE) to the CA that signs "
+             "its certificate")
+_RETRY_HINT = "aadhelper retries with backoff"
 
 # Authority `error` values after which the user must sign in again interactively.
 _LOGIN_ERRORS = frozenset({"invalid_grant", "interaction_required", "consent_required", "login_required"})
@@ -65,31 +97,48 @@ def make_ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
     try:
         return ssl.create_default_context(cafile=ca_bundle) if ca_bundle else ssl.create_default_context()
     except (OSError, ssl.SSLError) as exc:
-        from ..errors import ConfigError
-
         raise ConfigError(f"cannot load the CA bundle {ca_bundle}: {exc.strerror or exc}",
                           hint="fix the profile's ca_bundle path") from None
 
 
 class HttpClients:
-    """One :class:`httpx.AsyncClient` per CA bundle, shared by all profiles that use it; closed with :meth:`aclose`."""
+    """One :class:`httpx.AsyncClient` per CA bundle, shared by all profiles that use it; closed with :meth:`aclose`.
+
+    A CA bundle file replaced or edited in place (how a user fixes a certificate that does not verify) gets a
+    new client, with the new CAs, at the next :meth:`get`: clients are kept per file version, not per path.
+    """
 
     def __init__(self) -> None:
-        self._clients: dict[str | None, httpx.AsyncClient] = {}
+        self._clients: dict[tuple[str | None, tuple[int, ...] | None], httpx.AsyncClient] = {}
 
     def get(self, ca_bundle: str | None) -> httpx.AsyncClient:
-        client = self._clients.get(ca_bundle)
+        key = (ca_bundle, _file_version(ca_bundle))
+        client = self._clients.get(key)
         if client is None:
+            # The timeout bounds each step of an exchange; post_form bounds the whole exchange.
             client = httpx.AsyncClient(verify=make_ssl_context(ca_bundle), timeout=REQUEST_TIMEOUT,
                                        follow_redirects=False,
                                        headers={"User-Agent": f"aadhelper/{_version()}"})
-            self._clients[ca_bundle] = client
+            # Clients of older versions of the file stay until aclose: a source may still hold one, and there is
+            # one per edit of the file, which is rare.
+            self._clients[key] = client
         return client
 
     async def aclose(self) -> None:
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
+
+
+def _file_version(path: str | None) -> tuple[int, ...] | None:
+    """What changes when a file is replaced or rewritten; None without a file (make_ssl_context then says why)."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _version() -> str:
@@ -100,41 +149,111 @@ def _version() -> str:
 
 async def post_form(client: httpx.AsyncClient, url: str, form: Mapping[str, str], *,
                     profile: str) -> tuple[int, Mapping[str, str], dict[str, Any] | None]:
-    """POST a form; return (status, headers, JSON object or None). Transport failures raise AuthorityUnavailable."""
+    """POST a form; return (status, headers, JSON object or None).
+
+    The whole exchange ends within :data:`REQUEST_TIMEOUT` and reads at most :data:`MAX_REPLY_BYTES`. Transport
+    failures, a timeout and an oversized reply raise AuthorityUnavailable; a certificate that does not verify
+    raises ConfigError.
+    """
+    deadline = REQUEST_TIMEOUT
+    replied = False
     try:
-        response = await client.post(url, data=dict(form), headers={"Accept": "application/json"})
-    except httpx.TimeoutException:
-        raise AuthorityUnavailable(f"the authority at {_host(url)} did not answer in time", profile=profile,
-                                   hint="check the network; aadhelper retries with backoff") from None
+        with trio.fail_after(deadline):
+            async with client.stream("POST", url, data=dict(form), headers=_REQUEST_HEADERS) as response:
+                replied = True
+                content = await _read_limited(response, profile)
+    except (trio.TooSlowError, httpx.TimeoutException):
+        raise AuthorityUnavailable(f"the authority at {_host(url)} did not answer within {deadline:g} s",
+                                   profile=profile, hint=f"check the network; {_RETRY_HINT}") from None
     except httpx.HTTPError as exc:
-        raise AuthorityUnavailable(f"cannot reach the authority at {_host(url)}: {_describe_transport_error(exc)}",
-                                   profile=profile, hint=_transport_hint(exc)) from None
-    body: dict[str, Any] | None
+        raise _transport_error(exc, url, profile, replied=replied) from None
+    return response.status_code, response.headers, _json_object(content)
+
+
+async def _read_limited(response: httpx.Response, profile: str) -> bytes:
+    """The reply's body, read as a stream and refused as soon as it exceeds :data:`MAX_REPLY_BYTES`."""
+    declared = response.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_REPLY_BYTES:
+        raise _too_big(profile)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_REPLY_BYTES:
+            raise _too_big(profile)  # leaving the stream closes the connection: the rest is never read
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_big(profile: str) -> AuthorityUnavailable:
+    limit = f"{MAX_REPLY_BYTES / 2**20:g} MiB" if MAX_REPLY_BYTES >= 2**20 else f"{MAX_REPLY_BYTES} bytes"
+    return AuthorityUnavailable(f"the authority's reply exceeds {limit}", profile=profile,
+                                hint=f"a token reply is a few KiB: check the profile's authority; {_RETRY_HINT}")
+
+
+def _json_object(content: bytes) -> dict[str, Any] | None:
     try:
-        parsed = response.json()
-        body = parsed if isinstance(parsed, dict) else None
-    except ValueError:
-        body = None
-    return response.status_code, response.headers, body
+        parsed = json.loads(content)
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def _host(url: str) -> str:
     return httpx.URL(url).host or url
 
 
-def _describe_transport_error(exc: BaseException) -> str:
-    cause: BaseException | None = exc
-    while cause is not None:
+def _transport_error(exc: httpx.HTTPError, url: str, profile: str, *, replied: bool) -> AadhelperError:
+    """The error for a failed exchange: ConfigError for a certificate that does not verify, else
+    AuthorityUnavailable saying where it broke (``replied``: the status line and headers had arrived)."""
+    host = _host(url)
+    for cause in _causes(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"TLS certificate verification failed ({cause.verify_message})"
-        cause = cause.__cause__ or cause.__context__
-    return type(exc).__name__
+            reason = _printable(cause.verify_message or str(cause), 200)
+            return ConfigError(f"the TLS certificate of the authority at {host} does not verify ({reason})",
+                               profile=profile, hint=_TLS_HINT)
+    reason = _reason(exc)
+    if replied:
+        message = f"the connection to the authority at {host} broke in the middle of the reply ({reason})"
+    elif isinstance(exc, httpx.ConnectError):
+        message = f"cannot reach the authority at {host}: {reason}"
+    elif isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+        message = f"the authority at {host} closed the connection without a reply ({reason})"
+    else:
+        message = f"the exchange with the authority at {host} failed: {reason}"
+    return AuthorityUnavailable(message, profile=profile,
+                                hint=f"check the network and the profile's authority; {_RETRY_HINT}")
 
 
-def _transport_hint(exc: BaseException) -> str:
-    if "certificate verification failed" in _describe_transport_error(exc):
-        return "set the profile's ca_bundle (or SSL_CERT_FILE) to the CA that signs the authority's certificate"
-    return "check the network and the profile's authority; aadhelper retries with backoff"
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what caused it, depth first, through exception groups too (trio reports a failed connect as a
+    group of per-address errors)."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending and len(seen) < 50:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(reversed(current.exceptions))
+        for linked in (current.__context__, current.__cause__):
+            if linked is not None:
+                pending.append(linked)
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a transport failed, in a few words: the OS error (``connection refused``), else httpx's message."""
+    for cause in _causes(exc):
+        # Both are OSErrors whose errno is no errno: an OpenSSL error code, a resolver (EAI_*) code.
+        if isinstance(cause, ssl.SSLError):
+            return "TLS error: " + (_printable(cause.reason or str(cause), 80) or "").lower().replace("_", " ")
+        if isinstance(cause, socket.gaierror):
+            return _printable(cause.strerror or str(cause), 80) or "the name does not resolve"
+        if isinstance(cause, OSError) and cause.errno and cause.errno > 0:
+            return os.strerror(cause.errno).lower()
+    return _printable(str(exc), 120) or type(exc).__name__
 
 
 def raise_for_error(status: int, headers: Mapping[str, str], body: Mapping[str, Any] | None, *,
@@ -149,7 +268,7 @@ def raise_for_error(status: int, headers: Mapping[str, str], body: Mapping[str, 
             later = f", retry after {retry_after:.0f} s" if retry_after is not None else ""
             what = f"throttled the request (HTTP 429{later})" if status == 429 else f"failed with HTTP {status}{later}"
             raise AuthorityUnavailable(f"the authority {what}", profile=profile, retry_after=retry_after,
-                                       hint="aadhelper retries with backoff")
+                                       hint=_RETRY_HINT)
         raise AuthorityUnavailable(f"the authority answered the {action} with HTTP {status} and no error body",
                                    profile=profile, retry_after=retry_after)
     aadsts = _aadsts(body)
@@ -162,6 +281,7 @@ def raise_for_error(status: int, headers: Mapping[str, str], body: Mapping[str, 
     text = f"the authority refused the {action}" + (f": {summary}" if summary else "")
     if status == 429 or status >= 500 or error in _RETRYABLE_ERRORS:
         later = f", retry after {retry_after:.0f} s" if retry_after is not None else ""
+        common["hint"] = hint or _RETRY_HINT
         raise AuthorityUnavailable(f"{text} (HTTP {status}{later})", **common)
     if error in _LOGIN_ERRORS:
         common["hint"] = hint or f"run `aadhelper login {profile}`"
@@ -221,10 +341,15 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 def parse_token_reply(body: Mapping[str, Any] | None, *, scopes: tuple[str, ...], now: float,
                       profile: str) -> TokenResponse:
-    """A successful token reply as a :class:`TokenResponse`; anything malformed is AuthorityUnavailable."""
+    """A successful token reply as a :class:`TokenResponse`; anything malformed is AuthorityUnavailable.
+
+    ``expires_in`` must be a finite number of seconds, at least :data:`MIN_TOKEN_LIFETIME` (a number or a numeric
+    string), and is clamped to :data:`MAX_TOKEN_LIFETIME`; ``refresh_in`` is advice, dropped unless it would pass
+    the same test and comes before expiry.
+    """
     def malformed(what: str) -> AuthorityUnavailable:
         return AuthorityUnavailable(f"the authority sent a malformed token reply ({what})", profile=profile,
-                                    hint="aadhelper retries with backoff")
+                                    hint=_RETRY_HINT)
 
     if body is None:
         raise malformed("not a JSON object")
@@ -232,21 +357,26 @@ def parse_token_reply(body: Mapping[str, Any] | None, *, scopes: tuple[str, ...]
     if not isinstance(access_token, str) or not access_token:
         raise malformed("no access_token")
     token_type = body.get("token_type", "Bearer")
-    if not isinstance(token_type, str) or not token_type.isalpha():
+    if not isinstance(token_type, str):
         raise malformed("bad token_type")
-    expires_in = _seconds(body.get("expires_in"))
-    if expires_in is None or expires_in <= 0:
+    # We send the token as "Bearer <token>". Entra issues Bearer, or "pop" only when a proof-of-possession token
+    # is asked for (never here); a token of another type does not work as a Bearer header at Graph or ARM.
+    if token_type.lower() != "bearer":
+        raise malformed(f"token_type {_printable(token_type, 20)!r} is not Bearer")
+    expires_in = _lifetime(body.get("expires_in"))
+    if expires_in is None:
         raise malformed("bad expires_in")
-    refresh_in = _seconds(body.get("refresh_in"))
+    expires_in = min(expires_in, MAX_TOKEN_LIFETIME)
+    refresh_in = _lifetime(body.get("refresh_in"))
     refresh_token = body.get("refresh_token")
     granted = body.get("scope")
     id_token = body.get("id_token")
     token = Token(
         access_token=Secret(access_token),
         # "bearer" from some authorities; headers conventionally say "Bearer".
-        token_type="Bearer" if token_type.lower() == "bearer" else token_type,
+        token_type="Bearer",
         expires_on=now + expires_in,
-        refresh_on=now + refresh_in if refresh_in and 0 < refresh_in < expires_in else None,
+        refresh_on=now + refresh_in if refresh_in is not None and refresh_in < expires_in else None,
         scopes=scopes,
         obtained_at=now,
         account=account_of(id_token) if isinstance(id_token, str) else None,
@@ -275,18 +405,21 @@ def account_of(id_token: str) -> str | None:
     return None
 
 
-def _seconds(value: object) -> float | None:
-    """expires_in and refresh_in arrive as numbers or, from some endpoints, numeric strings."""
-    if isinstance(value, bool):
+def _lifetime(value: object) -> float | None:
+    """expires_in and refresh_in as seconds: a number or, from some endpoints, a numeric string; None unless it
+    is finite and at least MIN_TOKEN_LIFETIME (JSON allows 1e999, Python's json reads NaN and Infinity, and a
+    string may say "inf")."""
+    seconds: float | None = None
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            seconds = float(value)  # OverflowError for an integer beyond any float
+        elif isinstance(value, str):
+            seconds = float(value.strip())
+    except (ValueError, OverflowError):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
-    return None
+    if seconds is None or not math.isfinite(seconds) or seconds < MIN_TOKEN_LIFETIME:
+        return None
+    return seconds
 
 
 async def request_token(client: httpx.AsyncClient, url: str, form: Mapping[str, str], *, scopes: tuple[str, ...],
@@ -295,8 +428,3 @@ async def request_token(client: httpx.AsyncClient, url: str, form: Mapping[str, 
     status, headers, body = await post_form(client, url, form, profile=profile)
     raise_for_error(status, headers, body, profile=profile, action=action)
     return parse_token_reply(body, scopes=scopes, now=now, profile=profile)
-
-
-def is_retryable(exc: AadhelperError) -> bool:
-    return isinstance(exc, AuthorityError) and exc.retryable
-

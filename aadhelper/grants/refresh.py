@@ -16,7 +16,10 @@ Rules, and why:
   daemon shutting down must not drop the only copy of the new one.
 * **Never fall back to a used token while the new one is known.** If the keyring refuses the write, the new token
   stays in memory (in :class:`SignIns`, so a reloaded source sees it too), is the one presented next, and
-  :meth:`SignIns.keep_storing` retries the write with backoff.
+  :meth:`SignIns.keep_storing` retries the write with backoff. :meth:`SignIns.unsaved` names such profiles (for
+  ``status``); when the fetcher stops, :meth:`SignIns.store_before_exit` tries once more and logs at ERROR level
+  each new token that is lost. A write given up on because the keyring did not answer in time may land later: a
+  keyring that then holds the new token counts as saved.
 * **A login or logout wins.** The write is a compare-and-swap: it happens only if the keyring still holds the token
   this refresh replaced. Otherwise ``aadhelper login``/``logout`` changed it meanwhile and the user's newer decision
   stands (the CLI runs in another process, so the compare and the write are not one atomic step; the gap is a
@@ -139,6 +142,9 @@ class SignIns:
             # The keyring cannot say whether a login happened; the newest token known is still ours to use.
             current, base = chain.unsaved, chain.replaces
         else:
+            if chain.unsaved is not None and stored == chain.unsaved:
+                # A write given up on (the keyring did not answer in time) landed after all.
+                chain.unsaved = chain.replaces = None
             if chain.unsaved is not None and _digest(stored) != chain.replaces:
                 log.info("profile %r: the stored refresh token changed (login or logout); dropping the unsaved one",
                          profile)
@@ -151,13 +157,17 @@ class SignIns:
             raise dead
         return Turn(self, profile, chain, current, base)
 
-    async def _store(self, profile: str, chain: _Chain) -> None:
+    async def _store(self, profile: str, chain: _Chain, *, retrying: bool = False) -> None:
         """Write ``chain.unsaved`` if the keyring still holds what it replaces (lock held)."""
         assert chain.unsaved is not None
         try:
             stored = await self._secrets.get(profile, SECRET_KIND)
-            if _digest(stored) == chain.replaces:
+            if stored == chain.unsaved:
+                pass  # a write given up on (the keyring did not answer in time) landed after all
+            elif _digest(stored) == chain.replaces:
                 await self._secrets.set(profile, SECRET_KIND, chain.unsaved)
+                if retrying:
+                    log.info("profile %r: stored the rotated refresh token in the keyring", profile)
             else:
                 log.info("profile %r: the stored refresh token changed during the refresh (login or logout); "
                          "keeping that one", profile)
@@ -179,8 +189,26 @@ class SignIns:
                 if chain.unsaved is not None:
                     async with chain.lock:
                         if chain.unsaved is not None:
-                            await self._store(name, chain)
+                            await self._store(name, chain, retrying=True)
             delay = min(delay * 2, largest) if self._unsaved.is_set() else start
+
+    def unsaved(self) -> tuple[str, ...]:
+        """The profiles whose newest refresh token is only in this process's memory (the keyring refused it)."""
+        return tuple(sorted(name for name, chain in self._chains.items() if chain.unsaved is not None))
+
+    async def store_before_exit(self, within: float) -> None:
+        """The process is about to exit: try once more (for at most ``within`` seconds) to store each unsaved
+        refresh token, and log loudly each one that is lost (at an authority that revokes used refresh tokens, the
+        sign-in cannot be refreshed without it)."""
+        with trio.CancelScope(shield=True), trio.move_on_after(within):
+            for name in self.unsaved():
+                chain = self._chains[name]
+                async with chain.lock:
+                    if chain.unsaved is not None:
+                        await self._store(name, chain, retrying=True)
+        for name in self.unsaved():
+            log.error("profile %r: the new refresh token could not be stored in the keyring and is lost with this "
+                      "process; run `aadhelper login %s`", name, name)
 
     async def login_required(self, profile: str) -> LoginRequired | None:
         """Why ``profile`` needs ``aadhelper login`` (no or a dead refresh token); None when it is signed in or the

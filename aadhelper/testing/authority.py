@@ -17,7 +17,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from . import endpoints, grants
@@ -26,7 +26,7 @@ from .entra import EntraError, Trace
 from .faults import Fault, FaultQueue
 from .issuer import TokenIssuer
 from .jwt import InvalidToken
-from .server import HttpRequest, LoopbackApp, Response
+from .server import BodyWriter, HttpRequest, LoopbackApp, Response
 from .sessions import Sessions
 
 _SECRET_PARAMS = frozenset({"client_secret", "refresh_token", "code", "code_verifier", "device_code",
@@ -58,6 +58,10 @@ class RecordedRequest:
     status: int | None = None
     #: The OAuth ``error`` of an error reply.
     error: str | None = None
+    #: For a streamed reply (drip, huge, endless, reset faults): body bytes the client's socket accepted before the
+    #: stream ended; None while it runs and for other replies. A client that stops reading early keeps this small
+    #: (at most its limit plus what the kernel's socket buffers hold).
+    body_sent: int | None = None
 
 
 class SimulatedAuthority(LoopbackApp):
@@ -179,6 +183,15 @@ class SimulatedAuthority(LoopbackApp):
                                    f"({grant_type or 'any grant'}) did not arrive within {timeout} s")
             return self._matching(endpoint, grant_type)
 
+    def wait_until(self, predicate: Callable[[list[RecordedRequest]], bool], *,
+                   timeout: float = 10.0) -> list[RecordedRequest]:
+        """Block until ``predicate(requests)`` holds (checked on every change to the records); TimeoutError after
+        ``timeout`` s. E.g. wait until a streamed reply ended: ``lambda rs: rs[-1].body_sent is not None``."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: predicate(self._records), timeout):
+                raise TimeoutError(f"the authority's records did not reach the expected state within {timeout} s")
+            return list(self._records)
+
     def _matching(self, endpoint: str | None, grant_type: str | None) -> list[RecordedRequest]:
         return [r for r in self._records
                 if endpoint in (None, r.endpoint) and grant_type in (None, r.grant_type)]
@@ -278,4 +291,16 @@ class SimulatedAuthority(LoopbackApp):
         with self._changed:
             record.status = response.status or None
             self._changed.notify_all()
-        return response
+        if response.stream is None:
+            return response
+        inner = response.stream
+
+        def stream(out: BodyWriter) -> None:
+            try:
+                inner(out)
+            finally:
+                with self._changed:
+                    record.body_sent = out.sent
+                    self._changed.notify_all()
+
+        return replace(response, stream=stream)

@@ -3,7 +3,12 @@
 Stdlib only (``http.server.ThreadingHTTPServer``), so trio tests, plain tests, subprocesses and the demo can all
 use it. Each connection gets its own thread; the TLS handshake happens in that thread, so a client that never
 finishes it cannot stall the others. :meth:`LoopbackServer.stop` closes idle keep-alive connections, so it
-returns promptly. Per-request logging goes to the ``aadhelper.testing`` logger at DEBUG, never to stderr.
+returns promptly, and a stopped server started again listens on the same port (its clients meanwhile get
+"connection refused"). Per-request logging goes to the ``aadhelper.testing`` logger at DEBUG, never to stderr.
+
+A :class:`Response` either carries its whole body, or a ``stream`` that writes the body itself through a
+:class:`BodyWriter` (slowly, endlessly, or cut by a reset): that is how the fault modes misbehave without holding a
+big body in memory.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ import logging
 import socket
 import socketserver
 import ssl
+import struct
 import threading
 from base64 import b64decode
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -29,6 +35,8 @@ logger = logging.getLogger("aadhelper.testing")
 
 _MAX_BODY = 256 * 1024
 _IDLE_TIMEOUT = 30.0
+#: SO_LINGER on, zero seconds: close() discards unsent data and sends a RST.
+_ABORT = struct.pack("ii", 1, 0)
 
 
 @dataclass(frozen=True)
@@ -40,11 +48,50 @@ class HttpRequest:
     body: bytes
 
 
+class BodyWriter:
+    """Where a streamed reply writes its body: counts what the client's socket accepted, notices a client gone."""
+
+    def __init__(self, connection: socket.socket, wfile: Any) -> None:
+        self._connection = connection
+        self._wfile = wfile
+        #: Body bytes handed to the kernel so far.
+        self.sent = 0
+        #: True once a write failed: the client closed or reset the connection (or the server stopped).
+        self.gone = False
+
+    def write(self, data: bytes) -> bool:
+        """Send ``data``; False (and nothing more is sent) once the client has gone."""
+        if self.gone:
+            return False
+        try:
+            self._wfile.write(data)
+        except (OSError, ValueError):  # ssl.SSLError is an OSError; ValueError: the file was closed
+            self.gone = True
+            return False
+        self.sent += len(data)
+        return True
+
+    def reset(self) -> None:
+        """Abort the connection with a TCP RST, as a crashed peer or a middlebox does; nothing more is sent.
+
+        A zero linger makes the close (when the stream returns) send the RST; see :meth:`_Server.shutdown_request`.
+        """
+        self.gone = True
+        with contextlib.suppress(OSError):
+            self._connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
+
+
+#: Writes a reply's body; the server has sent the status line and headers already, and closes the connection after.
+Stream = Callable[[BodyWriter], None]
+
+
 @dataclass(frozen=True)
 class Response:
     status: int
     body: bytes = b""
     headers: tuple[tuple[str, str], ...] = ()
+    #: Writes the body in place of ``body``; ``headers`` then carry the framing (Content-Length or chunked).
+    stream: Stream | None = field(default=None, compare=False)
 
     @classmethod
     def json(cls, status: int, value: object,
@@ -132,6 +179,8 @@ class LoopbackServer(Service):
             raise RuntimeError("the server is already started")
         self._server = _Server(self._address, self._app, self._ssl_context)
         address: tuple[Any, ...] = tuple(self._server.server_address)
+        # Started again after stop(), it comes back on the same port: clients keep their URL.
+        self._address = (self._address[0], int(address[1]))
         host = str(address[0])
         self._url = f"{'https' if self._ssl_context else 'http'}://{f'[{host}]' if ':' in host else host}:{address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -184,7 +233,10 @@ class _Server(ThreadingHTTPServer):
     def shutdown_request(self, request: Any) -> None:
         with self._connections_lock:
             self._connections.discard(request)
-        super().shutdown_request(request)
+        if _aborted(request):
+            self.close_request(request)  # no graceful FIN first: the close sends the RST
+        else:
+            super().shutdown_request(request)
 
     def close_connections(self) -> None:
         with self._connections_lock:
@@ -197,6 +249,14 @@ class _Server(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Failed handshakes, clients that vanish, connections closed by stop(): expected here, not worth a trace.
         logger.debug("connection from %s ended with an error", client_address, exc_info=True)
+
+
+def _aborted(sock: socket.socket) -> bool:
+    """Whether :meth:`BodyWriter.reset` marked the connection for a RST."""
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, len(_ABORT)) == _ABORT
+    except OSError:
+        return False
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -250,9 +310,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(response.status)
         for name, value in response.headers:
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(response.body)))
+        if response.stream is None:
+            self.send_header("Content-Length", str(len(response.body)))
+            self.end_headers()
+            self.wfile.write(response.body)
+            return
+        # A streamed body may end anywhere: nothing can follow it on this connection.
+        self.close_connection = True
+        self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(response.body)
+        response.stream(BodyWriter(self.connection, self.wfile))
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s " + format, self.address_string(), *args)

@@ -32,7 +32,9 @@ class Plan:
     load_repeats: int
     #: Row 4.
     single_flight_requests: int
-    #: Row 5: token lifetime and minimum validity (s), soak length (s), clients and their pause.
+    #: Row 5: token lifetime and minimum validity (s), soak length (s), clients and their pause. The daemon refreshes
+    #: an entry at most once per max(30 s, lifetime/4) (refresh_policy.spacing): 40 s tokens are the shortest that
+    #: keep 5 s of validity between refreshes, and refresh every 30 s (5 windows in 150 s, 1 in the quick run).
     soak_lifetime: int
     soak_min_valid: int
     soak_seconds: float
@@ -48,7 +50,7 @@ class Plan:
     @classmethod
     def full(cls) -> Plan:
         return cls(quick=False, header_runs=100, git_runs=60, load_seconds=1.0, load_repeats=3,
-                   single_flight_requests=500, soak_lifetime=20, soak_min_valid=5, soak_seconds=90.0,
+                   single_flight_requests=500, soak_lifetime=40, soak_min_valid=5, soak_seconds=150.0,
                    soak_clients=4, soak_pause_us=2000, profiles=50, idle_seconds=10.0, starts=9,
                    start_baseline_runs=15)
 
@@ -56,7 +58,7 @@ class Plan:
     def brief(cls) -> Plan:
         """``--quick``: every row runs, briefly; the figures are rough."""
         return cls(quick=True, header_runs=15, git_runs=8, load_seconds=0.4, load_repeats=1,
-                   single_flight_requests=500, soak_lifetime=8, soak_min_valid=2, soak_seconds=8.0,
+                   single_flight_requests=500, soak_lifetime=40, soak_min_valid=5, soak_seconds=35.0,
                    soak_clients=2, soak_pause_us=2000, profiles=50, idle_seconds=2.0, starts=2,
                    start_baseline_runs=3)
 

@@ -1,5 +1,6 @@
-"""Row 5: a refresh soak. Tokens live 20 s (a second authority issues them), the profile asks for 5 s of
-minimum validity, and a steady, unsaturated load runs for 90 s while the daemon refreshes in the background.
+"""Row 5: a refresh soak. Tokens live 40 s (a second authority issues them), the profile asks for 5 s of
+minimum validity, and a steady, unsaturated load runs for 150 s while the daemon refreshes in the background
+(every 30 s: the refresh policy's spacing floor).
 
 Every reply is recorded by the load generator (start, latency, ``expires_on``). A reply is short when
 ``expires_on`` (whole seconds, rounded down by the daemon) minus the time the reply arrived is less than the

@@ -15,7 +15,7 @@ import sys
 
 import trio
 
-LISTEN_BACKLOG = 128  # the daemon's
+from aadhelper.listener import LISTEN_BACKLOG  # the daemon's
 
 
 async def serve(path: str, reply: bytes) -> None:
