@@ -29,6 +29,12 @@ def call(message: dict[str, Any], *, socket_path: str | None = None, timeout: fl
 
     With ``autostart``, a missing daemon is started (see :mod:`aadhelper.autostart`) and asked once more.
     """
+    data = protocol.encode(message)
+    if len(data) > protocol.MAX_REQUEST_BYTES:
+        # The daemon's own limit, checked here too: one clear error, before any connection or autostart, instead
+        # of the daemon's reply racing our unfinished send (a broken connection, exit 8).
+        raise ProtocolError(f"request too large for the daemon: {len(data)} bytes, its limit is "
+                            f"{protocol.MAX_REQUEST_BYTES} (is a URL or scope that long?)")
     path = socket_path or paths.socket_path()
     check_socket_dir(path)
     sock = _connect(path, timeout)
@@ -42,7 +48,7 @@ def call(message: dict[str, Any], *, socket_path: str | None = None, timeout: fl
         raise DaemonNotRunning(f"no aadhelper daemon answers on {path}", hint=START_HINT)
     try:
         try:
-            sock.sendall(protocol.encode(message))
+            sock.sendall(data)
             line = _read_line(sock, protocol.MAX_REPLY_BYTES)
         except TimeoutError:
             raise DaemonNotRunning(f"the daemon on {path} did not answer within {timeout:g} s",

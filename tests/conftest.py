@@ -2,17 +2,23 @@
 
 - ``@pytest.mark.requires("git", ...)`` or the ``require`` fixture: a test needing a real component SKIPS on a
   developer machine without it and FAILS when ``CI=true``, so CI can never pass by skipping.
-  Components are executables on PATH, or ``secret-service`` (the private session of
-  ``scripts/with-secret-service``; the ``keyring`` marker means the same).
+  Components are executables on PATH, ``secret-service`` (the private session of
+  ``scripts/with-secret-service``; the ``keyring`` marker means the same), ``root``, or a kernel feature
+  (``PR_SET_MDWE``).
+  Never call ``pytest.skip`` for a missing component directly: go through :func:`require`.
 - ``secret_service``: a :class:`KeyringSecretStore` on the real gnome-keyring, cleaned up after the test;
   ``keyring_entries`` lists the raw entries; ``locked_keyring`` locks the collection for one test
   (``lock_keyring``/``unlock_keyring`` do it at any point of a test).
 - ``trustme_ca`` (session), ``server_ssl_context``, ``client_ssl_context``, ``ca_pem_file``.
-- ``isolated_env``: environment for subprocesses with every aadhelper/XDG path under ``tmp_path``.
+- ``isolated_env``: environment for subprocesses with every aadhelper/XDG path under ``tmp_path``;
+  :func:`coverage_environ` for a test that builds a subprocess's environment from scratch.
 """
 
 from __future__ import annotations
 
+import base64
+import ctypes
+import json
 import os
 import shutil
 import ssl
@@ -34,13 +40,20 @@ KEYRING_PASSWORD_ENV = "AADHELPER_TEST_KEYRING_PASSWORD"
 SECRET_SERVICE = "secret-service"
 #: Tests that play another local user (chown, setuid) need root; CI runs as root.
 ROOT = "root"
+#: The kernel's MemoryDenyWriteExecute (Linux >= 6.3), which systemd >= 254 uses for the unit's
+#: ``MemoryDenyWriteExecute=yes``. prctl options from <linux/prctl.h>.
+MDWE = "PR_SET_MDWE"
+PR_SET_MDWE = 65
+PR_GET_MDWE = 66
+PR_MDWE_REFUSE_EXEC_GAIN = 1
 # Longest AF_UNIX path we hand out, leaving room under the kernel's 108 bytes.
 _MAX_SOCKET_PATH = 100
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "requires(*components): needs real components (executables, or 'secret-service'); "
+        "markers", "requires(*components): needs real components (executables, 'secret-service', "
+        "'root', 'PR_SET_MDWE'); "
         "skipped locally when missing, failed when CI=true")
 
 
@@ -60,6 +73,10 @@ def missing(component: str) -> str | None:
         return None
     if component == ROOT:
         return None if os.geteuid() == 0 else "not running as root (needed to act as another user)"
+    if component == MDWE:
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_GET_MDWE, 0, 0, 0, 0) < 0:
+            return f"this kernel ({os.uname().release}) has no PR_SET_MDWE (Linux >= 6.3 has it)"
+        return None
     return None if shutil.which(component) else f"{component!r} is not on PATH"
 
 
@@ -218,3 +235,39 @@ def isolated_env(tmp_path: Path) -> dict[str, str]:
         AADHELPER_STATE_DIR=str(home / "state" / "aadhelper"),
     )
     return env
+
+
+@pytest.fixture(autouse=True)
+def _coverage_context(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Under ``scripts/test --coverage``: every line run while a test runs, in this process (trio tasks included,
+    which coverage's own ``test_function`` context loses between two awaits of the test) and in the Python
+    processes the test starts, is recorded under the test's id, so ``coverage report --contexts=REGEX`` can say
+    what some tests cover. Does nothing otherwise.
+
+    Not through ``monkeypatch``: an autouse fixture that requests it would set it up before every other fixture
+    and so undo a test's own monkeypatching only after those fixtures' teardown.
+    """
+    encoded = os.environ.get("COVERAGE_PROCESS_CONFIG")  # coverage's serialized configuration (base64 JSON)
+    if not encoded:
+        yield
+        return
+    import coverage
+
+    measuring = coverage.Coverage.current()
+    config = json.loads(base64.b64decode(encoded))
+    config["context"] = request.node.nodeid
+    os.environ["COVERAGE_PROCESS_CONFIG"] = base64.b64encode(json.dumps(config).encode()).decode()
+    if measuring is not None:
+        measuring.switch_context(request.node.nodeid)
+    try:
+        yield
+    finally:
+        os.environ["COVERAGE_PROCESS_CONFIG"] = encoded
+        if measuring is not None:
+            measuring.switch_context("")
+
+
+def coverage_environ() -> dict[str, str]:
+    """coverage.py's variables (set under ``scripts/test --coverage``), for an environment a test builds from
+    scratch, so the processes it starts are measured too; empty otherwise."""
+    return {key: value for key, value in os.environ.items() if key.startswith("COVERAGE_")}

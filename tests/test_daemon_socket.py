@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import socket
 import stat
 from collections.abc import AsyncIterator
@@ -10,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
-from aadhelper import client, protocol
-from aadhelper.daemon import DaemonInfo, serve
+from aadhelper import client, listener, protocol
+from aadhelper.config import Profile
+from aadhelper.daemon import Daemon, DaemonInfo, serve
 from aadhelper.errors import (
     AadhelperError,
     ConfigError,
@@ -23,8 +27,10 @@ from aadhelper.errors import (
     UnknownProfile,
 )
 from aadhelper.fetcher import LocalFetcher
+from aadhelper.grants import TokenSource
 from aadhelper.listener import DaemonAlreadyRunning, bind_unix_socket, check_peer
 from aadhelper.tokens import Secret
+from tests.harness import DaemonProcess, wait_until
 
 
 class NoSecrets:
@@ -285,3 +291,163 @@ async def test_status_answers_while_the_fetcher_cannot(tmp_path: Path) -> None:
         assert [p["name"] for p in status["profiles"]] == ["me"]  # type: ignore[index, union-attr]
         assert status["profiles"][0]["tokens"] == []  # type: ignore[index]
         nursery.cancel_scope.cancel()
+
+
+# -- the accept loop: connection cap and running out of descriptors ------------------------------------
+
+
+def connect_and_send(path: str, payload: bytes) -> socket.socket:
+    """A non-blocking client that has connected and sent ``payload`` (the kernel queues it until accepted)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    sock.sendall(payload)
+    sock.setblocking(False)
+    return sock
+
+
+async def reply_of(sock: socket.socket) -> bytes | None:
+    """The reply line waiting on ``sock`` once the daemon has done all it can, or None when there is none."""
+    await trio.testing.wait_all_tasks_blocked()
+    try:
+        return sock.recv(65536)
+    except BlockingIOError:
+        return None
+
+
+async def wait_for_reply(sock: socket.socket) -> bytes:
+    while (data := await reply_of(sock)) is None:
+        await trio.sleep(0.01)
+    return data
+
+
+PING = protocol.encode(protocol.request("ping"))
+
+
+async def test_clients_over_the_connection_cap_wait_for_a_free_slot(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """If more clients connect than the daemon serves at once, then the extra one waits (not refused, not
+    answered) until a connection ends, and is then answered."""
+    monkeypatch.setattr(listener, "MAX_CONNECTIONS", 2)
+    async with trio.open_nursery() as nursery:
+        info = await start_daemon(nursery, tmp_path)
+        with trio.fail_after(10):
+            # Two idle connections take both slots (the daemon waits for their request line).
+            held = [connect_and_send(info.socket_path, b"") for _ in range(2)]
+            waiting = connect_and_send(info.socket_path, PING)
+            try:
+                assert await reply_of(waiting) is None
+                held[0].close()
+                assert protocol.decode(await wait_for_reply(waiting))["ok"] is True
+            finally:
+                for sock in (*held, waiting):
+                    sock.close()
+        nursery.cancel_scope.cancel()
+
+
+def test_running_out_of_descriptors_pauses_accepting_without_dying(isolated_env: dict[str, str]) -> None:
+    """If accept() fails because the daemon has no file descriptor left, then it logs why, keeps trying, and
+    answers the waiting client once a descriptor is free again.
+
+    A real daemon process whose descriptor limit the test lowers (prlimit) to the lowest number it has free, so
+    that accept() fails with EMFILE while everything already open keeps working.
+    """
+    env = dict(isolated_env, AADHELPER_SECRET_STORE="memory")
+    with DaemonProcess(env) as daemon:
+        soft, hard = resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE)
+        used = {int(fd) for fd in os.listdir(f"/proc/{daemon.pid}/fd")}
+        lowest_free = min(set(range(len(used) + 1)) - used)
+        resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (lowest_free, hard))
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as waiting:
+                waiting.settimeout(30)
+                waiting.connect(daemon.socket_path)  # queued by the kernel: no descriptor needed yet
+                waiting.sendall(PING)
+                # check_alive() raises (with the log) if the daemon died instead of waiting.
+                wait_until(lambda: daemon.check_alive() or "cannot accept a connection: Too many open files"
+                           in daemon.log(), timeout=30)
+                resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (soft, hard))
+                assert protocol.decode(waiting.makefile("rb").readline())["ok"] is True
+        finally:
+            if daemon.alive():
+                resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        assert client.ping(socket_path=daemon.socket_path)["pid"] == daemon.pid
+
+
+async def test_an_unexpected_accept_error_is_not_retried_forever() -> None:
+    """If accept() fails for a reason other than a shortage (the listening socket itself is broken), then the
+    accept loop raises it instead of spinning on it."""
+    class BrokenListener:
+        async def accept(self) -> tuple[trio.socket.SocketType, object]:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    async def never_called(conn: trio.socket.SocketType) -> None:
+        raise AssertionError("no connection was accepted")
+
+    with trio.fail_after(10), pytest.raises(ExceptionGroup) as caught:
+        await listener.serve_connections(BrokenListener(), never_called)  # type: ignore[arg-type]
+    assert caught.group_contains(OSError, match=os.strerror(errno.EINVAL))
+
+
+# -- the safety nets: a bug in the daemon or in a token source ----------------------------------------
+
+
+async def test_a_bug_while_answering_is_an_error_reply_and_the_daemon_goes_on(
+        daemon: DaemonInfo, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """If answering a request hits a bug (an unexpected exception), then that client gets "internal error in the
+    daemon" (exit 1) without the exception's text, the log has the traceback, and other requests are answered."""
+    async def broken_ping(self: object, message: dict[str, object]) -> dict[str, object]:
+        raise RuntimeError("bug-detail-not-for-clients")
+
+    monkeypatch.setattr(Daemon, "_op_ping", broken_ping)
+    with trio.fail_after(10):
+        with pytest.raises(AadhelperError) as caught:
+            await call(daemon, "ping")
+        assert (await call(daemon, "status"))["ok"] is True
+    assert type(caught.value) is AadhelperError and caught.value.exit_code == 1
+    assert "internal error in the daemon" in caught.value.one_line()
+    assert "bug-detail" not in caught.value.one_line()
+    assert "RuntimeError: bug-detail-not-for-clients" in caplog.text
+
+
+class BuggySource:
+    """A token source with a bug: every fetch raises something that is not an AadhelperError."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def acquire(self, scopes: tuple[str, ...]) -> object:
+        self.calls += 1
+        raise KeyError("bug-detail-not-for-clients")
+
+
+class BuggyFetcher(LocalFetcher):
+    def __init__(self) -> None:
+        super().__init__(NoSecrets())
+        self.buggy = BuggySource()
+
+    def source(self, profile: Profile) -> TokenSource:
+        return self.buggy  # type: ignore[return-value]
+
+
+async def test_a_bug_in_a_token_source_is_an_error_reply_and_the_daemon_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """If fetching a token hits a bug in the token source, then the client gets one "internal error" line naming
+    the profile (exit 1), the log has the traceback, and the daemon keeps answering, this profile included."""
+    fetcher = BuggyFetcher()
+    async with trio.open_nursery() as nursery:
+        info = await start_daemon(nursery, tmp_path, fetcher)
+        (tmp_path / "config.toml").write_text(
+            '[profiles.p]\ntenant = "t.example.com"\nclient_id = "c"\nscopes = ["https://graph.microsoft.com/.default"]\n')
+        with trio.fail_after(10):
+            with pytest.raises(AadhelperError) as caught:
+                await call(info, "token", profile="p")
+            assert (await call(info, "ping"))["ok"] is True
+            with pytest.raises(AadhelperError) as again:
+                await call(info, "token", profile="p")
+        nursery.cancel_scope.cancel()
+    for error in (caught.value, again.value):
+        assert type(error) is AadhelperError and error.exit_code == 1
+        assert "internal error" in error.one_line() and "'p'" in error.one_line()
+        assert "bug-detail" not in error.one_line()
+    assert fetcher.buggy.calls >= 1
+    assert "KeyError: 'bug-detail-not-for-clients'" in caplog.text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import socketserver
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from aadhelper import protocol
 from aadhelper.errors import ProtocolError
 from aadhelper.git_helper import (
     MAX_LINE_BYTES,
+    MAX_REQUEST_BYTES,
     CredentialRequest,
     MalformedCredentialRequest,
     format_get_reply,
@@ -118,6 +120,29 @@ def test_parse_never_raises_anything_but_a_protocol_error(data: bytes) -> None:
         assert isinstance(request, CredentialRequest)
         request.url()
         repr(request)
+
+
+#: Every message parse and read_request may give: the line number and the problem, never the line itself.
+_MALFORMED = re.compile(r"malformed git credential request: (line \d+ (has no '='|contains a NUL byte|contains a "
+                        rf"carriage return|is not valid UTF-8|is longer than {MAX_LINE_BYTES} bytes)|more than "
+                        rf"{MAX_REQUEST_BYTES} bytes)")
+_PIECES = [b"protocol=https", b"host=h", b"password=s3cr3t", b"=", b"k[]=", b"k[]=v", b"", b"\r", b"\0", b"\xc3",
+           b"a=\xe2\x82", b"\xff", b"x" * (MAX_LINE_BYTES - 1), b"y" * (MAX_LINE_BYTES + 1), b"z" * 300_000]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES) | st.binary(max_size=40), max_size=12),
+       st.sampled_from([b"\n", b"\r\n", b"\n\n", b""]))
+def test_read_and_parse_refuse_anything_with_a_known_message(pieces: list[bytes], separator: bytes) -> None:
+    """If any byte stream arrives on stdin (long lines, NULs, bad UTF-8, no blank line), then reading and parsing it
+    gives a request or a one-line MalformedCredentialRequest naming only a line number and a limit."""
+    try:
+        request = parse(read_request(io.BytesIO(separator.join(pieces))))
+    except MalformedCredentialRequest as exc:
+        assert _MALFORMED.fullmatch(exc.one_line()), exc.one_line()
+    else:
+        request.url()
+        assert "s3cr3t" not in repr(request)
 
 
 _KEY_CHARS = st.characters(codec="utf-8", blacklist_characters="=\n\r\0[]")
@@ -389,6 +414,81 @@ def test_get_rejects_garbage_with_one_line(daemon: FakeDaemon, env: dict[str, st
     assert (result.returncode, result.stdout) == (9, "")
     assert result.stderr.count("\n") == 1 and "malformed git credential request" in result.stderr
     assert daemon.requests == []
+
+
+HUNTER = "hunter2"
+#: What a broken git (or anything else) may write on the helper's stdin; each must end in exit 9 and one line.
+GARBAGE = {
+    "no '='": b"protocol=https\npassword " + HUNTER.encode() + b"\n\n",
+    "NUL byte": b"protocol=https\nhost=git.example.com\npassword=" + HUNTER.encode() + b"\0\n\n",
+    "invalid UTF-8": b"protocol=https\nhost=git.example.com\npassword=" + HUNTER.encode() + b"\xff\xfe\n\n",
+    "carriage return": b"protocol=https\nhost=git.example.com\npassword=" + HUNTER.encode() + b"\rx\n\n",
+    "line over git's 65535 bytes": b"protocol=https\nhost=git.example.com\npassword=" + HUNTER.encode()
+    + b"x" * 70_000 + b"\n\n",
+    "endless line, no newline": b"protocol=https\nhost=" + b"h" * 300_000,
+    "request over 1 MiB": b"protocol=https\nhost=git.example.com\n" + b"wwwauth[]=Basic realm=x\n" * 50_000 + b"\n",
+    # Within git's line limit, but percent-encoded in the URL it is three times over the daemon's request limit.
+    "URL over the daemon's limit": b"protocol=https\nhost=git.example.com\npath=" + b"%" * 65_000 + b"\n\n",
+}
+
+
+def assert_one_clean_line(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("aadhelper: "), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and HUNTER not in result.stderr
+
+
+@pytest.mark.parametrize("data", GARBAGE.values(), ids=GARBAGE.keys())
+def test_get_refuses_bad_input_with_one_line_and_exit_9(data: bytes, daemon: FakeDaemon, env: dict[str, str]) -> None:
+    """If git's request is malformed or too large in any way, then the helper exits 9 with one stderr line that
+    does not repeat the input, prints nothing for git and asks the daemon nothing."""
+    result = run([HELPER, "get"], data, env)
+    assert (result.returncode, result.stdout) == (9, "")
+    assert_one_clean_line(result)
+    assert daemon.requests == []
+
+
+def test_get_refuses_a_url_over_the_daemon_limit_without_a_daemon(env: dict[str, str]) -> None:
+    """If the remote URL cannot fit the daemon's request limit and no daemon runs, then the error is the same
+    limit (exit 9), not "no daemon" (exit 8): the request is refused before any connection."""
+    result = run([HELPER, "get"], GARBAGE["URL over the daemon's limit"], env)
+    assert (result.returncode, result.stdout) == (9, "")
+    assert_one_clean_line(result)
+    assert f"its limit is {protocol.MAX_REQUEST_BYTES}" in result.stderr
+
+
+def test_get_answers_a_request_without_the_blank_line(daemon: FakeDaemon, env: dict[str, str]) -> None:
+    """If git's request ends at EOF without a blank line (or a last newline), then the helper still answers it."""
+    result = run([HELPER, "get"], "protocol=https\nhost=git.example.com", env)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert f"password={TOKEN}\n" in result.stdout
+    assert [m["url"] for m in daemon.requests] == ["https://git.example.com/"]
+
+
+@pytest.mark.parametrize("stdout", ["git gone (EPIPE)", "closed", "full"])
+def test_get_reports_an_unwritable_stdout_in_one_line(stdout: str, daemon: FakeDaemon, env: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    """If the helper cannot write its answer (git closed the pipe, stdout closed or full), then it exits 1 with one
+    stderr line and no traceback."""
+    request = b"protocol=https\nhost=git.example.com\n\n"
+    if stdout == "closed":
+        result = subprocess.run(["sh", "-c", 'exec "$0" get >&-', HELPER], input=request, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60, check=False)
+    else:
+        if stdout == "full":
+            target = os.open("/dev/full", os.O_WRONLY)
+        else:
+            reader, target = os.pipe()
+            os.close(reader)
+        try:
+            result = subprocess.run([HELPER, "get"], input=request, env=env, stdout=target, stderr=subprocess.PIPE,
+                                    timeout=60, check=False)
+        finally:
+            os.close(target)
+    completed = subprocess.CompletedProcess(result.args, result.returncode, "", result.stderr.decode())
+    assert completed.returncode == 1, completed.stderr
+    assert_one_clean_line(completed)
+    assert "cannot answer git" in completed.stderr
+    assert len(daemon.requests) == 1
 
 
 def test_erase_drops_the_cached_token(daemon: FakeDaemon, env: dict[str, str]) -> None:

@@ -19,6 +19,11 @@ Configure it with ``git config --global credential.helper aadhelper`` (git then 
 * ``store`` and unknown actions: read and discard stdin, print nothing, exit 0 (git adds actions over
   time; helpers must ignore the ones they do not know).
 
+Whatever arrives on stdin (garbage, NUL bytes, invalid UTF-8, over-long lines, no blank line at the end) and
+whatever happens to stdout (closed, full, git gone: EPIPE), the helper ends with one line on stderr and an
+exit code, never a traceback. A remote URL too long for the daemon's request limit is refused before any
+connection, with the same error whether a daemon runs or not.
+
 stdout carries only the dialogue; ``--verbose`` or ``AADHELPER_GIT_VERBOSE=1`` adds diagnostics on stderr
 (never a token). This is the hot path of every git HTTP request: it must not import argparse, trio, httpx,
 keyring or platformdirs (argparse only for ``register``, which the full CLI calls).
@@ -30,7 +35,7 @@ import os
 import sys
 
 from .. import client, git_helper
-from ..errors import DaemonNotRunning, NoProfileForUrl, UsageError
+from ..errors import AadhelperError, DaemonNotRunning, NoProfileForUrl, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -69,8 +74,7 @@ def serve(action: str, *, verbose: bool = False) -> int:
     if action == "get":
         reply = answer_get(git_helper.parse(git_helper.read_request(stdin)), log)
         if reply:
-            sys.stdout.buffer.write(reply)
-            sys.stdout.flush()
+            _write_to_git(reply)
     elif action == "erase":
         erase(git_helper.parse(git_helper.read_request(stdin)), log)
     else:
@@ -115,6 +119,27 @@ def erase(request: git_helper.CredentialRequest, log: Callable[[str], None]) -> 
         log(f"erase: nothing to drop for {url} ({exc.code})")
         return
     log(f"erase: dropped {dropped} cached token(s) for {url}")
+
+
+def _write_to_git(reply: bytes) -> None:
+    """Write the answer on stdout; git having gone away (EPIPE) or stdout closed or full is one clear error."""
+    out = sys.stdout
+    if out is None:  # started with fd 1 closed
+        raise AadhelperError("cannot answer git: the helper's stdout is closed")
+    try:
+        out.buffer.write(reply)
+        out.flush()
+    except OSError as exc:
+        # What could not be written stays in the buffer, and the interpreter's last flush at exit would fail again
+        # with a second message: from now on stdout writes to /dev/null.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, out.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass  # nothing more to lose: the answer is already gone
+        reason = "git closed the pipe" if isinstance(exc, BrokenPipeError) else os.strerror(exc.errno or 0)
+        raise AadhelperError(f"cannot answer git on stdout: {reason}") from None
 
 
 def _drain(stream: BinaryIO | None) -> None:

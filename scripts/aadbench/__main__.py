@@ -1,7 +1,8 @@
 """``scripts/bench``: measure aadhelper against its baselines and targets; print a table, write JSON.
 
 Run through ``scripts/bench`` (which provides the private Secret Service); see :mod:`aadbench` for what each
-row measures. ``--quick`` runs every row briefly (for tests: the figures are rough).
+row measures. ``--quick`` runs every row briefly (for tests: the figures are rough). Exits 1 when a correctness
+property (rows 4 and 5) failed, whatever the speed figures.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from .loadgen import LoadGenerator, pinning_possible
 from .plan import COLD, GIT, GIT_URL, MAIN, SOAK, START, Bench, Plan
-from .report import document, table, write
+from .report import document, exit_status, table, write
 from .rows_client import git_row, git_spec, header_row, header_spec
 from .rows_daemon import single_flight_row, single_flight_spec, throughput_row, throughput_spec
 from .rows_process import many_profiles, memory_row, memory_spec, start_row, start_spec
@@ -75,7 +76,10 @@ def main(argv: list[str]) -> int:
     print(table(rows))
     print(f"\n{'quick run: rough figures; ' if plan.quick else ''}results in {args.output} "
           f"({doc['seconds']:.0f} s)")
-    return 0
+    for row in rows:
+        if row.status == "incorrect":
+            sys.stderr.write(f"bench: row {row.id} is incorrect: {row.result}\n")
+    return exit_status(rows)
 
 
 def prepare(world: World, plan: Plan, loadgen: LoadGenerator) -> Bench:

@@ -5,13 +5,14 @@ JSON shape (``version`` 1)::
     {"version": 1, "quick": false, "started": "2026-...Z", "seconds": 131.2,
      "machine": {"cpus": 2, "python": "3.11.7", "load_generator": "c", ...},
      "rows": [{"id": 1, "key": "header", "what": "...", "target": "ratio <= 2.0",
-               "status": "met" | "missed" | "not yet" | "failed" | "skipped",
+               "status": "met" | "missed" | "incorrect" | "not yet" | "failed" | "skipped",
                "value": 12.1, "baseline": 9.6, "ratio": 1.26, "unit": "ms",
                "result": "12.1 ms", "baseline_text": "9.6 ms (python -c pass)", "note": "",
                "details": {...}, "cases": [...]}, ... rows 2 to 7 ...]}
 
 Every row 1 to 7 is always present; a row that could not be measured has status "failed" and says why in
-``note`` ("not yet": the feature it measures is missing; "skipped": left out with ``--rows``).
+``note`` ("not yet": the feature it measures is missing; "skipped": left out with ``--rows``). "incorrect":
+a correctness property of row 4 or 5 failed; the bench then exits 1 (:func:`exit_status`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 from .timing import Row
 
 VERSION = 1
-STATUS_VALUES = ("met", "missed", "not yet", "failed", "skipped")
+STATUS_VALUES = ("met", "missed", "incorrect", "not yet", "failed", "skipped")
 
 
 def document(rows: Sequence[Row], *, quick: bool, started: str, seconds: float,
@@ -55,3 +56,9 @@ def table(rows: Sequence[Row]) -> str:
                 f"{case['ratio']:.2f} | | |")
     notes = [f"- row {row.id}: {row.note}" for row in rows if row.note and row.result]
     return "\n".join(lines + (["", *notes] if notes else []))
+
+
+def exit_status(rows: Sequence[Row]) -> int:
+    """1 when any row is incorrect (each said on stderr by the caller), else 0: a missed speed target or a row
+    that could not be measured is reported in the table, not in the exit status."""
+    return 1 if any(row.status == "incorrect" for row in rows) else 0

@@ -97,7 +97,9 @@ def single_flight_row(bench: Bench, row: Row) -> None:
     row.result = f"{fetched} authority request(s); {result.ok}/{requests} replies ok"
     row.details.update(requests=requests, ok=result.ok, authority_delay_s=COLD_FETCH_DELAY,
                        p50_ms=result.p50_us / 1000, p99_ms=result.p99_us / 1000)
-    row.judge(fetched == 1 and result.ok == requests)
+    # All correctness, no speed: one flight for every concurrent caller, and every caller answered.
+    correct = fetched == 1 and result.ok == requests
+    row.judge(correct, correct=correct)
 
 
 def _exchange(socket_path: str, request: bytes) -> bytes:

@@ -29,7 +29,8 @@ class Row:
     key: str
     what: str
     target: str
-    #: "met", "missed", "not yet" (the feature is missing), "failed" (the measurement broke) or "skipped".
+    #: "met", "missed", "incorrect" (a correctness property failed: see :meth:`judge`), "not yet" (the feature is
+    #: missing), "failed" (the measurement broke) or "skipped".
     status: str = "failed"
     value: float | None = None
     baseline: float | None = None
@@ -41,8 +42,13 @@ class Row:
     details: dict[str, Any] = field(default_factory=dict)
     cases: list[dict[str, Any]] = field(default_factory=list)
 
-    def judge(self, met: bool) -> None:
-        self.status = "met" if met else "missed"
+    def judge(self, met: bool, *, correct: bool = True) -> None:
+        """``met`` or ``missed`` the speed target; ``incorrect`` whatever the speed when ``correct`` is false.
+
+        Correctness (one authority request for 500 concurrent callers, no reply below the minimum validity, no
+        failed reply) is not a target a slow machine may miss: an incorrect row makes the whole bench fail.
+        """
+        self.status = ("met" if met else "missed") if correct else "incorrect"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
