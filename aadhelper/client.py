@@ -14,7 +14,7 @@ import sys
 from . import paths, protocol
 from .errors import AadhelperError, DaemonNotRunning, ProtocolError, UnsafeSocket, error_from_wire
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not `from typing import ...`: the client path must not load typing (tests/test_import_rules.py)
 if TYPE_CHECKING:
     from typing import Any
 

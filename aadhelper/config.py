@@ -45,6 +45,7 @@ from typing import Any
 
 from . import paths
 from .errors import ConfigError, UnknownProfile
+from .protocol import MAX_MIN_VALID
 from .urls import InvalidAuthority, match_key, normalize_git_url, resolve_authority_url
 
 CREDENTIALS = ("client_secret", "user")
@@ -52,7 +53,6 @@ CREDENTIALS = ("client_secret", "user")
 TENANT_ALIASES = frozenset({"common", "organizations", "consumers"})
 #: git's username when a user-credential profile's mapping names none; Azure DevOps accepts any non-empty one.
 DEFAULT_GIT_USERNAME = "aadhelper"
-MAX_MIN_VALID = 86400
 #: Largest config file read (a real one is a few KiB; parsing 1 MiB of profiles takes ~0.5 s): anything larger is
 #: refused with a one-line error instead of being read into memory.
 MAX_CONFIG_BYTES = 1024 * 1024

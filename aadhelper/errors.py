@@ -30,7 +30,7 @@ imports nothing, because the thin client loads it on every call.
 
 from __future__ import annotations
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not `from typing import ...`: the client path must not load typing (tests/test_import_rules.py)
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any, ClassVar

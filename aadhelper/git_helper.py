@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from .errors import ProtocolError
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not `from typing import ...`: the client path must not load typing (tests/test_import_rules.py)
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from typing import BinaryIO

@@ -42,7 +42,7 @@ try:
 except ImportError:  # CPython always has the accelerator; other interpreters may not
     _json = None  # type: ignore[assignment]
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not `from typing import ...`: the client path must not load typing (tests/test_import_rules.py)
 if TYPE_CHECKING:
     from typing import Any
 
@@ -60,6 +60,9 @@ REPLY_TIMEOUT = 60.0
 #: Seconds the daemon lets a request wait for a token before answering with the cause of the wait: well inside
 #: REPLY_TIMEOUT, so the client hears why (an authority or keyring that is slow) rather than "no answer".
 ANSWER_DEADLINE = 45.0
+
+#: The largest minimum validity anyone may ask for (a day: longer than any access token Entra issues).
+MAX_MIN_VALID = 86400
 
 OPS = frozenset({"ping", "token", "invalidate", "status", "reload"})
 
@@ -107,8 +110,28 @@ class _DecoderSettings:
     parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
 
 
-# (typeshed describes the settings argument as a scanner; it is any object with the attributes above)
-_scan_once = _json.make_scanner(_DecoderSettings()) if _json is not None else None  # type: ignore[arg-type]
+def _c_codecs() -> tuple[Any, Any]:
+    """The accelerator's scanner and a factory of its compact encoder, built once and tried on a sample; (None,
+    None) when there is no accelerator or its private signatures changed (a new CPython): json then does the work,
+    slower but the same."""
+    if _json is None:
+        return None, None
+    try:
+        # (typeshed describes the settings argument as a scanner; it is any object with the attributes above)
+        scan = _json.make_scanner(_DecoderSettings())  # type: ignore[arg-type]
+
+        def make_encoder() -> Any:
+            # The arguments json.JSONEncoder passes for these options; a fresh dict for its circular-reference check.
+            return _json.make_encoder({}, _not_serializable, _json.encode_basestring, None, ":", ",", False, False,
+                                      True)
+
+        sample = {"a": [1, 2.5, None, True, "\u00e9\n"]}
+        text = "".join(make_encoder()(sample, 0))
+        if text != '{"a":[1,2.5,null,true,"\u00e9\\n"]}' or scan(text, 0) != (sample, len(text)):
+            return None, None
+    except Exception:  # any failure of the private API means: use json
+        return None, None
+    return scan, make_encoder
 #: What json skips around a value (str.isspace() would also accept e.g. form feeds, which json refuses).
 _JSON_WHITESPACE = " \t\n\r"
 
@@ -131,19 +154,20 @@ def _loads(data: bytes) -> Any:
 
 def _dumps(message: dict[str, Any]) -> str:
     """``json.dumps(message, separators=(",", ":"), ensure_ascii=False)``."""
-    if _json is None:
+    if _make_encoder is None:
         import json
 
         return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
-    # The arguments json.JSONEncoder passes for these options; a fresh dict for its circular-reference check.
-    encoder = _json.make_encoder({}, _not_serializable, _json.encode_basestring, None, ":", ",", False, False, True)
-    return "".join(encoder(message, 0))
+    return "".join(_make_encoder()(message, 0))
 
 
 def _not_serializable(value: object) -> Any:
     import json
 
     return json.JSONEncoder().default(value)  # raises json's own TypeError
+
+
+_scan_once, _make_encoder = _c_codecs()
 
 
 def request(op: str, **fields: Any) -> dict[str, Any]:
@@ -210,8 +234,8 @@ class TokenRequest:
             scopes = tuple(scopes)
         min_valid = message.get("min_valid")
         if min_valid is not None and (
-                not isinstance(min_valid, int) or isinstance(min_valid, bool) or not 0 <= min_valid <= 86400):
-            raise ProtocolError("field 'min_valid' must be an integer number of seconds between 0 and 86400")
+                not isinstance(min_valid, int) or isinstance(min_valid, bool) or not 0 <= min_valid <= MAX_MIN_VALID):
+            raise ProtocolError(f"field 'min_valid' must be an integer number of seconds between 0 and {MAX_MIN_VALID}")
         url = message.get("url")
         if url is not None and (not isinstance(url, str) or not url or len(url) > 65535):
             raise ProtocolError("field 'url' must be a non-empty string")

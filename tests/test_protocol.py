@@ -108,3 +108,40 @@ def test_loads_agrees_with_json_on_text_near_json(text: str) -> None:
 def test_loads_agrees_with_json_on_arbitrary_bytes(data: bytes) -> None:
     """If arbitrary bytes are parsed, then _loads returns what json.loads returns, or raises where it raises."""
     assert_same_outcome(json_outcome(protocol._loads, data), json_outcome(json.loads, data))
+
+
+class _ChangedAccelerator:
+    """An _json whose private signatures changed, as a new CPython might change them."""
+
+    def make_scanner(self, *args: Any) -> Any:
+        raise TypeError("make_scanner() takes exactly 2 arguments (1 given)")
+
+    def make_encoder(self, *args: Any) -> Any:
+        raise TypeError("make_encoder() got an unexpected argument")
+
+
+@given(JSON_VALUES)
+def test_a_changed_accelerator_falls_back_to_json(value: Any) -> None:
+    """If the C accelerator's private signatures change, then the codecs are not built (no error at import) and
+    _loads/_dumps give json's results through the json package."""
+    real = protocol._json
+    protocol._json = _ChangedAccelerator()  # type: ignore[assignment]
+    try:
+        scan, make_encoder = protocol._c_codecs()
+    finally:
+        protocol._json = real
+    assert (scan, make_encoder) == (None, None)
+    saved = protocol._scan_once, protocol._make_encoder
+    protocol._scan_once, protocol._make_encoder = scan, make_encoder
+    try:
+        message = {"value": value}
+        text = protocol._dumps(message)
+        assert text == json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+        assert same(protocol._loads(text.encode()), json.loads(text))
+    finally:
+        protocol._scan_once, protocol._make_encoder = saved
+
+
+def test_the_accelerator_is_in_use_here() -> None:
+    """If this is CPython, then the codecs are built from _json (the speed the client path is measured with)."""
+    assert protocol._scan_once is not None and protocol._make_encoder is not None

@@ -12,7 +12,7 @@ import sys
 
 from ..errors import AadhelperError
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not `from typing import ...`: the client path must not load typing (tests/test_import_rules.py)
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 

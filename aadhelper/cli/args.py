@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from ..protocol import MAX_MIN_VALID
+from .values import whole_seconds
 
-def seconds(low: int = 0, high: int = 86400) -> Callable[[str], int]:
+
+def seconds(low: int = 0, high: int = MAX_MIN_VALID) -> Callable[[str], int]:
     """An argparse type: a whole number of seconds from ``low`` to ``high``."""
     def parse(value: str) -> int:
-        if not value.isdigit() or not low <= int(value) <= high:
+        number = whole_seconds(value, low, high)
+        if number is None:
             raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of seconds from {low} to {high}")
-        return int(value)
+        return number
 
     return parse

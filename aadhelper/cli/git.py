@@ -37,7 +37,7 @@ import sys
 from .. import client, git_helper
 from ..errors import AadhelperError, DaemonNotRunning, NoProfileForUrl, UsageError
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not `from typing import ...`: the client path must not load typing (tests/test_import_rules.py)
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..config import Config, Profile, load_config
 from ..errors import AadhelperError, ConfigError, SecretStoreError, UsageError
+from ..protocol import MAX_MIN_VALID
 from ..urls import normalize_git_url
 
 #: Keyring entries a profile can own; `profile remove` deletes them all.
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                          "(default: $AZURE_AUTHORITY_HOST, else public)")
     add.add_argument("--ca-bundle", metavar="FILE", help="PEM file of CAs to trust for the authority's TLS")
     add.add_argument("--min-valid", type=int, metavar="SECONDS",
-                     help="seconds a served token must still be valid (0-86400, default 300)")
+                     help=f"seconds a served token must still be valid (0-{MAX_MIN_VALID}, default 300)")
     add.add_argument("--user", action="store_true",
                      help="sign in as a user (public client, no secret) instead of with a client secret")
     add.add_argument("--git-url", dest="git_urls", action="append", default=[], metavar="URL",

@@ -10,8 +10,10 @@ from __future__ import annotations
 import sys
 
 from .. import client
+from ..protocol import MAX_MIN_VALID
+from .values import whole_seconds
 
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # not `from typing import ...`: the client path must not load typing (tests/test_import_rules.py)
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
@@ -20,9 +22,30 @@ if TYPE_CHECKING:
 VERBS = ("header", "token")
 
 
-def run_fast(argv: Sequence[str]) -> int | None:
-    """Run ``header``/``token`` from a plain command line; None when argparse should handle it instead."""
-    verb, rest = argv[0], list(argv[1:])
+class FastArgs:
+    """What the fast parser read: the same fields argparse's namespace has for these verbs (a plain class: a
+    NamedTuple or dataclass would import typing, ~2 ms on every call)."""
+
+    __slots__ = ("json", "min_valid", "profile", "scope")
+
+    def __init__(self, profile: str | None, scope: list[str] | None, min_valid: int | None, json: bool) -> None:
+        self.profile = profile
+        self.scope = scope
+        self.min_valid = min_valid
+        self.json = json
+
+    def __repr__(self) -> str:
+        return (f"FastArgs(profile={self.profile!r}, scope={self.scope!r}, min_valid={self.min_valid!r}, "
+                f"json={self.json!r})")
+
+
+def parse_fast(argv: Sequence[str]) -> FastArgs | None:
+    """The options of ``header``/``token`` (without the verb), or None when argparse should decide (anything
+    unusual: --help, an unknown or abbreviated flag, a value that looks like an option, an invalid number).
+
+    A test holds it to argparse: whenever this returns a result, argparse parses the same command line to the same
+    values."""
+    rest = list(argv)
     profile: str | None = None
     scopes: list[str] = []
     min_valid: int | None = None
@@ -34,20 +57,28 @@ def run_fast(argv: Sequence[str]) -> int | None:
             as_json = True
         elif name in ("--scope", "--min-valid"):
             if not eq:
-                if not rest:
+                if not rest or rest[0].startswith("-"):  # argparse takes "-x" for an option, not a value
                     return None
                 value = rest.pop(0)
             if name == "--scope":
                 scopes.append(value)
-            elif value.isdigit() and int(value) <= 86400:  # else argparse reports the usage error
-                min_valid = int(value)
-            else:
+                continue
+            min_valid = whole_seconds(value, 0, MAX_MIN_VALID)
+            if min_valid is None:
                 return None
         elif arg.startswith("-") or profile is not None:
             return None
         else:
             profile = arg
-    return emit(verb, profile=profile, scopes=scopes or None, min_valid=min_valid, as_json=as_json)
+    return FastArgs(profile, scopes or None, min_valid, as_json)
+
+
+def run_fast(argv: Sequence[str]) -> int | None:
+    """Run ``header``/``token`` from a plain command line; None when argparse should handle it instead."""
+    args = parse_fast(argv[1:])
+    if args is None:
+        return None
+    return emit(argv[0], profile=args.profile, scopes=args.scope, min_valid=args.min_valid, as_json=args.json)
 
 
 def emit(verb: str, *, profile: str | None, scopes: list[str] | None, min_valid: int | None, as_json: bool) -> int:

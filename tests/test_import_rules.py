@@ -1,0 +1,99 @@
+"""The thin client's import allow-list, as a test (issue 11 §3): what `aadhelper header`, `aadhelper token` and the
+git helper import beyond a bare interpreter. One `from dataclasses import dataclass` in protocol.py would triple
+the client's cost (scripts/bench, row 1) and nothing else would notice."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+#: Everything the client paths may import (beyond what the interpreter had already loaded at start-up).
+ALLOWED = frozenset({
+    "aadhelper", "aadhelper.cli", "aadhelper.cli.token", "aadhelper.cli.values", "aadhelper.cli.git",
+    "aadhelper.client", "aadhelper.errors", "aadhelper.paths", "aadhelper.protocol", "aadhelper.git_helper",
+    "_json", "_socket",
+})
+#: Never, whatever the interpreter loaded at start-up (the editable install's finder loads re and enum).
+FORBIDDEN = frozenset({"json", "typing", "dataclasses", "argparse", "tomllib", "platformdirs", "trio", "httpx",
+                       "keyring", "aadhelper.autostart", "aadhelper.config", "aadhelper.cache"})
+
+#: Runs one entry point and writes the modules it added (after what the interpreter loaded at start-up) to stderr.
+PROBE = textwrap.dedent("""
+    import sys
+    before = set(sys.modules)
+    from aadhelper.cli import git_credential_main, main
+    try:
+        code = git_credential_main(sys.argv[2:]) if sys.argv[1] == "git" else main(sys.argv[1:])
+    finally:
+        added = sorted(set(sys.modules) - before)
+        sys.stderr.write("MODULES " + " ".join(added) + "\\n")
+    sys.exit(code)
+""")
+
+TOKEN_REPLY = {"v": 1, "ok": True, "access_token": "eyJ.fake.token", "token_type": "Bearer",
+               "expires_on": 4_000_000_000, "profile": "graph", "scopes": ["https://x/.default"],
+               "username": "me@contoso.com"}
+
+
+@pytest.fixture
+def fake_daemon(tmp_path: Path) -> Iterator[str]:
+    """A socket in a private directory answering every request with a token reply."""
+    directory = tmp_path / "run"
+    directory.mkdir(mode=0o700)
+    path = str(directory / "daemon.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(8)
+    server.settimeout(0.05)  # accept() wakes up to see the stop flag
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(json.dumps(TOKEN_REPLY).encode() + b"\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield path
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+@pytest.mark.parametrize("argv", [["header", "graph"], ["token", "graph", "--min-valid", "60", "--scope", "x"],
+                                  ["git", "get"]], ids=["header", "token", "git"])
+@pytest.mark.parametrize("daemon_runs", [True, False], ids=["answered", "no-daemon"])
+def test_client_paths_import_only_the_allow_list(fake_daemon: str, tmp_path: Path, argv: list[str],
+                                                 daemon_runs: bool) -> None:
+    """If header, token or the git helper runs (answered, or with no daemon), then it imports nothing beyond the
+    allow-list, and none of json, typing, dataclasses, argparse, tomllib, platformdirs, trio, httpx or keyring."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AADHELPER_")}
+    env.update(AADHELPER_NO_AUTOSTART="1",
+               AADHELPER_SOCKET=fake_daemon if daemon_runs else str(tmp_path / "none" / "daemon.sock"))
+    result = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env,
+                            input="protocol=https\nhost=dev.azure.com\n\n", timeout=60)
+    added = set(result.stderr.split("MODULES ", 1)[1].split())
+    allowed = ALLOWED if daemon_runs else ALLOWED | {"aadhelper.autostart"}  # it decides whether to start one
+    assert added <= allowed, f"imports beyond the allow-list: {sorted(added - allowed)}"
+    assert not added & (FORBIDDEN - allowed)
+    if daemon_runs:
+        assert result.returncode == 0, result.stderr
+        assert "eyJ.fake.token" in result.stdout
