@@ -3,6 +3,7 @@ status shows it, how the HTTP clients apply it, and the clean start environment 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -15,6 +16,7 @@ import trio
 from aadhelper import process_setup
 from aadhelper.cli.status import render
 from aadhelper.config import parse_config
+from aadhelper.config_edit import add_profile
 from aadhelper.errors import ConfigError
 from aadhelper.grants.http import HttpClients, post_form
 from aadhelper.proxy import DIRECT, ProxySetting, from_environment, parse_no_proxy
@@ -111,6 +113,19 @@ def test_a_bad_proxy_in_the_start_environment_is_a_config_error_naming_the_varia
         config_with("proxy_from_environment = true", {"HTTPS_PROXY": "http://p:1", "no_proxy": "1.2.3.0/24"})
 
 
+def test_editing_the_config_does_not_check_the_editors_proxy_variables(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the config opts in to proxy_from_environment and the shell running `profile add` has an unusable
+    HTTPS_PROXY, then the edit still succeeds: only the daemon's start environment counts, where it starts."""
+    monkeypatch.setattr(process_setup, "_start_proxies", None)
+    monkeypatch.setenv("HTTPS_PROXY", "socks5://127.0.0.1:1080")
+    path = tmp_path / "config.toml"
+    path.write_text("[daemon]\nproxy_from_environment = true\n")
+    config = add_profile(str(path), "graph", tenant="contoso.onmicrosoft.com", client_id="c",
+                         scopes=["https://graph.microsoft.com/.default"], environ={})
+    assert "graph" in config.profiles and "[profiles.graph]" in path.read_text()
+
+
 def test_status_shows_no_proxy_line_for_an_older_daemon() -> None:
     """If the status reply has no proxy field (an older daemon), then status prints no proxy line."""
     assert "proxy" not in render({"daemon": {"pid": 1, "uptime": 5, "socket": "/s"}, "profiles": []}, now=0)
@@ -151,6 +166,8 @@ class CountingProxy:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() (closing alone does not, on Linux)
         self.sock.close()
         self._thread.join(5)
 
