@@ -1,7 +1,8 @@
 """The configuration: frozen :class:`Profile`/:class:`Config` values, parsed from TOML, with defaults and environment.
 
 Layers, later wins: built-in defaults -> the TOML file (``$AADHELPER_CONFIG`` or ``<user config dir>/config.toml``)
--> environment (``AZURE_AUTHORITY_HOST`` for profiles without ``authority``; ``AADHELPER_NO_AUTOSTART=1``).
+-> environment (``AZURE_AUTHORITY_HOST`` for profiles without ``authority``; ``AADHELPER_NO_AUTOSTART=1``; the
+proxy variables only with ``proxy_from_environment = true``, see :mod:`aadhelper.proxy`).
 :func:`parse_config` is pure (text in, value out); :func:`load_config` reads the file. Writing lives in
 :mod:`aadhelper.config_edit`. Reading never blocks on a FIFO or device and refuses anything that is not a regular
 file (a symlink to one is fine), a file of another user or writable by everyone, and a file over
@@ -12,6 +13,9 @@ file (a symlink to one is fine), a file of another user or writable by everyone,
     [daemon]
     autostart = true                    # clients start the daemon when none answers (env AADHELPER_NO_AUTOSTART=1: off)
     idle_exit = 0                       # seconds without requests before a socket-activated daemon exits; 0 = never
+    proxy = "http://proxy.example.com:3128"  # HTTP(S) proxy for the daemon's fetches (default: none, direct)
+    no_proxy = "internal.example.com,10.1.2.3"  # hosts (and their subdomains) reached directly all the same
+    proxy_from_environment = false      # true: HTTPS_PROXY/ALL_PROXY/NO_PROXY of the daemon's start environment
 
     [profiles.graph]                    # name: letters, digits, '-', '_', '.'; at most 64
     tenant = "contoso.onmicrosoft.com"  # GUID or domain (common/organizations/consumers only for credential "user")
@@ -46,6 +50,7 @@ from typing import Any
 from . import paths
 from .errors import ConfigError, UnknownProfile
 from .protocol import MAX_MIN_VALID
+from .proxy import DIRECT, InvalidProxy, ProxySetting, from_environment, parse_no_proxy, parse_proxy_url
 from .urls import InvalidAuthority, match_key, normalize_git_url, resolve_authority_url
 
 CREDENTIALS = ("client_secret", "user")
@@ -62,7 +67,7 @@ _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,253}")
 # Printable, no whitespace: these travel as form fields, space-separated scope lists and git credential lines.
 _TOKEN_RE = re.compile(r"[!-~]{1,2000}")
 _TOP_KEYS = ("default_profile", "daemon", "profiles")
-_DAEMON_KEYS = ("autostart", "idle_exit")
+_DAEMON_KEYS = ("autostart", "idle_exit", "proxy", "no_proxy", "proxy_from_environment")
 _PROFILE_KEYS = ("tenant", "client_id", "scopes", "authority", "credential", "min_valid", "ca_bundle", "git")
 _GIT_KEYS = ("url", "username")
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -96,6 +101,8 @@ class Profile:
     min_valid: int = 300
     ca_bundle: str | None = None
     git_urls: tuple[GitUrl, ...] = ()
+    #: The daemon-level ``[daemon] proxy`` setting, carried by each profile to the fetcher that applies it.
+    proxy: ProxySetting = DIRECT
 
     @property
     def token_endpoint(self) -> str:
@@ -139,6 +146,7 @@ class Config:
     default_profile: str | None = None
     autostart: bool = True
     idle_exit: int = 0
+    proxy: ProxySetting = DIRECT
 
     def profile(self, name: str | None) -> Profile:
         """The named profile, or the default one for ``None``."""
@@ -190,8 +198,11 @@ class _Where:
         return ConfigError(": ".join(parts), hint=hint, profile=self.profile)
 
 
-def parse_config(text: str, path: str, environ: Mapping[str, str] = os.environ) -> Config:
-    """Parse and validate a config file's text; ``path`` is only for messages."""
+def parse_config(text: str, path: str, environ: Mapping[str, str] = os.environ,
+                 proxy_environ: Mapping[str, str] | None = None) -> Config:
+    """Parse and validate a config file's text; ``path`` is only for messages. ``proxy_environ``: the proxy
+    variables ``proxy_from_environment`` reads (default: the start environment, see
+    :func:`aadhelper.process_setup.start_proxy_environment`)."""
     data = parse_toml(text, path)
     top = _Where(path)
     _check_keys(data, _TOP_KEYS, top)
@@ -202,7 +213,9 @@ def parse_config(text: str, path: str, environ: Mapping[str, str] = os.environ) 
     idle_exit = _get_int(daemon, "idle_exit", where, 0, 10**9, 0)
     if _env_flag(environ, "AADHELPER_NO_AUTOSTART", top):
         autostart = False
-    profiles = {name: _parse_profile(name, raw, path, environ) for name, raw in _table(data, "profiles", top).items()}
+    proxy = _parse_proxy(daemon, where, proxy_environ)
+    profiles = {name: _parse_profile(name, raw, path, environ, proxy)
+                for name, raw in _table(data, "profiles", top).items()}
     _check_git_url_conflicts(profiles, path)
     default = _get(data, "default_profile", str, top, "must be a profile name", None)
     if default is not None and default not in profiles:
@@ -210,7 +223,7 @@ def parse_config(text: str, path: str, environ: Mapping[str, str] = os.environ) 
                                            f"(profiles: {', '.join(profiles) or 'none'})")
     if default is None and len(profiles) == 1:
         default = next(iter(profiles))
-    return Config(path, MappingProxyType(profiles), default, autostart, idle_exit)
+    return Config(path, MappingProxyType(profiles), default, autostart, idle_exit, proxy)
 
 
 def unknown_profile(path: str, name: str, configured: Iterable[str]) -> UnknownProfile:
@@ -299,7 +312,38 @@ def _file_kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
-def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str]) -> Profile:
+def _parse_proxy(daemon: Mapping[str, object], where: _Where, proxy_environ: Mapping[str, str] | None) -> ProxySetting:
+    """The ``[daemon]`` proxy keys: a URL, the hosts reached directly, or the opt-in to the start environment's."""
+    url = _get(daemon, "proxy", str, where, "must be a URL string like \"http://proxy.example.com:3128\"", None)
+    hosts = _get(daemon, "no_proxy", str, where, "must be a string of comma-separated host names", None)
+    from_env = _get(daemon, "proxy_from_environment", bool, where, "must be true or false", False)
+    if from_env and url is not None:
+        raise where.error("proxy_from_environment", "and key 'proxy' exclude each other: set one of them",
+                          hint="'proxy' names the proxy; 'proxy_from_environment = true' takes HTTPS_PROXY from the "
+                               "daemon's start environment")
+    for key, value, parse in (("proxy", url, parse_proxy_url), ("no_proxy", hosts, parse_no_proxy)):
+        try:
+            if value is not None:
+                parse(value)
+        except InvalidProxy as exc:
+            raise where.error(key, str(exc)) from None
+    if from_env:
+        if proxy_environ is None:
+            from .process_setup import start_proxy_environment
+
+            proxy_environ = start_proxy_environment()
+        try:
+            setting = from_environment(proxy_environ)
+        except InvalidProxy as exc:
+            raise where.error("proxy_from_environment", f"is true, but {exc}") from None
+        return setting if hosts is None else ProxySetting(setting.url, parse_no_proxy(hosts), setting.source,
+                                                          setting.variable)
+    if url is None:
+        return DIRECT
+    return ProxySetting(url, parse_no_proxy(hosts or ""), "config")
+
+
+def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str], proxy: ProxySetting) -> Profile:
     if not _NAME_RE.fullmatch(name):
         # No profile=name: the message shows the name, cut short (it may be anything, of any length).
         raise ConfigError(f"{path}: profile name {_shown(name)} must be 1 to 64 letters, digits, '-', '_' or '.'")
@@ -335,7 +379,7 @@ def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str]
     return Profile(
         name=name, tenant=tenant, client_id=client_id, scopes=tuple(scopes), authority=authority,
         credential=credential, min_valid=_get_int(raw, "min_valid", where, 0, MAX_MIN_VALID, 300),
-        ca_bundle=ca_bundle, git_urls=_parse_git_urls(raw.get("git"), where),
+        ca_bundle=ca_bundle, git_urls=_parse_git_urls(raw.get("git"), where), proxy=proxy,
     )
 
 

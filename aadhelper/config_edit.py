@@ -141,7 +141,9 @@ def _edit(path: str | None, environ: Mapping[str, str],
                 raise ConfigError(f"{where}: cannot edit this TOML: {exc}") from None
             change(doc, where)
             new_text = doc.as_string()
-            config = parse_config(new_text, where, environ)
+            # The file's own content is checked; not this shell's proxy variables, which are not the daemon's
+            # start environment (`proxy_from_environment` reads those where the daemon starts).
+            config = parse_config(new_text, where, environ, proxy_environ={})
             _write_atomically(target, new_text)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{where}: not UTF-8 text (bad byte at offset {exc.start})") from None

@@ -120,6 +120,7 @@ class Daemon:
             configured = dict(config.profiles)
             default = config.default_profile
             daemon.update(self.config.status())  # a broken file while the last good configuration serves
+            daemon["proxy"] = config.proxy.to_status()
         records = self.cache.status()
         logins, unsaved = await self._sign_in_states([p for p in configured.values() if p.credential == "user"])
         profiles = []

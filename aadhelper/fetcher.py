@@ -32,6 +32,7 @@ import trio
 from . import protocol
 from .config import Profile
 from .errors import AadhelperError, KeyringUnavailable, LoginRequired, ProtocolError, error_from_wire
+from .proxy import ProxySetting
 from .tokens import Secret, Token
 
 if TYPE_CHECKING:
@@ -221,7 +222,7 @@ _PROFILE_FIELDS = ("name", "tenant", "client_id", "authority", "credential", "ca
 
 
 def profile_to_wire(profile: Profile) -> dict[str, Any]:
-    return {key: getattr(profile, key) for key in _PROFILE_FIELDS}
+    return {**{key: getattr(profile, key) for key in _PROFILE_FIELDS}, "proxy": profile.proxy.to_wire()}
 
 
 def profile_from_wire(wire: object, scopes: tuple[str, ...]) -> Profile:
@@ -231,9 +232,13 @@ def profile_from_wire(wire: object, scopes: tuple[str, ...]) -> Profile:
     ca_bundle = wire.get("ca_bundle")
     if not all(isinstance(value, str) for value in text.values()) or not isinstance(ca_bundle, (str, type(None))):
         raise ProtocolError("fetch request with a malformed profile")
+    try:
+        proxy = ProxySetting.from_wire(wire.get("proxy"))
+    except ValueError:
+        raise ProtocolError("fetch request with a malformed proxy setting") from None
     return Profile(name=str(text["name"]), tenant=str(text["tenant"]), client_id=str(text["client_id"]),
                    scopes=scopes, authority=str(text["authority"]), credential=str(text["credential"]),
-                   ca_bundle=ca_bundle)
+                   ca_bundle=ca_bundle, proxy=proxy)
 
 
 def scopes_from_wire(wire: object) -> tuple[str, ...]:

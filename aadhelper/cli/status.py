@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import client
 from ..errors import AadhelperError, error_from_wire
+from ..proxy import describe as describe_proxy
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,6 +52,8 @@ def render(reply: dict[str, Any], *, now: float) -> str:
     daemon = reply.get("daemon", {})
     lines = [f"daemon: pid {daemon.get('pid')}, up {_duration(daemon.get('uptime', 0))}, "
              f"socket {daemon.get('socket')}" + (" (socket-activated)" if daemon.get("socket_activated") else "")]
+    if isinstance(daemon.get("proxy"), dict):
+        lines.append(f"proxy: {describe_proxy(daemon['proxy'])}")
     if daemon.get("config_error"):
         lines.append(f"config: {error_from_wire(daemon['config_error']).one_line()}")
         if daemon.get("config_last_good"):

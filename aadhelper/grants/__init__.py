@@ -48,7 +48,7 @@ def make_source(profile: Profile, *, http: HttpClients, secrets: SecretAccess,
     ``sign_ins`` is the fetcher's per-profile refresh state for user profiles; it must outlive the sources (one
     per fetcher), or refreshes of one profile could overlap. None gives the source its own (tests, one-off use).
     """
-    client = http.get(profile.ca_bundle)
+    client = http.get(profile.ca_bundle, profile.proxy)
     if profile.credential == "client_secret":
         from .client_credentials import ClientSecretSource
 

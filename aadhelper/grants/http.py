@@ -27,6 +27,7 @@ import re
 import socket
 import ssl
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -34,6 +35,7 @@ import httpx
 import trio
 
 from ..errors import AadhelperError, AuthenticationFailed, AuthorityUnavailable, ConfigError, LoginRequired
+from ..proxy import DIRECT, ProxySetting
 from ..tokens import Secret, Token, TokenResponse
 
 log = logging.getLogger("aadhelper.grants")
@@ -102,23 +104,32 @@ def make_ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
 
 
 class HttpClients:
-    """One :class:`httpx.AsyncClient` per CA bundle, shared by all profiles that use it; closed with :meth:`aclose`.
+    """One :class:`httpx.AsyncClient` per CA bundle and proxy setting, shared by all profiles that use them; closed
+    with :meth:`aclose`.
 
     A CA bundle file replaced or edited in place (how a user fixes a certificate that does not verify) gets a
     new client, with the new CAs, at the next :meth:`get`: clients are kept per file version, not per path.
+    The proxy is only ever the one given (:mod:`aadhelper.proxy`): httpx's own reading of ``HTTPS_PROXY``,
+    ``NO_PROXY``, ``SSL_CERT_FILE`` and ``.netrc`` is off (``trust_env=False``), so no variable of whatever
+    environment the process has can send a fetch elsewhere. ``SSL_CERT_FILE``/``SSL_CERT_DIR`` still count, through
+    :func:`make_ssl_context` (OpenSSL's default paths).
     """
 
     def __init__(self) -> None:
-        self._clients: dict[tuple[str | None, tuple[int, ...] | None], httpx.AsyncClient] = {}
+        self._clients: dict[tuple[str | None, tuple[int, ...] | None, str | None, tuple[str, ...]],
+                            httpx.AsyncClient] = {}
 
-    def get(self, ca_bundle: str | None) -> httpx.AsyncClient:
-        key = (ca_bundle, _file_version(ca_bundle))
+    def get(self, ca_bundle: str | None, proxy: ProxySetting = DIRECT) -> httpx.AsyncClient:
+        key = (ca_bundle, _file_version(ca_bundle), proxy.url, proxy.no_proxy)
         client = self._clients.get(key)
         if client is None:
             # The timeout bounds each step of an exchange; post_form bounds the whole exchange.
             client = httpx.AsyncClient(verify=make_ssl_context(ca_bundle), timeout=REQUEST_TIMEOUT,
-                                       follow_redirects=False,
-                                       headers={"User-Agent": f"aadhelper/{_version()}"})
+                                       follow_redirects=False, trust_env=False,
+                                       headers={"User-Agent": f"aadhelper/{_version()}"}, **_proxy_options(proxy))
+            if proxy.url is not None:
+                _PROXIES[client] = proxy
+                log.debug("fetches through the proxy %s (%s)", proxy.shown_url(), proxy.source)
             # Clients of older versions of the file stay until aclose: a source may still hold one, and there is
             # one per edit of the file, which is rare.
             self._clients[key] = client
@@ -128,6 +139,27 @@ class HttpClients:
         for client in self._clients.values():
             await client.aclose()
         self._clients.clear()
+
+
+# The proxy each client was built with, for messages (a failure may be the proxy's, not the authority's).
+_PROXIES: weakref.WeakKeyDictionary[httpx.AsyncClient, ProxySetting] = weakref.WeakKeyDictionary()
+
+
+def _proxy_options(proxy: ProxySetting) -> dict[str, Any]:
+    """httpx's ``proxy`` and, for the no_proxy hosts, ``mounts`` without a proxy (httpx's own patterns: "*host"
+    matches the host and its subdomains, as curl's NO_PROXY does)."""
+    if proxy.url is None or proxy.bypasses_all:
+        return {}
+    mounts: dict[str, httpx.AsyncBaseTransport | None] = {
+        f"all://{_mount_host(host)}": None for host in proxy.no_proxy}
+    return {"proxy": proxy.url, "mounts": mounts}
+
+
+def _mount_host(host: str) -> str:
+    bare = host.strip("[]")
+    if ":" in bare:
+        return f"[{bare}]"  # an IPv6 address
+    return host if bare.replace(".", "").isdigit() else f"*{host}"
 
 
 def _file_version(path: str | None) -> tuple[int, ...] | None:
@@ -166,7 +198,7 @@ async def post_form(client: httpx.AsyncClient, url: str, form: Mapping[str, str]
         raise AuthorityUnavailable(f"the authority at {_host(url)} did not answer within {deadline:g} s",
                                    profile=profile, hint=f"check the network; {_RETRY_HINT}") from None
     except httpx.HTTPError as exc:
-        raise _transport_error(exc, url, profile, replied=replied) from None
+        raise _transport_error(exc, url, profile, replied=replied, proxy=_PROXIES.get(client)) from None
     return response.status_code, response.headers, _json_object(content)
 
 
@@ -203,10 +235,17 @@ def _host(url: str) -> str:
     return httpx.URL(url).host or url
 
 
-def _transport_error(exc: httpx.HTTPError, url: str, profile: str, *, replied: bool) -> AadhelperError:
+def _transport_error(exc: httpx.HTTPError, url: str, profile: str, *, replied: bool,
+                     proxy: ProxySetting | None = None) -> AadhelperError:
     """The error for a failed exchange: ConfigError for a certificate that does not verify, else
-    AuthorityUnavailable saying where it broke (``replied``: the status line and headers had arrived)."""
+    AuthorityUnavailable saying where it broke (``replied``: the status line and headers had arrived) and through
+    which proxy, if any."""
     host = _host(url)
+    if proxy is not None and proxy.used_for(host):
+        # Every message below names the host; through a proxy, the failure may be the proxy's.
+        where = "config [daemon] proxy" if proxy.source == "config" else f"{proxy.variable} of the daemon's start " \
+                                                                         "environment"
+        host = f"{host} through the proxy {proxy.shown_url()} ({where})"
     for cause in _causes(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):
             reason = _printable(cause.verify_message or str(cause), 200)

@@ -49,7 +49,7 @@ def sign_in(profile: Profile, options: LoginOptions, *, console: Console | None 
     async def run() -> LoginResult:
         http = HttpClients()
         try:
-            client = http.get(profile.ca_bundle)
+            client = http.get(profile.ca_bundle, profile.proxy)
             if options.browser:
                 launcher = (opener or default_opener()) if options.open_browser else None
                 return await browser_login(client, request, out, opener=launcher, timeout=options.timeout)
