@@ -171,8 +171,8 @@ class TokenCache:
                 raise _too_long(entry, token, min_valid)
         if entry.flight is None:
             if entry.sticky and entry.last_error is not None:
-                # Without its old traceback: each raise of a kept exception would add this request's frames to it.
-                raise entry.last_error.with_traceback(None)
+                # A copy: each raise of the kept exception itself would add this request's frames to it.
+                raise entry.last_error.copy()
             if now < entry.blocked_until and entry.last_error is not None:
                 raise _with_retry_note(entry.last_error, entry.blocked_until - now)
         token = await self._fetch(entry)
@@ -330,7 +330,7 @@ class TokenCache:
                 f"no token within {protocol.ANSWER_DEADLINE:.0f} s: the fetch is still under way{cause}",
                 profile=entry.profile.name, hint="the authority or the keyring is slow; aadhelper keeps trying")
         if flight.error is not None:
-            raise flight.error.with_traceback(None)  # shared by every waiter: no traceback may grow on it
+            raise flight.error.copy()  # shared by every waiter: a copy per raise
         assert flight.token is not None
         return flight.token
 
@@ -344,8 +344,8 @@ class TokenCache:
                 except AadhelperError as exc:
                     self._record_failure(entry, exc)
                     wait = entry.blocked_until - self._clock()
-                    if not (isinstance(exc, AuthorityError) and exc.retryable and flight.waiters
-                            and attempts < FLIGHT_ATTEMPTS and wait <= FLIGHT_MAX_WAIT):
+                    if not (exc.recovery == "backoff" and flight.waiters and attempts < FLIGHT_ATTEMPTS
+                            and wait <= FLIGHT_MAX_WAIT):
                         flight.error = exc
                         return
                     log.info("profile %r: %s; retrying in %.1f s", entry.profile.name, exc.one_line(), wait)
@@ -430,12 +430,13 @@ class TokenCache:
         entry.last_error = exc
         entry.last_error_at = now
         entry.failures += 1
-        if isinstance(exc, AuthorityError) and exc.retryable:
-            delay = exc.retry_after if exc.retry_after is not None else self._backoff(entry.failures)
+        if exc.recovery == "backoff":
+            retry_after = getattr(exc, "retry_after", None)
+            delay = retry_after if retry_after is not None else self._backoff(entry.failures)
             entry.blocked_until = now + delay
             entry.next_refresh = entry.blocked_until if entry.token is not None else None
             log.warning("%s; next attempt in %.0f s", exc.one_line(), delay)
-        elif isinstance(exc, (AuthorityError, ConfigError)):
+        elif exc.recovery == "sticky":
             entry.sticky = True
             entry.next_refresh = None
             log.warning("%s; not retrying until the profile changes", exc.one_line())
@@ -516,10 +517,7 @@ def _too_long(entry: _Entry, token: Token, min_valid: float) -> ConfigError:
 
 def _with_retry_note(exc: AadhelperError, wait: float) -> AadhelperError:
     """The last error again, saying when the next attempt is allowed (the original stays untouched)."""
-    copy = type(exc)(f"{exc.message} (next attempt in {math.ceil(wait)} s)", hint=exc.hint, profile=exc.profile,
-                     error=exc.error, aadsts=exc.aadsts)
-    if isinstance(exc, AuthorityError) and isinstance(copy, AuthorityError):
+    copy = exc.copy(f"{exc.message} (next attempt in {math.ceil(wait)} s)")
+    if isinstance(copy, AuthorityError):
         copy.retry_after = wait
-        copy.claims = exc.claims
-        copy.reason = exc.reason
     return copy

@@ -19,9 +19,15 @@ raises the same class the daemon raised, and a distinct ``exit_code`` so scripts
     │   ├── LoginFailed                code "login_failed"          exit 6   an interactive login ended without tokens
     │   └── AuthorityUnavailable       code "authority_unavailable" exit 7   network, 5xx, 429, malformed reply
     ├── DaemonNotRunning               code "daemon_not_running"    exit 8   nothing answers on the socket
+    ├── DaemonAlreadyRunning           code "daemon_already_running" exit 11 another daemon owns the socket path
     ├── ProtocolError                  code "protocol"              exit 9   a malformed message on the socket
     ├── UnsafeSocket                   code "unsafe_socket"         exit 10  the socket's directory or peer is not ours
     └── Cancelled                      code "cancelled"             exit 130 the user pressed Ctrl-C
+
+What the daemon's token cache does after a failure is the class's ``recovery`` (one home for that policy):
+``"backoff"`` (AuthorityUnavailable: try again after an exponential backoff or Retry-After), ``"sticky"``
+(configuration and authority refusals: no automatic attempt until the profile changes), ``"local"`` (everything
+else, e.g. the keyring or the fetcher process: cheap, so the next request tries again at once).
 
 Messages never contain a secret: constructors take only names, codes and the authority's non-secret
 fields (``error``, AADSTS code, ``error_description`` trimmed of trace ids). This module is stdlib-only and
@@ -33,7 +39,7 @@ from __future__ import annotations
 TYPE_CHECKING = False  # not `from typing import ...`: the client path must not load typing (tests/test_import_rules.py)
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import Any, ClassVar
+    from typing import Any, ClassVar, Self
 
 # code -> class, filled by __init_subclass__, used to rebuild an exception from an error reply.
 _BY_CODE: dict[str, type[AadhelperError]] = {}
@@ -44,6 +50,8 @@ class AadhelperError(Exception):
 
     code: ClassVar[str] = "error"
     exit_code: ClassVar[int] = 1
+    #: What the token cache does after this failure (see the module docstring).
+    recovery: ClassVar[str] = "local"
 
     def __init__(
         self,
@@ -66,6 +74,16 @@ class AadhelperError(Exception):
         # Subclasses that only refine behaviour (not the wire identity) keep their parent's code.
         if "code" in cls.__dict__:
             _BY_CODE[cls.code] = cls
+
+    def copy(self, message: str | None = None) -> Self:
+        """A copy (with another message, if given) keeping every other field (the authority's reason, retry_after,
+        claims...), without a traceback: raising one kept error again and again would pile up every raise's frames
+        on it, and concurrent waiters would share them."""
+        message = self.message if message is None else message
+        clone = type(self).__new__(type(self), message)
+        clone.__dict__.update(self.__dict__)
+        clone.message = message
+        return clone
 
     def one_line(self) -> str:
         """The line a user sees: what failed, the profile, the authority's error and AADSTS code, the fix."""
@@ -133,6 +151,7 @@ class ConfigError(AadhelperError):
 
     code = "config"
     exit_code = 3
+    recovery = "sticky"
 
 
 class UnknownProfile(ConfigError):
@@ -167,7 +186,7 @@ class AuthorityError(AadhelperError):
 
     code = "authority"
     exit_code = 5
-    retryable: ClassVar[bool] = False
+    recovery = "sticky"
 
     def __init__(self, message: str, *, retry_after: float | None = None, claims: str | None = None,
                  reason: str | None = None, **kwargs: Any) -> None:
@@ -219,12 +238,19 @@ class AuthorityUnavailable(AuthorityError):
 
     code = "authority_unavailable"
     exit_code = 7
-    retryable = True
+    recovery = "backoff"
 
 
 class DaemonNotRunning(AadhelperError):
     code = "daemon_not_running"
     exit_code = 8
+
+
+class DaemonAlreadyRunning(AadhelperError):
+    """Another daemon holds the socket path (``aadhelper daemon`` while one runs)."""
+
+    code = "daemon_already_running"
+    exit_code = 11
 
 
 class ProtocolError(AadhelperError):
@@ -258,5 +284,6 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (8, "daemon not running"),
     (9, "protocol error between client and daemon"),
     (10, "the daemon's socket is not safe (its directory or the process on it belongs to another user)"),
+    (11, "another daemon already runs on this socket"),
     (130, "cancelled"),
 )

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from . import paths
-from .errors import AadhelperError, ConfigError
+from .errors import ConfigError, DaemonAlreadyRunning
 
 log = logging.getLogger("aadhelper.daemon")
 
@@ -35,12 +35,6 @@ LISTEN_BACKLOG = 65535
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 ACCEPT_RETRY_DELAY = 0.1
 ConnectionHandler = Callable[[trio.socket.SocketType], Awaitable[None]]
-
-
-class DaemonAlreadyRunning(AadhelperError):
-    """Another daemon owns the socket path."""
-
-    code = "daemon_already_running"
 
 
 def check_peer(peer_uid: int, own_uid: int) -> bool:

@@ -96,7 +96,7 @@ async def refused(source: TokenSource, cls: type[AadhelperError] = AuthorityUnav
 
 
 def assert_unavailable(exc: AadhelperError, *words: str) -> None:
-    assert isinstance(exc, AuthorityUnavailable) and exc.exit_code == 7 and exc.retryable
+    assert isinstance(exc, AuthorityUnavailable) and exc.exit_code == 7 and exc.recovery == "backoff"
     for word in words:
         assert word in exc.one_line(), exc.one_line()
 

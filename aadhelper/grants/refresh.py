@@ -90,12 +90,6 @@ def _digest(value: Secret | None) -> str | None:
     return hashlib.sha256(value.reveal().encode()).hexdigest() if value else None
 
 
-def _again(exc: LoginRequired) -> LoginRequired:
-    """A fresh copy of a remembered error (re-raising one instance would pile up tracebacks)."""
-    return LoginRequired(exc.message, hint=exc.hint, profile=exc.profile, error=exc.error, aadsts=exc.aadsts,
-                         claims=exc.claims)
-
-
 @dataclass(eq=False)
 class _Chain:
     """What the fetcher knows about one profile's refresh-token chain beyond the keyring."""
@@ -238,7 +232,7 @@ def _dead_error(chain: _Chain, current: Secret) -> LoginRequired | None:
     if chain.dead is None or chain.dead != _digest(current):
         return None
     assert chain.dead_error is not None
-    return _again(chain.dead_error)
+    return chain.dead_error.copy()
 
 
 class Turn:
