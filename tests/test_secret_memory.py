@@ -4,6 +4,9 @@ of the client secret, whatever the number of refreshes."""
 
 from __future__ import annotations
 
+import contextlib
+import re
+import resource
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from aadhelper import client
+from aadhelper import client, process_setup
 from aadhelper.secret_store import KeyringSecretStore
 from aadhelper.testing import memscan
 from aadhelper.testing.authority import SimulatedAuthority
@@ -21,7 +24,7 @@ TENANT = "contoso.onmicrosoft.com"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 APP = "11111111-0000-0000-0000-000000000001"
 
-pytestmark = pytest.mark.requires("secret-service", "root")
+pytestmark = pytest.mark.requires("secret-service", "root", "setpriv")
 
 
 @dataclass
@@ -124,3 +127,72 @@ def test_copies_of_tokens_and_client_secret_do_not_accumulate(setup: Setup) -> N
         # The census is of one fetcher: a restarted one would have started empty.
         assert daemon.fetcher_pid() == fetcher, "the fetcher was restarted during the test"
         print("\n" + "\n".join(figures))
+
+
+# -- memory locked against swap -------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def memlock_limit(limit: int) -> Iterator[None]:
+    """RLIMIT_MEMLOCK's soft limit set to ``limit`` for the processes started inside the block (they inherit it)."""
+    before = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    resource.setrlimit(resource.RLIMIT_MEMLOCK, (limit, before[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, before)
+
+
+def without_ipc_lock(daemon: DaemonProcess) -> DaemonProcess:
+    """``daemon`` started without CAP_IPC_LOCK (which root has, and which lifts RLIMIT_MEMLOCK), so that the limit
+    applies to it as to a user's daemon."""
+    daemon.command = ["setpriv", "--bounding-set", "-ipc_lock", *daemon.command]
+    return daemon
+
+
+def status_kib(pid: int) -> dict[str, int]:
+    """The Vm* figures of /proc/PID/status in KiB."""
+    figures = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Vm"):
+            name, value = line.split(":", 1)
+            figures[name] = int(value.split()[0])
+    return figures
+
+
+def test_daemon_and_fetcher_lock_their_memory_when_the_limit_allows(setup: Setup) -> None:
+    """If the daemon may lock its memory (root's CAP_IPC_LOCK lifts RLIMIT_MEMLOCK), then the daemon and its
+    fetcher lock their memory (VmLck > 0) and serve."""
+    with DaemonProcess(setup.env) as daemon:
+        fresh_tokens(daemon, 3)
+        fetcher = daemon.fetcher_pid()
+        assert fetcher is not None
+        figures = {"daemon": status_kib(daemon.pid), "fetcher": status_kib(fetcher)}
+        print(f"\n{figures}")
+        for who, vm in figures.items():
+            assert vm["VmLck"] > 0, f"the {who}'s memory is not locked: {vm}"
+            # What the unit grants must let a user's daemon lock too (same check as lock_memory's).
+            assert vm["VmSize"] * 1024 + process_setup.MEMLOCK_HEADROOM <= unit_memlock_limit(), (
+                f"systemd/aadhelper.service's LimitMEMLOCK= is too small for the {who}: {vm}")
+    assert "memory not locked" not in daemon.log()
+
+
+def unit_memlock_limit() -> int:
+    """The LimitMEMLOCK= of the checked-in service unit, in bytes."""
+    unit = (Path(__file__).resolve().parent.parent / "systemd" / "aadhelper.service").read_text()
+    match = re.search(r"^LimitMEMLOCK=(\d+)([KMG]?)$", unit, re.M)
+    assert match, "systemd/aadhelper.service sets no LimitMEMLOCK="
+    return int(match.group(1)) * 1024 ** " KMG".index(match.group(2) or " ")
+
+
+def test_a_small_memlock_limit_is_one_info_line_not_a_failure(setup: Setup) -> None:
+    """If RLIMIT_MEMLOCK is too small to lock the daemon's memory, then it starts, serves tokens, locks nothing,
+    and says so in one INFO line per process."""
+    with memlock_limit(64 * 1024), without_ipc_lock(DaemonProcess(setup.env)) as daemon:
+        fresh_tokens(daemon, 3)
+        fetcher = daemon.fetcher_pid()
+        assert fetcher is not None
+        assert status_kib(daemon.pid)["VmLck"] == 0
+        assert status_kib(fetcher)["VmLck"] == 0
+    lines = [line for line in daemon.log().splitlines() if "memory not locked against swap" in line]
+    assert len(lines) == 2, lines  # the daemon's and the fetcher's
+    assert all(" INFO " in line and "RLIMIT_MEMLOCK is 0 MiB" in line for line in lines), lines
