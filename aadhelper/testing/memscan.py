@@ -8,9 +8,10 @@ until the allocator hands the memory out again. Linux only.
 The daemon and fetcher are not dumpable (:func:`aadhelper.process_setup.harden_process`), so reading them needs
 ``CAP_SYS_PTRACE`` (root); :func:`readable` says whether this process may.
 
-Used by ``tests/test_secret_memory.py``; from a shell (as root)::
+Used by ``tests/test_secret_memory.py``; from a shell (as root), with the values one per line on stdin (never in
+argv, where ``ps`` would show them)::
 
-    python -m aadhelper.testing.memscan PID VALUE [VALUE ...]
+    python -m aadhelper.testing.memscan PID [PID ...] < values.txt
 """
 
 from __future__ import annotations
@@ -126,13 +127,15 @@ def readable(pid: int) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) < 2 or not args[0].isdigit():
-        print("usage: python -m aadhelper.testing.memscan PID VALUE [VALUE ...]", file=sys.stderr)
+    if not args or not all(arg.isdigit() for arg in args):
+        print("usage: python -m aadhelper.testing.memscan PID [PID ...] < values (one a line)", file=sys.stderr)
         return 2
-    counts = count(int(args[0]), (value.encode() for value in args[1:]))
-    for index, value in enumerate(args[1:]):
-        # Never print the value itself: it is a secret.
-        print(f"value {index + 1} ({len(value)} chars): {counts.get(value.encode(), 0)} copies")
+    values = [line.rstrip("\n").encode() for line in sys.stdin if line.rstrip("\n")]
+    for pid in map(int, args):
+        counts = count(pid, values)
+        for index, value in enumerate(values):
+            # Never print the value itself: it is a secret.
+            print(f"pid {pid} value {index + 1} ({len(value)} bytes): {counts.get(value, 0)} copies")
     return 0
 
 
