@@ -21,7 +21,7 @@ from aadhelper.errors import ProtocolError
 from aadhelper.fetcher import LineLink
 from aadhelper.grants.http import encode_form, post_form
 from aadhelper.testing.authority import SimulatedAuthority
-from aadhelper.tokens import wipe
+from aadhelper.tokens import Secret, wipe
 
 TENANT = "contoso.onmicrosoft.com"
 APP = "11111111-0000-0000-0000-000000000001"
@@ -160,3 +160,53 @@ def test_a_sent_line_is_wiped_once_written(monkeypatch: pytest.MonkeyPatch) -> N
     received = trio.run(main)
     assert token.encode() in received
     assert len(encoded) == 1 and set(encoded[0]) == {0}
+
+
+def _holds(value: object, secret: str, depth: int = 0) -> bool:
+    """True when ``value`` is the secret (as text, bytes or a Secret) or a container (dict, list, tuple, set) that
+    holds it."""
+    if isinstance(value, Secret):
+        return secret in value.reveal()
+    if isinstance(value, str):
+        return secret in value
+    if isinstance(value, (bytes, bytearray)):
+        return secret.encode() in value
+    if depth < 4 and isinstance(value, dict):
+        return any(_holds(v, secret, depth + 1) or _holds(k, secret, depth + 1) for k, v in value.items())
+    if depth < 4 and isinstance(value, (list, tuple, set, frozenset)):
+        return any(_holds(v, secret, depth + 1) for v in value)
+    return False
+
+
+def test_a_failed_request_keeps_no_secret_in_its_traceback(server_ssl_context: ssl.SSLContext,
+                                                          ca_pem_file: Any) -> None:
+    """If the authority refuses a client-secret request, then the error's traceback (kept by a cache's last error
+    or a log record) holds the secret in none of its frames' variables."""
+    from aadhelper.config import Profile
+    from aadhelper.errors import AuthenticationFailed
+    from aadhelper.fetcher import LocalFetcher
+    from aadhelper.secret_store import MemorySecretStore
+
+    secret = "wrong-secret-" + secrets.token_urlsafe(24)
+    with SimulatedAuthority(ssl_context=server_ssl_context) as simulated:
+        simulated.add_tenant(TENANT)
+        simulated.add_client(APP, tenant=TENANT, secret="the-right-one")
+        profile = Profile(name="p", tenant=TENANT, client_id=APP, scopes=("https://graph.microsoft.com/.default",),
+                          authority=simulated.url, credential="client_secret", ca_bundle=str(ca_pem_file))
+        store = MemorySecretStore()
+        store.set("p", "client_secret", Secret(secret))
+
+        async def main() -> BaseException:
+            async with LocalFetcher(store) as fetcher:
+                with pytest.raises(AuthenticationFailed) as caught:
+                    await fetcher.source(profile).acquire(profile.scopes)
+                return caught.value
+
+        error = trio.run(main)
+    frames, tb = [], error.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    assert frames
+    holding = [frame.f_code.co_name for frame in frames if _holds(dict(frame.f_locals), secret)]
+    assert not holding, f"frames holding the client secret: {holding}"
