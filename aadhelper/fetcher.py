@@ -33,7 +33,7 @@ from . import protocol
 from .config import Profile
 from .errors import AadhelperError, KeyringUnavailable, LoginRequired, ProtocolError, error_from_wire
 from .proxy import ProxySetting
-from .tokens import Secret, Token
+from .tokens import Secret, Token, wipe
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -286,36 +286,73 @@ def _seconds(wire: dict[str, Any], key: str) -> float:
 
 
 class LineLink:
-    """One end of the daemon-fetcher socket: whole JSON lines out (one writer at a time) and in."""
+    """One end of the daemon-fetcher socket: whole JSON lines out (one writer at a time) and in.
+
+    The lines carry access tokens (and the fetcher's replies nothing else secret), so neither end leaves a copy
+    behind: a line sent is wiped once written, and received bytes go straight into one buffer (no chunk objects),
+    whose consumed part is zeroed and which, when it must grow, is copied to a larger one and wiped.
+    """
 
     #: Largest line either side accepts: a token reply is a few KB.
     MAX_LINE = 1024 * 1024
+    #: The receive buffer's first size: a token reply fits, so it normally never grows.
+    _FIRST_BUFFER = 64 * 1024
 
     def __init__(self, sock: trio.socket.SocketType) -> None:
         self._sock = sock
-        self._buffer = bytearray()
+        self._buffer = bytearray(self._FIRST_BUFFER)
+        self._used = 0  # the received bytes not yet returned are self._buffer[:self._used]
         self._send_lock = trio.Lock()
 
     async def send(self, message: dict[str, Any]) -> None:
-        data = memoryview(protocol.encode(message))
-        async with self._send_lock:
-            while data:
-                data = data[await self._sock.send(data):]
+        line = protocol.encode(message)
+        try:
+            with memoryview(line) as view:
+                sent = 0
+                async with self._send_lock:
+                    while sent < len(line):
+                        sent += await self._sock.send(view[sent:])
+        finally:
+            wipe(line)
 
     async def receive(self) -> dict[str, Any] | None:
         """The next message; None at end of stream. A malformed line raises ProtocolError."""
         while True:
-            newline = self._buffer.find(b"\n")
+            newline = self._buffer.find(b"\n", 0, self._used)
             if newline >= 0:
-                line = bytes(self._buffer[:newline])
-                del self._buffer[:newline + 1]
-                return protocol.decode(line)
-            if len(self._buffer) > self.MAX_LINE:
+                line = self._take(newline)
+                try:
+                    return protocol.decode(line)
+                finally:
+                    wipe(line)
+            if self._used > self.MAX_LINE:
                 raise ProtocolError(f"a line longer than {self.MAX_LINE} bytes between daemon and fetcher")
-            chunk = await self._sock.recv(65536)
-            if not chunk:
+            if self._used == len(self._buffer):
+                self._grow()
+            with memoryview(self._buffer) as free:
+                received = await self._sock.recv_into(free[self._used:])
+            if not received:
                 return None
-            self._buffer += chunk
+            self._used += received
+
+    def _take(self, newline: int) -> bytes:
+        """The line that ends at ``newline`` (without it); the bytes after it move to the front, and the place
+        they and the line held is zeroed."""
+        with memoryview(self._buffer) as view:
+            line = bytes(view[:newline])
+            rest = bytes(view[newline + 1:self._used])
+        self._buffer[:len(rest)] = rest
+        self._buffer[len(rest):self._used] = bytes(self._used - len(rest))
+        self._used = len(rest)
+        wipe(rest)
+        return line
+
+    def _grow(self) -> None:
+        larger = bytearray(min(2 * len(self._buffer), self.MAX_LINE + self._FIRST_BUFFER))
+        with memoryview(self._buffer) as view:
+            larger[:self._used] = view[:self._used]
+        wipe(self._buffer)
+        self._buffer = larger
 
     def finish(self) -> None:
         """No more messages from this end (the other end reads end of stream); replies can still arrive."""

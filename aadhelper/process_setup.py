@@ -1,6 +1,22 @@
 """How aadhelper's long-running processes (the daemon and its token fetcher) set themselves up: a clean start
 (working directory and environment of their own), the log format on stderr, no ptrace or core dumps by other
-processes of the same user, a name of their own, and the fetcher's CPU priority.
+processes of the same user, memory locked against swap, a name of their own, and the fetcher's CPU priority.
+
+Memory locking (:func:`lock_memory`) is ``mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)``, and only when
+``RLIMIT_MEMLOCK`` covers the process's whole address space now plus :data:`MEMLOCK_HEADROOM` (or is unlimited):
+
+- ``MCL_CURRENT | MCL_FUTURE``: tokens and secrets live in memory allocated at any time (a refresh an hour after
+  start), so locking only what exists at start would miss most of them.
+- ``MCL_ONFAULT`` (Linux >= 4.4): pages are locked when first touched, not all at once. Without it ``MCL_CURRENT``
+  would make the whole address space resident (glibc reserves 64 MiB per thread arena, each thread has an 8 MiB
+  stack: a few hundred MiB for a process whose RSS is ~35 MiB). On an older kernel memory is not locked.
+- The kernel counts every locked *mapping* against the limit, touched or not, and with ``MCL_FUTURE`` a mapping
+  that would exceed it fails (``mmap``/``brk``/``pthread_create`` get ``EAGAIN``: a MemoryError or "can't start
+  new thread" in Python). That is why the limit must cover the address space with room to grow, why a limit that
+  does not is met with one INFO line and no locking rather than a process whose allocations start failing, and
+  why the systemd unit sets ``LimitMEMLOCK=`` well above the measured size (see ``systemd/aadhelper.service``).
+  A process with ``CAP_IPC_LOCK`` (root, normally) is not held to the limit by the kernel: it locks whatever the
+  limit, and no allocation of it can fail for that reason.
 """
 
 from __future__ import annotations
@@ -13,6 +29,15 @@ from collections.abc import Mapping, MutableMapping
 from types import MappingProxyType
 
 from .proxy import PROXY_VARIABLES
+
+#: Address space the process may still add after locking its memory (bytes): with MCL_FUTURE every new mapping
+#: counts against RLIMIT_MEMLOCK, and one past it fails. A thread's stack is 8 MiB, a new glibc malloc arena
+#: reserves 64 MiB; the daemon's and the fetcher's worker threads come and go (trio keeps idle ones ~10 s).
+MEMLOCK_HEADROOM = 128 * 1024 * 1024
+# mlockall(2) flags, from <linux/mman.h> (the same on every Linux architecture).
+_MCL_CURRENT, _MCL_FUTURE, _MCL_ONFAULT = 1, 2, 4
+#: The capability that lifts RLIMIT_MEMLOCK (<linux/capability.h>).
+_CAP_IPC_LOCK = 14
 
 log = logging.getLogger("aadhelper")
 
@@ -84,8 +109,71 @@ def set_process_name(name: str) -> None:
 
 
 def harden_process() -> None:
-    """Keep other processes of the same user from ptrace-ing us or reading a core dump (ssh-agent does this)."""
+    """Keep other processes of the same user from ptrace-ing us or reading a core dump (ssh-agent does this), and
+    keep our memory out of swap where the limits allow (:func:`lock_memory`)."""
     _prctl(4, 0, "PR_SET_DUMPABLE")  # PR_SET_DUMPABLE
+    lock_memory()
+
+
+def lock_memory() -> bool:
+    """Lock this process's memory, present and future, against swap (see the module's docstring for the flags and
+    the limit); True when locked. Never fails: where the limit is too small, or the kernel or libc cannot, one
+    INFO line says so and the process runs unlocked."""
+    if sys.platform != "linux":
+        return False
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+    needed = _address_space() + MEMLOCK_HEADROOM
+    if limit != resource.RLIM_INFINITY and limit < needed and not _has_capability(_CAP_IPC_LOCK):
+        log.info("memory not locked against swap: RLIMIT_MEMLOCK is %s, this process needs %s (its address "
+                 "space and room to grow); raise it (LimitMEMLOCK= in the systemd unit) to lock it",
+                 _mib(limit), _mib(needed))
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        failed = libc.mlockall(_MCL_CURRENT | _MCL_FUTURE | _MCL_ONFAULT) != 0
+        error = ctypes.get_errno()
+    except (OSError, AttributeError):
+        failed, error = True, 0
+    if failed:
+        # EINVAL: a kernel older than 4.4 (no MCL_ONFAULT); ENOMEM/EPERM: the limit or a seccomp filter.
+        log.info("memory not locked against swap: mlockall failed (%s)",
+                 os.strerror(error) if error else "not available")
+        return False
+    log.debug("memory locked against swap (RLIMIT_MEMLOCK %s)",
+              "unlimited" if limit == resource.RLIM_INFINITY else _mib(limit))
+    return True
+
+
+def _has_capability(bit: int) -> bool:
+    """True when the capability numbered ``bit`` is in this process's effective set."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> bit & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def _address_space() -> int:
+    """The process's mapped address space in bytes (VmSize), what mlockall counts against the limit."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.0f} MiB"
 
 
 def run_at_idle_priority() -> str:

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
+from .tokens import wipe
+
 if TYPE_CHECKING:
     from secretstorage import Collection, Item
 
@@ -76,7 +78,11 @@ class SecretServiceKeyring:
     def get_password(self, service: str, username: str) -> str | None:
         def read(collection: Collection) -> str | None:
             for item in _items(collection, service, username):
-                return item.get_secret().decode("utf-8")
+                raw = item.get_secret()
+                try:
+                    return raw.decode("utf-8")
+                finally:
+                    wipe(raw)  # ours once returned: a copy less per read (see tokens.wipe)
             return None
 
         return self._call(read)
@@ -84,8 +90,11 @@ class SecretServiceKeyring:
     def set_password(self, service: str, username: str, password: str) -> None:
         attributes = {"username": username, "service": service, "application": APPLICATION}
         label = f"Password for '{username}' on '{service}'"
-        self._call(lambda collection: collection.create_item(label, attributes, password.encode("utf-8"),
-                                                             replace=True))
+        raw = password.encode("utf-8")
+        try:
+            self._call(lambda collection: collection.create_item(label, attributes, raw, replace=True))
+        finally:
+            wipe(raw)
 
     def delete_password(self, service: str, username: str) -> None:
         """Delete every matching item; keyring's PasswordDeleteError when there is none, as keyring raises."""

@@ -4,11 +4,44 @@ Their reprs and str() mask the secret part, so a token that reaches a log line, 
 assertion message shows only its shape (``Token(Bearer, expires_on=..., access_token=<1234 chars>)``).
 Times are Unix epoch seconds as floats; the caller passes ``now`` so timed behaviour is testable with a
 fake clock.
+
+:func:`wipe` overwrites a buffer that held a secret (a request body, a reply, a line between daemon and fetcher)
+once its owner is done with it, so that freed memory does not keep one more copy per refresh (see the README's
+"Security model", "Secrets in memory", for what this does and does not guarantee).
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+
+#: Where a bytes object's data starts, from its address: the object's fixed part minus the one byte of data it
+#: counts (CPython's ``PyBytesObject.ob_sval``).
+_BYTES_DATA_OFFSET = bytes.__basicsize__ - 1
+
+
+def wipe(*buffers: bytearray | bytes | memoryview | None) -> None:
+    """Overwrite with zeros buffers that held a secret, once nothing will read them again.
+
+    A ``bytearray`` (or a writable memoryview) is cleared in place. A ``bytes`` object is immutable to Python, and
+    is cleared in place through its address (CPython only; elsewhere it is left as it is): call it only on bytes
+    this code made or was handed as its own (a request body it encoded, a chunk a library returned to it), after
+    the last use, so no other code can read the zeros. ``str`` is not accepted: strings may be shared and their
+    hash cached, so the interpreter's strings are never changed (those copies stay until their memory is reused).
+    """
+    for buffer in buffers:
+        if buffer is None or not len(buffer):
+            continue
+        if isinstance(buffer, bytearray):
+            buffer[:] = bytes(len(buffer))
+        elif isinstance(buffer, memoryview):
+            if not buffer.readonly:
+                buffer.cast("B")[:] = bytes(buffer.nbytes)
+        elif type(buffer) is bytes and len(buffer) > 1 and sys.implementation.name == "cpython":
+            # Bytes of length 0 and 1 are shared singletons: never touched (and never a secret).
+            import ctypes
+
+            ctypes.memset(id(buffer) + _BYTES_DATA_OFFSET, 0, len(buffer))
 
 
 class Secret:

@@ -72,6 +72,11 @@ ExecReload=kill -HUP $MAINPID
 Restart=on-failure
 Environment=PYTHONUNBUFFERED=1
 UMask=0077
+# Lets the daemon and its token fetcher lock their memory against swap (aadhelper/process_setup.py): the limit is
+# per process and must cover its whole address space (~110-125 MiB measured; resident ~30-40 MiB) and room to
+# grow. A user manager cannot go above its own hard limit (often 8M): systemd then uses that, and the daemon logs
+# that its memory is not locked.
+LimitMEMLOCK=512M
 
 # Hardening: only options enforced with seccomp or prctl, which a user manager applies without privileges.
 # Namespace options (PrivateTmp=, ProtectSystem=, ProtectHome=, PrivateDevices=, ...) are left out on purpose:

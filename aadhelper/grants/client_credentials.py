@@ -1,7 +1,8 @@
 """Client-credentials grant with a client secret (``grant_type=client_credentials``).
 
 The secret is read from the secret store on every acquisition rather than cached here, so that
-``aadhelper secret set`` takes effect at the next refresh without restarting the daemon.
+``aadhelper secret set`` takes effect at the next refresh without restarting the daemon, and so that no copy of it
+outlives the exchange (the README's "Secrets in memory").
 """
 
 from __future__ import annotations
@@ -44,8 +45,14 @@ class ClientSecretSource:
             "client_secret": secret.reveal(),
             "scope": " ".join(scopes),
         }
-        return await request_token(self._client, profile.token_endpoint, form, scopes=scopes, profile=profile.name,
-                                   now=self._clock())
+        try:
+            return await request_token(self._client, profile.token_endpoint, form, scopes=scopes,
+                                       profile=profile.name, now=self._clock())
+        finally:
+            # An error raised here keeps this frame alive in its traceback (a cache's last error, a log record):
+            # it must not keep the secret too.
+            form.clear()
+            del form, secret
 
     def __repr__(self) -> str:
         return f"ClientSecretSource(profile={self._profile.name!r})"

@@ -36,7 +36,7 @@ import trio
 
 from ..errors import AadhelperError, AuthenticationFailed, AuthorityUnavailable, ConfigError, LoginRequired
 from ..proxy import DIRECT, ProxySetting
-from ..tokens import Secret, Token, TokenResponse
+from ..tokens import Secret, Token, TokenResponse, wipe
 
 log = logging.getLogger("aadhelper.grants")
 
@@ -62,6 +62,7 @@ MAX_RETRY_AFTER = 3600.0
 # Asking for an uncompressed reply keeps the size limit honest: a compressed body could expand far beyond it
 # between two checks.
 _REQUEST_HEADERS = {"Accept": "application/json", "Accept-Encoding": "identity"}
+_FORM_HEADERS = {**_REQUEST_HEADERS, "Content-Type": "application/x-www-form-urlencoded"}
 _TLS_HINT = ("if the authority URL is right, set the profile's ca_bundle (or SSL_CERT_FILE) to the CA that signs "
              "its certificate")
 _RETRY_HINT = "aadhelper retries with backoff"
@@ -186,35 +187,97 @@ async def post_form(client: httpx.AsyncClient, url: str, form: Mapping[str, str]
     The whole exchange ends within :data:`REQUEST_TIMEOUT` and reads at most :data:`MAX_REPLY_BYTES`. Transport
     failures, a timeout and an oversized reply raise AuthorityUnavailable; a certificate that does not verify
     raises ConfigError.
+
+    The form carries a secret (a client secret, a refresh token) and the reply a token: the body is encoded here
+    (:func:`encode_form`) rather than by httpx, and both it and the reply's bytes are wiped once the exchange is
+    over (:func:`~aadhelper.tokens.wipe`), so a refresh leaves no copy of them in freed memory.
     """
     deadline = REQUEST_TIMEOUT
     replied = False
+    body = encode_form(form)
+    content: bytearray | None = None
     try:
         with trio.fail_after(deadline):
-            async with client.stream("POST", url, data=dict(form), headers=_REQUEST_HEADERS) as response:
+            async with client.stream("POST", url, content=body, headers=_FORM_HEADERS) as response:
                 replied = True
                 content = await _read_limited(response, profile)
+        return response.status_code, response.headers, _json_object(content)
     except (trio.TooSlowError, httpx.TimeoutException):
         raise AuthorityUnavailable(f"the authority at {_host(url)} did not answer within {deadline:g} s",
                                    profile=profile, hint=f"check the network; {_RETRY_HINT}") from None
     except httpx.HTTPError as exc:
         raise _transport_error(exc, url, profile, replied=replied, proxy=_PROXIES.get(client)) from None
-    return response.status_code, response.headers, _json_object(content)
+    finally:
+        # httpx sends this very object (h11 joins a single bytes into itself) and never sends it again.
+        wipe(body, content)
 
 
-async def _read_limited(response: httpx.Response, profile: str) -> bytes:
-    """The reply's body, read as a stream and refused as soon as it exceeds :data:`MAX_REPLY_BYTES`."""
+#: quote_plus's characters that stand for themselves in a form (RFC 3986 unreserved).
+_FORM_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+#: Each byte as it appears in a form: itself, "+" for a space, else "%XX".
+_FORM_BYTES = tuple(bytes([byte]) if byte in _FORM_SAFE else b"+" if byte == 0x20 else b"%%%02X" % byte
+                    for byte in range(256))
+
+
+def encode_form(form: Mapping[str, str]) -> bytes:
+    """``application/x-www-form-urlencoded`` as :func:`urllib.parse.urlencode` writes it, built without the
+    intermediate copies of each value that urlencode makes (the value encoded, quoted, joined with its key, the
+    whole body as text, then as bytes): the one result is a buffer the caller wipes after use."""
+    # Keys are not secret: quoted the simple way.
+    parts = [(b"".join(_FORM_BYTES[byte] for byte in key.encode()) + b"=", value) for key, value in form.items()]
+    size = sum(len(key) + sum(len(_FORM_BYTES[byte]) for byte in _utf8(value)) for key, value in parts)
+    size += max(len(parts) - 1, 0)
+    buffer = bytearray(size)  # its final size at once: growing it would leave copies behind in freed memory
+    at = 0
+    for key, value in parts:
+        if at:
+            buffer[at] = 0x26  # "&"
+            at += 1
+        buffer[at:at + len(key)] = key
+        at += len(key)
+        for byte in _utf8(value):
+            for out in _FORM_BYTES[byte]:
+                buffer[at] = out
+                at += 1
+    body = bytes(buffer)
+    wipe(buffer)
+    return body
+
+
+def _utf8(text: str) -> Iterator[int]:
+    """The UTF-8 bytes of ``text`` one at a time, without a copy of the whole (characters are shared singletons
+    in CPython up to U+00FF; a longer one becomes a few bytes at a time)."""
+    for char in text:
+        code = ord(char)
+        if code < 0x80:
+            yield code
+        else:
+            yield from char.encode("utf-8", "surrogatepass")
+
+
+async def _read_limited(response: httpx.Response, profile: str) -> bytearray:
+    """The reply's body, read as a stream and refused as soon as it exceeds :data:`MAX_REPLY_BYTES`; the caller
+    wipes it. It is put together once at its final size (a buffer grown chunk by chunk would leave its earlier
+    blocks in freed memory), and each chunk is wiped once copied."""
     declared = response.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and int(declared) > MAX_REPLY_BYTES:
         raise _too_big(profile)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > MAX_REPLY_BYTES:
-            raise _too_big(profile)  # leaving the stream closes the connection: the rest is never read
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        async for chunk in response.aiter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_REPLY_BYTES:
+                raise _too_big(profile)  # leaving the stream closes the connection: the rest is never read
+        body = bytearray(size)
+        at = 0
+        for chunk in chunks:
+            body[at:at + len(chunk)] = chunk
+            at += len(chunk)
+        return body
+    finally:
+        wipe(*chunks)
 
 
 def _too_big(profile: str) -> AuthorityUnavailable:
@@ -223,7 +286,9 @@ def _too_big(profile: str) -> AuthorityUnavailable:
                                 hint=f"a token reply is a few KiB: check the profile's authority; {_RETRY_HINT}")
 
 
-def _json_object(content: bytes) -> dict[str, Any] | None:
+def _json_object(content: bytes | bytearray | None) -> dict[str, Any] | None:
+    if content is None:
+        return None
     try:
         parsed = json.loads(content)
     except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes

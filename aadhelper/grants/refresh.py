@@ -285,8 +285,11 @@ class RefreshTokenSource:
             }
             # From here the authority may rotate the token at any moment: see the module docstring.
             with trio.CancelScope(shield=True):
-                status, headers, body = await post_form(self._client, profile.token_endpoint, form,
-                                                        profile=profile.name)
+                try:
+                    status, headers, body = await post_form(self._client, profile.token_endpoint, form,
+                                                            profile=profile.name)
+                finally:
+                    form.clear()  # a traceback that keeps this frame must not keep the refresh token
                 try:
                     raise_for_error(status, headers, body, profile=profile.name, action="sign-in refresh")
                 except LoginRequired as exc:
