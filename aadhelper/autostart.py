@@ -1,10 +1,11 @@
 """Starting the daemon on demand when a client finds none (like gpg-agent and oidc-agent do).
 
 Used by the thin client only after a failed connect, so its imports (subprocess, the config reader) cost
-nothing on the normal path. The daemon is started detached (its own session, stdin closed, output
-appended to ``<state dir>/daemon.log``), and the client waits until it answers. When several clients race,
-every one may spawn a daemon: the daemons' lock on the socket path lets one win, the others exit, and every
-client connects to the winner.
+nothing on the normal path. This module holds the policy (may a client start one?) and the spawn: the daemon is
+started detached (its own session, stdin closed, output appended to ``<state dir>/daemon.log``); waiting until
+it answers is :func:`aadhelper.client.wait_for_daemon`'s, so this module never imports the client. When several
+clients race, every one may spawn a daemon: the daemons' lock on the socket path lets one win, the others exit,
+and every client connects to the winner.
 
 Autostart is off when ``AADHELPER_NO_AUTOSTART=1``, when the config says ``[daemon] autostart = false``, or
 when the user enabled the systemd socket unit (then systemd owns the socket, and a missing daemon means the
@@ -14,14 +15,16 @@ unit is stopped: the client says how to start it instead of racing systemd).
 from __future__ import annotations
 
 import os
-import time
 
 from . import paths
 from .errors import ConfigError, DaemonNotRunning
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+
 #: Seconds to wait for a freshly started daemon to answer.
 START_TIMEOUT = 15.0
-POLL_INTERVAL = 0.02
 
 
 def enabled(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
@@ -47,11 +50,10 @@ def log_file() -> str:
     return os.path.join(paths.ensure_private_dir(paths.state_dir()), "daemon.log")
 
 
-def start_daemon(socket_path: str) -> None:
-    """Start a detached daemon for ``socket_path`` and wait until it answers a ping."""
+def spawn(socket_path: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a detached daemon for ``socket_path``; returns it and its log file. Waiting until it answers is the
+    client's (:func:`aadhelper.client.wait_for_daemon`)."""
     import subprocess
-
-    from . import client
 
     log_path = log_file()
     env = dict(os.environ, AADHELPER_SOCKET=socket_path)
@@ -60,21 +62,12 @@ def start_daemon(socket_path: str) -> None:
         child = subprocess.Popen(
             [*paths.console_script(), "daemon"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             start_new_session=True, close_fds=True, env=env)
-    deadline = time.monotonic() + START_TIMEOUT
-    exited_at: float | None = None
-    while time.monotonic() < deadline:
-        try:
-            client.ping(socket_path=socket_path, timeout=2.0)
-            return
-        except DaemonNotRunning:
-            pass
-        if exited_at is None and child.poll() is not None:
-            exited_at = time.monotonic()
-        # Our daemon lost the race (or failed): give a winner a moment, then report the failure.
-        if exited_at is not None and time.monotonic() - exited_at > 2.0:
-            break
-        time.sleep(POLL_INTERVAL)
-    raise DaemonNotRunning(
+    return child, log_path
+
+
+def failed(socket_path: str, log_path: str) -> DaemonNotRunning:
+    """The error for a daemon that was started but never answered, quoting its log."""
+    return DaemonNotRunning(
         f"started `aadhelper daemon` but it did not answer on {socket_path}: {_last_line(log_path)}",
         hint=f"see {log_path}")
 

@@ -37,16 +37,15 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from . import protocol, refresh_policy
 from .config import Profile
 from .errors import AadhelperError, AuthorityError, AuthorityUnavailable, ConfigError
-from .grants import TokenSource
 from .refresh_policy import Plan, RequestBudget
-from .tokens import Token
+from .tokens import Token, TokenResponse
 
 log = logging.getLogger("aadhelper.cache")
 
@@ -64,6 +63,14 @@ FLIGHT_MAX_WAIT = 5.0
 MAX_SCOPE_SETS = 32
 #: Window of the per-entry request count in ``status`` (seconds).
 REQUEST_HISTORY = 3600.0
+
+class TokenSource(Protocol):
+    """Obtains fresh access tokens for one profile (the grants in the fetcher, or the fetcher process's proxy)."""
+
+    async def acquire(self, scopes: tuple[str, ...]) -> TokenResponse:
+        """A new token for ``scopes`` from the authority (never from a cache)."""
+        ...
+
 
 SourceFactory = Callable[[Profile], TokenSource]
 Key = tuple[str, tuple[str, ...]]

@@ -16,6 +16,7 @@ from .errors import AadhelperError, DaemonNotRunning, ProtocolError, UnsafeSocke
 
 TYPE_CHECKING = False  # not `from typing import ...`: the client path must not load typing (tests/test_import_rules.py)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 DEFAULT_TIMEOUT = protocol.REPLY_TIMEOUT
@@ -43,7 +44,9 @@ def call(message: dict[str, Any], *, socket_path: str | None = None, timeout: fl
             from . import autostart as starter
 
             if starter.enabled():
-                starter.start_daemon(path)
+                child, log_path = starter.spawn(path)
+                if not wait_for_daemon(path, starter.START_TIMEOUT, exited=lambda: child.poll() is not None):
+                    raise starter.failed(path, log_path)
                 return call(message, socket_path=path, timeout=timeout)
         raise DaemonNotRunning(f"no aadhelper daemon answers on {path}", hint=START_HINT)
     try:
@@ -68,6 +71,33 @@ def call(message: dict[str, Any], *, socket_path: str | None = None, timeout: fl
     if not isinstance(error, dict):
         raise ProtocolError("malformed reply from the daemon: neither ok nor an error object")
     raise error_from_wire(error)
+
+
+#: Seconds between two pings while waiting for a daemon to answer, and how long a daemon that exited may take to be
+#: replaced by a winner of the race it lost (racing autostarts: the socket's lock lets one daemon win).
+WAIT_INTERVAL = 0.02
+EXITED_GRACE = 2.0
+
+
+def wait_for_daemon(path: str, timeout: float, *, exited: Callable[[], bool] = lambda: False) -> bool:
+    """Wait until a daemon answers a ping on ``path`` (True), ``timeout`` seconds pass, or the one we started has
+    ``exited()`` for EXITED_GRACE seconds without another answering (False). Autostart and the test kit use it."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    exited_at: float | None = None
+    while time.monotonic() < deadline:
+        try:
+            ping(socket_path=path, timeout=2.0)
+            return True
+        except DaemonNotRunning:
+            pass
+        if exited_at is None and exited():
+            exited_at = time.monotonic()
+        if exited_at is not None and time.monotonic() - exited_at > EXITED_GRACE:
+            return False
+        time.sleep(WAIT_INTERVAL)
+    return False
 
 
 #: Pauses before each new connect() while the daemon's listen backlog is full (EAGAIN: it runs, but thousands of

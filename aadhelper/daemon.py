@@ -29,6 +29,7 @@ from .config_watch import ConfigWatcher
 from .errors import AadhelperError, ConfigError, LoginRequired, NoProfileForUrl, ProtocolError
 from .listener import bind_unix_socket, bound_path, check_peer, peer_uid, serve_connections
 from .process_setup import harden_process
+from .token_request import TokenRequest
 
 if TYPE_CHECKING:
     from .fetcher import Fetcher
@@ -92,7 +93,7 @@ class Daemon:
         return protocol.ok_reply(pid=os.getpid(), version=__version__, protocol=protocol.VERSION)
 
     async def _op_token(self, message: dict[str, Any]) -> dict[str, Any]:
-        request = protocol.TokenRequest.from_message(message)
+        request = TokenRequest.from_message(message)
         profile, git_url = await self._resolve(request)
         token = await self.cache.get(profile, request.scopes, request.min_valid)
         reply = protocol.ok_reply(access_token=token.access_token.reveal(), token_type=token.token_type,
@@ -102,7 +103,7 @@ class Daemon:
         return reply
 
     async def _op_invalidate(self, message: dict[str, Any]) -> dict[str, Any]:
-        request = protocol.TokenRequest.from_message(message)
+        request = TokenRequest.from_message(message)
         profile, _ = await self._resolve(request)
         return protocol.ok_reply(dropped=self.cache.invalidate(profile.name, request.scopes))
 
@@ -181,7 +182,7 @@ class Daemon:
         config = await self.config.reload()
         return protocol.ok_reply(profiles=sorted(config.profiles))
 
-    async def _resolve(self, request: protocol.TokenRequest) -> tuple[Profile, GitUrl | None]:
+    async def _resolve(self, request: TokenRequest) -> tuple[Profile, GitUrl | None]:
         """The profile a request names, and the git URL mapping that chose it (None without ``url``)."""
         config = await self.config.current()
         with self.config.lookups():

@@ -26,6 +26,7 @@ import trio
 from . import client, paths
 from .daemon import DaemonInfo, serve
 from .fetcher import LocalFetcher
+from .secret_chunks import CLIENT_SECRET
 from .secret_store import MemorySecretStore
 from .testing.authority import SimulatedAuthority
 from .testing.resource import ProtectedResource
@@ -136,7 +137,7 @@ def run_demo() -> int:
             return result.returncode
         say("(with a real keyring you would now run `aadhelper secret set demo`; the demo keeps it in memory)")
         store = MemorySecretStore()
-        store.set("demo", "client_secret", demo_secret)
+        store.set("demo", CLIENT_SECRET, demo_secret)
 
         step("Start the daemon")
         with BackgroundDaemon(store, env) as daemon:

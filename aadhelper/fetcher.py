@@ -10,7 +10,7 @@ tests use.
 
 A fetcher is an async context manager (its background duties: connecting the keyring early, retrying the
 storage of a rotated refresh token, one last try at exit) that hands out one
-:class:`~aadhelper.grants.TokenSource` per profile, says whether a user profile needs ``aadhelper login``, and
+:class:`~aadhelper.cache.TokenSource` per profile, says whether a user profile needs ``aadhelper login``, and
 which profiles have a new sign-in the keyring has not taken yet. Every keyring call has a deadline
 (:data:`KEYRING_DEADLINE`, :class:`AsyncSecrets`). The messages between daemon and child are JSON lines
 (:mod:`aadhelper.protocol`'s encoding); the codecs for profiles, tokens and replies live here, next to
@@ -38,7 +38,7 @@ from .tokens import Secret, Token, wipe
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from .grants import TokenSource
+    from .cache import TokenSource
     from .secret_store import SecretStore
 
 log = logging.getLogger("aadhelper.fetcher")

@@ -31,8 +31,12 @@ _HEADER_PREFIX = "aadhelper-chunked:"
 _HEADER = re.compile(r"aadhelper-chunked:v1;slot=([01]);count=([1-9][0-9]{0,5});sha256=([0-9a-f]{64})")
 # How often a read starts over when the header changed under it (another process replacing the value).
 _READ_ATTEMPTS = 3
+#: The kinds of secret stored per profile (part of each entry's name): one home for their spelling.
+CLIENT_SECRET = "client_secret"
+REFRESH_TOKEN = "refresh_token"
+SECRET_KINDS = (CLIENT_SECRET, REFRESH_TOKEN)
 # Where to tell the user to store each kind again.
-_FIXES = {"client_secret": "aadhelper secret set {}", "refresh_token": "aadhelper login {}"}
+_FIXES = {CLIENT_SECRET: "aadhelper secret set {}", REFRESH_TOKEN: "aadhelper login {}"}
 
 
 @dataclass(frozen=True)

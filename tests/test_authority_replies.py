@@ -18,10 +18,11 @@ import pytest
 import trio
 import trustme
 
+from aadhelper.cache import TokenSource
 from aadhelper.config import Profile
 from aadhelper.errors import AadhelperError, AuthorityUnavailable, ConfigError
 from aadhelper.fetcher import AsyncSecrets
-from aadhelper.grants import HttpClients, TokenSource, http, make_source
+from aadhelper.grants import HttpClients, http, make_source
 from aadhelper.grants.refresh import SECRET_KIND as REFRESH_KIND
 from aadhelper.grants.refresh import SignIns
 from aadhelper.secret_store import MemorySecretStore

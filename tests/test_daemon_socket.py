@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 from aadhelper import client, listener, protocol
+from aadhelper.cache import TokenSource
 from aadhelper.config import Profile
 from aadhelper.daemon import Daemon, DaemonInfo, serve
 from aadhelper.errors import (
@@ -27,7 +28,6 @@ from aadhelper.errors import (
     UnknownProfile,
 )
 from aadhelper.fetcher import LocalFetcher
-from aadhelper.grants import TokenSource
 from aadhelper.listener import DaemonAlreadyRunning, bind_unix_socket, check_peer
 from aadhelper.tokens import Secret
 from tests.harness import DaemonProcess, wait_until

@@ -18,12 +18,12 @@ import pytest
 import trio
 import trio.testing
 
-from aadhelper.cache import TokenCache
+from aadhelper.cache import TokenCache, TokenSource
 from aadhelper.config import Profile
 from aadhelper.errors import AuthorityUnavailable, LoginRequired, SecretStoreError
 from aadhelper.fetcher import AsyncSecrets, LocalFetcher
 from aadhelper.fetcher_process import ProcessFetcher
-from aadhelper.grants import HttpClients, TokenSource, make_source
+from aadhelper.grants import HttpClients, make_source
 from aadhelper.grants.refresh import SECRET_KIND, STORE_RETRY_MAX, STORE_RETRY_START, SignIns
 from aadhelper.secret_store import KeyringSecretStore, MemorySecretStore
 from aadhelper.testing import DEVICE_CODE_GRANT, GRAPH, Fault, RecordedRequest, SimulatedAuthority

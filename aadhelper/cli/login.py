@@ -13,10 +13,11 @@ import argparse
 import json
 
 from ..errors import AadhelperError, KeyringLocked, KeyringUnavailable, SecretStoreError, UsageError
+from ..secret_chunks import REFRESH_TOKEN
 from .args import seconds
-from .profile import load_profile, notify_daemon, say
+from .common import load_profile, notify_daemon, say
 
-KIND = "refresh_token"
+KIND = REFRESH_TOKEN
 #: Seconds to wait for a running daemon's status (for its claims challenge) before going on without it.
 STATUS_TIMEOUT = 5.0
 

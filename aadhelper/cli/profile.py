@@ -10,16 +10,16 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from ..config import Config, Profile, load_config
-from ..errors import AadhelperError, ConfigError, SecretStoreError, UsageError
+from ..errors import SecretStoreError, UsageError
 from ..protocol import MAX_MIN_VALID
+from ..secret_chunks import SECRET_KINDS
 from ..urls import normalize_git_url
+from .common import help_handler, notify_daemon, say, warn
 
 #: Keyring entries a profile can own; `profile remove` deletes them all.
-SECRET_KINDS = ("client_secret", "refresh_token")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -89,53 +89,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             action.add_argument("--username", metavar="USER", help="username git gets with the token "
                                 "(default: the client id, or 'aadhelper' for user profiles)")
         action.set_defaults(func=func)
-
-
-# What a profile of each credential kind does instead, and how to give it its credential.
-_CREDENTIAL_USE = {
-    "client_secret": ("uses a client secret, not a user sign-in",
-                      "store the secret with `aadhelper secret set {name}`, or add the profile again with --user"),
-    "user": ("signs in as a user and uses no client secret", "sign in with `aadhelper login {name}`"),
-}
-
-
-def load_profile(name: str | None, credential: str) -> Profile:
-    """Profile ``name`` (None: the default) from the config file; it must use ``credential``, else a ConfigError
-    saying what it uses instead and how to set that up."""
-    config = load_config()
-    profile = config.profile(name)
-    if profile.credential != credential:
-        uses, fix = _CREDENTIAL_USE[profile.credential]
-        raise ConfigError(f"{config.path}: profile {profile.name!r}: key 'credential' is {profile.credential!r}, "
-                          f"which {uses}", profile=profile.name, hint=fix.format(name=profile.name))
-    return profile
-
-
-def notify_daemon(profile: str | None = None) -> None:
-    """Tell a running daemon to reload (all profiles, or one); no daemon is fine, a failure only a warning."""
-    from .. import client
-
-    try:
-        if client.reload(profile):
-            say("the running daemon reloaded its configuration")
-    except AadhelperError as exc:
-        warn(f"the running daemon did not reload: {exc.one_line()}; restart it to pick up the change")
-
-
-def say(line: str) -> None:
-    sys.stderr.write(f"aadhelper: {line}\n")
-
-
-def warn(line: str) -> None:
-    say(f"warning: {line}")
-
-
-def help_handler(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    def show_help(args: argparse.Namespace) -> int:
-        parser.print_help(sys.stderr)
-        return 2
-
-    return show_help
 
 
 def _add(args: argparse.Namespace) -> int:

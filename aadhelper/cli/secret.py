@@ -11,10 +11,11 @@ import sys
 from typing import TextIO
 
 from ..errors import Cancelled, UsageError
+from ..secret_chunks import CLIENT_SECRET
 from ..tokens import Secret
-from .profile import help_handler, load_profile, notify_daemon, say
+from .common import help_handler, load_profile, notify_daemon, say
 
-KIND = "client_secret"
+KIND = CLIENT_SECRET
 #: Entra secrets are ~40 characters; anything this long is a wrong file piped in.
 MAX_SECRET_CHARS = 16 * 1024
 

@@ -1,6 +1,7 @@
 """Token sources, one per credential kind, and the factory that picks one for a profile.
 
-A :class:`TokenSource` turns a profile's long-lived credential into access tokens for a set of scopes.
+A source (a :class:`aadhelper.cache.TokenSource`: the cache owns that protocol, so that importing the cache does not
+import httpx) turns a profile's long-lived credential into access tokens for a set of scopes.
 Sources get their ``httpx.AsyncClient`` and their secret store passed in (no globals), and report every
 failure as an :mod:`aadhelper.errors` class via :mod:`aadhelper.grants.http`. This package is the only
 user of httpx.
@@ -8,29 +9,17 @@ user of httpx.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from ..config import Profile
 from ..errors import ConfigError
-from ..tokens import Secret, TokenResponse
+from ..tokens import Secret
 from .http import HttpClients
 
 if TYPE_CHECKING:
-    from .refresh import SignIns
-
-#: Reads one secret of a profile from the store (in a worker thread): (profile, kind) -> value or None.
-SecretReader = Callable[[str, str], Awaitable[Secret | None]]
-#: Writes one secret of a profile (the refresh token after rotation).
-SecretWriter = Callable[[str, str, Secret], Awaitable[None]]
-
-
-class TokenSource(Protocol):
-    """Obtains fresh access tokens for one profile."""
-
-    async def acquire(self, scopes: tuple[str, ...]) -> TokenResponse:
-        """A new token for ``scopes`` from the authority (never from a cache)."""
-        ...
+    from .client_credentials import ClientSecretSource
+    from .refresh import RefreshTokenSource, SignIns
 
 
 class SecretAccess(Protocol):
@@ -42,7 +31,7 @@ class SecretAccess(Protocol):
 
 
 def make_source(profile: Profile, *, http: HttpClients, secrets: SecretAccess,
-                clock: Callable[[], float], sign_ins: SignIns | None = None) -> TokenSource:
+                clock: Callable[[], float], sign_ins: SignIns | None = None) -> ClientSecretSource | RefreshTokenSource:
     """The token source for a profile's credential kind.
 
     ``sign_ins`` is the fetcher's per-profile refresh state for user profiles; it must outlive the sources (one
@@ -61,4 +50,4 @@ def make_source(profile: Profile, *, http: HttpClients, secrets: SecretAccess,
                       profile=profile.name)
 
 
-__all__ = ["HttpClients", "SecretAccess", "SecretReader", "SecretWriter", "TokenSource", "make_source"]
+__all__ = ["HttpClients", "SecretAccess", "make_source"]

@@ -14,13 +14,14 @@ import httpx
 
 from ..config import Profile
 from ..errors import SecretMissing
+from ..secret_chunks import CLIENT_SECRET
 from ..tokens import TokenResponse
 from .http import request_token
 
 if TYPE_CHECKING:
     from . import SecretAccess
 
-SECRET_KIND = "client_secret"
+SECRET_KIND = CLIENT_SECRET
 
 
 class ClientSecretSource:

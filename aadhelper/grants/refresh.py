@@ -56,6 +56,7 @@ import trio
 
 from ..config import Profile
 from ..errors import LoginRequired, SecretStoreError
+from ..secret_chunks import REFRESH_TOKEN
 from ..tokens import Secret, TokenResponse
 from .http import parse_token_reply, post_form, raise_for_error
 
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aadhelper.grants")
 
-SECRET_KIND = "refresh_token"
+SECRET_KIND = REFRESH_TOKEN
 #: Asked for with every user sign-in and refresh besides the resource's scopes, as MSAL does: a refresh token
 #: (``offline_access``) and an id token naming the account (``openid profile``).
 OIDC_SCOPES = ("openid", "profile", "offline_access")
