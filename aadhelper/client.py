@@ -177,18 +177,18 @@ def check_peer(sock: _socket.socket, path: str) -> None:
 
 
 def _read_line(sock: _socket.socket, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        size += len(chunk)
-        if chunk.endswith(b"\n") or b"\n" in chunk:
-            return b"".join(chunks)
-        if size > limit:
-            raise ProtocolError(f"reply from the daemon exceeds {limit} bytes")
+    """The daemon's reply line (b"" when it closed without one)."""
+    buffer = protocol.LineBuffer(limit, size=16384)  # a token reply is ~2 KB, a status of many profiles more
+    try:
+        while (line := buffer.pop_line()) is None:
+            with buffer.space() as space:
+                received = sock.recv_into(space)
+            if not received:
+                return buffer.pop_rest()
+            buffer.commit(received)
+    except protocol.LineTooLong:
+        raise ProtocolError(f"reply from the daemon exceeds {limit} bytes") from None
+    return line
 
 
 def get_token(profile: str | None = None, *, scopes: list[str] | None = None, min_valid: int | None = None,

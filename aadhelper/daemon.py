@@ -2,10 +2,10 @@
 JSON-line requests from the token cache, and shuts down cleanly on SIGTERM/SIGINT.
 
 Shape (trio's ``serve_*`` convention): :func:`serve` runs until cancelled and reports readiness with
-``task_status.started(DaemonInfo)``. The socket itself (private binding, peer credentials, the accept loop)
-is :mod:`aadhelper.listener`. Per connection: peer uid check (only our own uid or root), then request lines,
-each at most :data:`protocol.MAX_REQUEST_BYTES` and each read within :data:`protocol.READ_TIMEOUT`. Every
-failure while answering becomes an error reply; nothing a client sends can crash the daemon. Log lines carry
+``task_status.started(DaemonInfo)``. The socket and its connections (private binding, peer credentials, the
+accept loop, framing and timeouts) are :mod:`aadhelper.listener`'s; :class:`Daemon` is the dispatcher: one
+request line in, one reply out. Every failure while answering becomes an error reply; nothing a client sends can
+crash the daemon. Log lines carry
 profile names, scopes, codes and counts, never a secret.
 """
 
@@ -17,7 +17,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -27,7 +27,7 @@ from .cache import TokenCache
 from .config import GitUrl, Profile
 from .config_watch import ConfigWatcher
 from .errors import AadhelperError, ConfigError, LoginRequired, NoProfileForUrl, ProtocolError
-from .listener import bind_unix_socket, bound_path, check_peer, peer_uid, serve_connections
+from .listener import Activity, bind_unix_socket, bound_path, serve_connections
 from .process_setup import harden_process
 from .token_request import TokenRequest
 
@@ -49,12 +49,6 @@ class DaemonInfo:
 # -- the server ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Activity:
-    connections: int = 0
-    last: float = field(default_factory=time.monotonic)
-
-
 class Daemon:
     """Answers requests: configuration + token cache + dispatch. Transport-independent, so tests can call it."""
 
@@ -67,8 +61,6 @@ class Daemon:
         self.socket_path = socket_path
         self.socket_activated = socket_activated
         self.started = time.time()
-        self.own_uid = os.getuid()
-        self.activity = _Activity()
         config.on_profile_changed = cache.forget_profile
 
     async def handle_line(self, line: bytes) -> dict[str, Any]:
@@ -194,67 +186,6 @@ class Daemon:
                                       hint="add one with `aadhelper profile git-url add NAME URL`")
             return match
 
-    # -- connections -------------------------------------------------------------------------------
-
-    async def handle_connection(self, conn: trio.socket.SocketType) -> None:
-        """One client: the peer check, then request lines answered in order until EOF; closes the socket."""
-        self.activity.connections += 1
-        try:
-            with conn:
-                uid = peer_uid(conn)
-                if uid is not None and not check_peer(uid, self.own_uid):
-                    log.warning("refused a connection from uid %d", uid)
-                    await _send(conn, protocol.error_reply(ProtocolError(
-                        "permission denied: this daemon serves only its own user").to_wire()))
-                    return
-                buffer = bytearray()
-                while True:
-                    line = await self._read_line(conn, buffer)
-                    if line is None:
-                        return
-                    await _send(conn, await self.handle_line(line))
-        except OSError:
-            pass  # the connection broke (the client went away); nothing to answer
-        finally:
-            self.activity.connections -= 1
-            self.activity.last = time.monotonic()
-
-    async def _read_line(self, conn: trio.socket.SocketType, buffer: bytearray) -> bytes | None:
-        """The next request line (a last one may end at EOF instead of a newline); None on EOF, on a half-written
-        request that times out, or when oversized."""
-        with trio.move_on_after(protocol.READ_TIMEOUT):
-            while True:
-                newline = buffer.find(b"\n")
-                if newline >= 0:
-                    line = bytes(buffer[:newline])
-                    del buffer[:newline + 1]
-                    if len(line) + 1 > protocol.MAX_REQUEST_BYTES:
-                        break
-                    return line
-                if len(buffer) >= protocol.MAX_REQUEST_BYTES:
-                    break
-                chunk = await conn.recv(65536)
-                if not chunk:
-                    # EOF: a request the client finished with shutdown(SHUT_WR) instead of a newline is answered.
-                    line = bytes(buffer)
-                    buffer.clear()
-                    return line if line.strip() else None
-                buffer += chunk
-            await _send(conn, protocol.error_reply(ProtocolError(
-                f"request larger than {protocol.MAX_REQUEST_BYTES} bytes").to_wire()))
-            return None
-        return None
-
-
-async def _send(conn: trio.socket.SocketType, message: dict[str, Any]) -> None:
-    """Send a reply; a client that does not take it within WRITE_TIMEOUT loses its connection (OSError)."""
-    data = memoryview(protocol.encode(message))
-    with trio.move_on_after(protocol.WRITE_TIMEOUT):
-        while data:
-            data = data[await conn.send(data):]
-        return
-    raise TimeoutError(f"the client did not read its reply within {protocol.WRITE_TIMEOUT:.0f} s")
-
 
 def _redact_url(url: str) -> str:
     """A remote URL for a message, without any user:password part."""
@@ -293,12 +224,14 @@ async def serve(fetcher: Fetcher, *, config_path: str | None = None, socket_path
                 systemd.status(_status_line(cache))
 
             cache.on_change = report_status
-            nursery.start_soon(serve_connections, trio.socket.from_stdlib_socket(listen_sock), daemon.handle_connection)
+            activity = Activity()
+            nursery.start_soon(serve_connections, trio.socket.from_stdlib_socket(listen_sock), daemon.handle_line,
+                               activity)
             if handle_signals:
                 await nursery.start(_watch_signals, nursery.cancel_scope, watcher)
             idle_exit = _idle_exit(watcher)
             if activated and idle_exit:
-                nursery.start_soon(_exit_when_idle, daemon, idle_exit, nursery.cancel_scope)
+                nursery.start_soon(_exit_when_idle, activity, idle_exit, nursery.cancel_scope)
             log.info("aadhelper %s listening on %s (pid %d%s)", __version__, path, os.getpid(),
                      ", socket-activated" if activated else "")
             systemd.ready(f"listening on {path}")
@@ -347,7 +280,7 @@ async def _watch_signals(scope: trio.CancelScope, watcher: ConfigWatcher,
             return
 
 
-async def _exit_when_idle(daemon: Daemon, idle_exit: int, scope: trio.CancelScope) -> None:
+async def _exit_when_idle(activity: Activity, idle_exit: int, scope: trio.CancelScope) -> None:
     """Socket-activated daemons may exit when idle: systemd starts them again on the next connection.
 
     The next request then fetches its token afresh (the long-lived secrets are in the keyring), so this is
@@ -355,8 +288,8 @@ async def _exit_when_idle(daemon: Daemon, idle_exit: int, scope: trio.CancelScop
     """
     while True:
         await trio.sleep(max(1.0, min(idle_exit / 2, 60.0)))
-        idle = time.monotonic() - daemon.activity.last
-        if daemon.activity.connections == 0 and idle >= idle_exit:
+        idle = time.monotonic() - activity.last
+        if activity.connections == 0 and idle >= idle_exit:
             log.info("idle for %d s: exiting (systemd starts the daemon again on demand)", int(idle))
             scope.cancel()
             return

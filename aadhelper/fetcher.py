@@ -289,8 +289,8 @@ class LineLink:
     """One end of the daemon-fetcher socket: whole JSON lines out (one writer at a time) and in.
 
     The lines carry access tokens (and the fetcher's replies nothing else secret), so neither end leaves a copy
-    behind: a line sent is wiped once written, and received bytes go straight into one buffer (no chunk objects),
-    whose consumed part is zeroed and which, when it must grow, is copied to a larger one and wiped.
+    behind: a line sent is wiped once written, and received bytes go straight into the channel's
+    :class:`~aadhelper.protocol.LineBuffer` (which zeroes what it hands out), each line wiped once decoded.
     """
 
     #: Largest line either side accepts: a token reply is a few KB.
@@ -300,8 +300,7 @@ class LineLink:
 
     def __init__(self, sock: trio.socket.SocketType) -> None:
         self._sock = sock
-        self._buffer = bytearray(self._FIRST_BUFFER)
-        self._used = 0  # the received bytes not yet returned are self._buffer[:self._used]
+        self._lines = protocol.LineBuffer(self.MAX_LINE, size=self._FIRST_BUFFER)
         self._send_lock = trio.Lock()
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -316,43 +315,20 @@ class LineLink:
             wipe(line)
 
     async def receive(self) -> dict[str, Any] | None:
-        """The next message; None at end of stream. A malformed line raises ProtocolError."""
-        while True:
-            newline = self._buffer.find(b"\n", 0, self._used)
-            if newline >= 0:
-                line = self._take(newline)
-                try:
-                    return protocol.decode(line)
-                finally:
-                    wipe(line)
-            if self._used > self.MAX_LINE:
-                raise ProtocolError(f"a line longer than {self.MAX_LINE} bytes between daemon and fetcher")
-            if self._used == len(self._buffer):
-                self._grow()
-            with memoryview(self._buffer) as free:
-                received = await self._sock.recv_into(free[self._used:])
-            if not received:
-                return None
-            self._used += received
-
-    def _take(self, newline: int) -> bytes:
-        """The line that ends at ``newline`` (without it); the bytes after it move to the front, and the place
-        they and the line held is zeroed."""
-        with memoryview(self._buffer) as view:
-            line = bytes(view[:newline])
-            rest = bytes(view[newline + 1:self._used])
-        self._buffer[:len(rest)] = rest
-        self._buffer[len(rest):self._used] = bytes(self._used - len(rest))
-        self._used = len(rest)
-        wipe(rest)
-        return line
-
-    def _grow(self) -> None:
-        larger = bytearray(min(2 * len(self._buffer), self.MAX_LINE + self._FIRST_BUFFER))
-        with memoryview(self._buffer) as view:
-            larger[:self._used] = view[:self._used]
-        wipe(self._buffer)
-        self._buffer = larger
+        """The next message; None at end of stream. A malformed or oversized line raises ProtocolError."""
+        try:
+            while (line := self._lines.pop_line()) is None:
+                with self._lines.space() as space:
+                    received = await self._sock.recv_into(space)
+                if not received:
+                    return None
+                self._lines.commit(received)
+        except protocol.LineTooLong:
+            raise ProtocolError(f"a line longer than {self.MAX_LINE} bytes between daemon and fetcher") from None
+        try:
+            return protocol.decode(line)
+        finally:
+            wipe(line)
 
     def finish(self) -> None:
         """No more messages from this end (the other end reads end of stream); replies can still arrive."""

@@ -3,7 +3,9 @@
 The socket lives in a 0700 directory and is created 0600 under a restrictive umask; a lock file next to it
 makes "is another daemon there? then replace the stale file and bind" atomic between daemons starting at
 once. Each peer's uid comes from SO_PEERCRED (ssh-agent's rule: only our own user, and root). The accept
-loop runs each connection in its own task with a cap on how many run at once.
+loop runs each connection in its own task with a cap on how many run at once, and does the connection's framing
+(request lines in, each at most :data:`protocol.MAX_REQUEST_BYTES` and read within :data:`protocol.READ_TIMEOUT`,
+replies out within :data:`protocol.WRITE_TIMEOUT`), so that the daemon proper only answers lines.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import os
 import socket
 import stat
 import struct
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
-from . import paths
-from .errors import ConfigError, DaemonAlreadyRunning
+from . import paths, protocol
+from .errors import ConfigError, DaemonAlreadyRunning, ProtocolError
 
 log = logging.getLogger("aadhelper.daemon")
 
@@ -34,7 +39,16 @@ LISTEN_BACKLOG = 65535
 #: pause before trying again.
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 ACCEPT_RETRY_DELAY = 0.1
-ConnectionHandler = Callable[[trio.socket.SocketType], Awaitable[None]]
+#: Answers one request line with one reply message; never raises (the daemon's dispatcher).
+LineHandler = Callable[[bytes], Awaitable[dict[str, Any]]]
+
+
+@dataclass
+class Activity:
+    """Connections open now, and when the last one closed (a socket-activated daemon exits when idle)."""
+
+    connections: int = 0
+    last: float = field(default_factory=time.monotonic)
 
 
 def check_peer(peer_uid: int, own_uid: int) -> bool:
@@ -109,8 +123,9 @@ def _remove_stale(path: str) -> None:
     os.unlink(path)
 
 
-async def serve_connections(listen_sock: trio.socket.SocketType, handler: ConnectionHandler) -> None:
-    """Accept connections and answer each in its own task, at most :data:`MAX_CONNECTIONS` at once.
+async def serve_connections(listen_sock: trio.socket.SocketType, answer: LineHandler,
+                            activity: Activity | None = None) -> None:
+    """Accept connections and serve each in its own task, at most :data:`MAX_CONNECTIONS` at once.
 
     Plain trio sockets rather than ``trio.serve_listeners`` and ``SocketStream``: for a one-line exchange
     those layers cost about as much per connection as all of the daemon's own work (``scripts/bench``,
@@ -118,10 +133,12 @@ async def serve_connections(listen_sock: trio.socket.SocketType, handler: Connec
     of ending the daemon.
     """
     slots = trio.Semaphore(MAX_CONNECTIONS)
+    activity = activity or Activity()
+    own_uid = os.getuid()
 
-    async def answer(conn: trio.socket.SocketType) -> None:
+    async def serve_one(conn: trio.socket.SocketType) -> None:
         try:
-            await handler(conn)
+            await _serve_connection(conn, answer, activity, own_uid)
         finally:
             slots.release()
 
@@ -141,7 +158,60 @@ async def serve_connections(listen_sock: trio.socket.SocketType, handler: Connec
                           ACCEPT_RETRY_DELAY)
                 await trio.sleep(ACCEPT_RETRY_DELAY)
                 continue
-            connections.start_soon(answer, conn)
+            connections.start_soon(serve_one, conn)
+
+
+async def _serve_connection(conn: trio.socket.SocketType, answer: LineHandler, activity: Activity,
+                            own_uid: int) -> None:
+    """One client: the peer check, then request lines answered in order until EOF; closes the socket."""
+    activity.connections += 1
+    try:
+        with conn:
+            uid = peer_uid(conn)
+            if uid is not None and not check_peer(uid, own_uid):
+                log.warning("refused a connection from uid %d", uid)
+                await _send(conn, protocol.error_reply(ProtocolError(
+                    "permission denied: this daemon serves only its own user").to_wire()))
+                return
+            # Small at first: 5,000 waiting clients must not cost 64 KB each; a request is ~100 bytes.
+            buffer = protocol.LineBuffer(protocol.MAX_REQUEST_BYTES, size=1024)
+            while (line := await _read_line(conn, buffer)) is not None:
+                await _send(conn, await answer(line))
+    except OSError:
+        pass  # the connection broke (the client went away, or did not read its reply in time)
+    finally:
+        activity.connections -= 1
+        activity.last = time.monotonic()
+
+
+async def _read_line(conn: trio.socket.SocketType, buffer: protocol.LineBuffer) -> bytes | None:
+    """The next request line (a last one may end at EOF instead of a newline); None on EOF, on a half-written
+    request that times out, or when oversized (after answering that)."""
+    with trio.move_on_after(protocol.READ_TIMEOUT):
+        try:
+            while (line := buffer.pop_line()) is None:
+                with buffer.space() as space:
+                    received = await conn.recv_into(space)
+                if not received:
+                    # EOF: a request the client finished with shutdown(SHUT_WR) instead of a newline is answered.
+                    rest = buffer.pop_rest()
+                    return rest if rest.strip() else None
+                buffer.commit(received)
+            return line
+        except protocol.LineTooLong:
+            await _send(conn, protocol.error_reply(ProtocolError(
+                f"request larger than {protocol.MAX_REQUEST_BYTES} bytes").to_wire()))
+    return None
+
+
+async def _send(conn: trio.socket.SocketType, message: dict[str, Any]) -> None:
+    """Send a reply; a client that does not take it within WRITE_TIMEOUT loses its connection (OSError)."""
+    data = memoryview(protocol.encode(message))
+    with trio.move_on_after(protocol.WRITE_TIMEOUT):
+        while data:
+            data = data[await conn.send(data):]
+        return
+    raise TimeoutError(f"the client did not read its reply within {protocol.WRITE_TIMEOUT:.0f} s")
 
 
 def bound_path(sock: socket.socket) -> str | None:

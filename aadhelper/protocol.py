@@ -185,3 +185,75 @@ def ok_reply(**fields: Any) -> dict[str, Any]:
 
 def error_reply(error: dict[str, Any]) -> dict[str, Any]:
     return {"v": VERSION, "ok": False, "error": error}
+
+
+# -- framing: one sans-IO line buffer for every channel (client, daemon, daemon <-> fetcher) -------------------
+
+
+class LineTooLong(ProtocolError):
+    """A line longer than the channel allows (the wire code stays ``protocol``)."""
+
+
+class LineBuffer:
+    """Bytes in, whole lines out, at most ``limit`` bytes a line (its newline included); no I/O of its own.
+
+    Received bytes go straight into one buffer (``recv_into(buffer.space())`` then ``buffer.commit(n)``, or
+    ``feed``): no chunk objects, and the space a consumed line took is zeroed, so a channel carrying tokens leaves
+    no copy behind in this buffer (the line handed out is the caller's to wipe). Over the limit, :meth:`pop_line`
+    raises :class:`LineTooLong`; at end of stream :meth:`pop_rest` hands out an unterminated last line.
+    """
+
+    __slots__ = ("_buffer", "_used", "limit")
+
+    def __init__(self, limit: int, size: int = 4096) -> None:
+        self.limit = limit
+        self._buffer = bytearray(min(size, limit + 1))
+        self._used = 0  # the bytes not handed out yet are self._buffer[:self._used]
+
+    def space(self) -> memoryview:
+        """Where to receive the next bytes (never empty): the buffer grows, up to one byte past the limit."""
+        if self._used == len(self._buffer):
+            if self._used > self.limit:
+                raise LineTooLong(f"a line longer than {self.limit} bytes")
+            larger = bytearray(min(2 * len(self._buffer), self.limit + 1))
+            larger[:self._used] = self._buffer
+            self._buffer[:] = bytes(len(self._buffer))  # the old buffer's copy of those bytes
+            self._buffer = larger
+        return memoryview(self._buffer)[self._used:]
+
+    def commit(self, count: int) -> None:
+        """``count`` bytes were received into :meth:`space`."""
+        self._used += count
+
+    def feed(self, data: bytes) -> None:
+        """Received bytes from a channel that hands out objects (for tests and simple callers)."""
+        view = memoryview(data)
+        while view:
+            with self.space() as free:
+                count = min(len(free), len(view))
+                free[:count] = view[:count]
+            self.commit(count)
+            view = view[count:]
+
+    def pop_line(self) -> bytes | None:
+        """The next whole line without its newline; None until one has arrived."""
+        newline = self._buffer.find(b"\n", 0, min(self._used, self.limit))
+        if newline < 0:
+            if self._used >= self.limit:
+                raise LineTooLong(f"a line longer than {self.limit} bytes")
+            return None
+        return self._take(newline, newline + 1)
+
+    def pop_rest(self) -> bytes:
+        """At end of stream: what arrived after the last newline (b"" if nothing)."""
+        return self._take(self._used, self._used)
+
+    def _take(self, end: int, consumed: int) -> bytes:
+        with memoryview(self._buffer) as view:
+            line = bytes(view[:end])  # one copy, no temporary
+        rest = self._buffer[consumed:self._used]  # a bytearray: zeroed below, unlike a bytes copy
+        self._buffer[:len(rest)] = rest
+        self._buffer[len(rest):self._used] = bytes(self._used - len(rest))
+        self._used = len(rest)
+        rest[:] = bytes(len(rest))
+        return line

@@ -380,7 +380,7 @@ async def test_an_unexpected_accept_error_is_not_retried_forever() -> None:
         async def accept(self) -> tuple[trio.socket.SocketType, object]:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
 
-    async def never_called(conn: trio.socket.SocketType) -> None:
+    async def never_called(line: bytes) -> dict[str, object]:
         raise AssertionError("no connection was accepted")
 
     with trio.fail_after(10), pytest.raises(ExceptionGroup) as caught:

@@ -11,6 +11,7 @@ import json
 import math
 from typing import Any
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -145,3 +146,48 @@ def test_a_changed_accelerator_falls_back_to_json(value: Any) -> None:
 def test_the_accelerator_is_in_use_here() -> None:
     """If this is CPython, then the codecs are built from _json (the speed the client path is measured with)."""
     assert protocol._scan_once is not None and protocol._make_encoder is not None
+
+
+# -- the line framer --------------------------------------------------------------------------------------
+
+
+@given(st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=8),
+       st.lists(st.integers(1, 17), min_size=1, max_size=50), st.booleans())
+def test_line_buffer_returns_the_lines_whatever_the_chunks(lines: list[bytes], cuts: list[int], ending: bool) -> None:
+    """If lines arrive cut into chunks of any size, then the buffer hands out exactly those lines in order, and at
+    the end the unterminated rest."""
+    data = b"\n".join(lines) + (b"\n" if ending else b"")
+    buffer = protocol.LineBuffer(limit=64, size=4)
+    got: list[bytes] = []
+    at = 0
+    for cut in cuts * (len(data) // len(cuts) + 1):
+        if at >= len(data):
+            break
+        buffer.feed(data[at:at + cut])
+        at += cut
+        while (line := buffer.pop_line()) is not None:
+            got.append(line)
+    *whole, last = data.split(b"\n")
+    assert got == whole and buffer.pop_rest() == last
+
+
+def test_line_buffer_enforces_its_limit_newline_included() -> None:
+    """If a line with its newline is longer than the limit (or no newline comes within it), then pop_line raises
+    LineTooLong; a line that fits exactly passes."""
+    exact = protocol.LineBuffer(limit=5)
+    exact.feed(b"abcd\n")
+    assert exact.pop_line() == b"abcd"
+    for data in (b"abcde\n", b"abcdefgh"):
+        long = protocol.LineBuffer(limit=5, size=2)
+        with pytest.raises(protocol.LineTooLong):
+            long.feed(data)
+            long.pop_line()
+
+
+def test_line_buffer_zeroes_what_it_handed_out() -> None:
+    """If a line carrying a token is popped, then no copy of it stays in the buffer's memory."""
+    buffer = protocol.LineBuffer(limit=1024, size=8)
+    buffer.feed(b"secret-token-value\nnext")
+    assert buffer.pop_line() == b"secret-token-value"
+    assert b"secret" not in bytes(buffer._buffer)
+    assert buffer.pop_rest() == b"next" and not any(buffer._buffer)

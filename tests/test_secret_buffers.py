@@ -104,7 +104,7 @@ def test_received_lines_are_returned_whole_and_their_bytes_zeroed() -> None:
             nursery.start_soon(feed)
             while (message := await link.receive()) is not None:
                 received.append(message)
-        assert token.encode() not in link._buffer and b"xxxxxxxx" not in link._buffer
+        assert token.encode() not in link._lines._buffer and b"xxxxxxxx" not in link._lines._buffer
         link.close()
         return received
 
@@ -130,7 +130,7 @@ def test_a_line_longer_than_the_limit_is_a_protocol_error() -> None:
             nursery.start_soon(flood)
             with pytest.raises(ProtocolError, match="longer than"):
                 await link.receive()
-            assert len(link._buffer) <= LineLink.MAX_LINE + LineLink._FIRST_BUFFER
+            assert len(link._lines._buffer) <= LineLink.MAX_LINE + 1
             link.close()
             peer.close()
 
