@@ -37,7 +37,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import trio
 
@@ -63,6 +63,39 @@ FLIGHT_MAX_WAIT = 5.0
 MAX_SCOPE_SETS = 32
 #: Window of the per-entry request count in ``status`` (seconds).
 REQUEST_HISTORY = 3600.0
+
+class TokenStatus(TypedDict):
+    """One cached scope set in ``aadhelper status`` (``status --json``: ``profiles[].tokens[]``); no secret in it."""
+
+    profile: str
+    credential: str
+    scopes: list[str]
+    #: valid | expiring | expired | none | error | login_required
+    state: str
+    expires_on: int | None
+    next_refresh: int | None
+    refreshing: bool
+    refreshes: int
+    failures: int
+    last_error: dict[str, Any] | None
+    last_error_at: int | None
+    #: The minimum validity the schedule keeps (the profile's, a recent larger ask, or the short-token reserve).
+    min_valid: int
+    short_tokens: bool
+    token_lifetime: int | None
+    requests_last_hour: int
+    last_request_at: int | None
+    throttled_since: int | None
+
+
+def login_required_status(profile: Profile, error: AadhelperError) -> TokenStatus:
+    """The record of a user profile that needs ``aadhelper login`` before anyone asked it for a token."""
+    return TokenStatus(profile=profile.name, credential=profile.credential, scopes=list(profile.scopes),
+                       state="login_required", expires_on=None, next_refresh=None, refreshing=False, refreshes=0,
+                       failures=0, last_error=error.to_wire(), last_error_at=None, min_valid=profile.min_valid,
+                       short_tokens=False, token_lifetime=None, requests_last_hour=0, last_request_at=None,
+                       throttled_since=None)
+
 
 class TokenSource(Protocol):
     """Obtains fresh access tokens for one profile (the grants in the fetcher, or the fetcher process's proxy)."""
@@ -231,10 +264,10 @@ class TokenCache:
 
     # -- status ------------------------------------------------------------------------------------
 
-    def status(self) -> list[dict[str, Any]]:
+    def status(self) -> list[TokenStatus]:
         """One record per cached scope set, for ``aadhelper status`` (no secret in it)."""
         now = self._clock()
-        records = []
+        records: list[TokenStatus] = []
         for entry in self._entries.values():
             token = entry.token
             min_valid = entry.plan.min_valid if entry.plan is not None else entry.profile.min_valid
@@ -251,26 +284,25 @@ class TokenCache:
                     else "login_required"
             self._forget_old_requests(entry, now)
             throttled = self._throttled.get(entry.profile.name)
-            record: dict[str, Any] = {
-                "profile": entry.profile.name,
-                "credential": entry.profile.credential,
-                "scopes": list(entry.scopes),
-                "state": state,
-                "expires_on": int(token.expires_on) if token else None,
-                "next_refresh": int(entry.next_refresh) if entry.next_refresh and not entry.sticky else None,
-                "refreshing": entry.flight is not None,
-                "refreshes": entry.refreshes,
-                "failures": entry.failures,
-                "last_error": entry.last_error.to_wire() if entry.last_error else None,
-                "last_error_at": int(entry.last_error_at) if entry.last_error_at else None,
-                "min_valid": int(min_valid),
-                "short_tokens": bool(entry.plan and entry.plan.short),
-                "token_lifetime": int(token.lifetime) if token else None,
-                "requests_last_hour": len(entry.requests),
-                "last_request_at": int(entry.requests[-1]) if entry.requests else None,
-                "throttled_since": int(throttled) if throttled is not None else None,
-            }
-            records.append(record)
+            records.append(TokenStatus(
+                profile=entry.profile.name,
+                credential=entry.profile.credential,
+                scopes=list(entry.scopes),
+                state=state,
+                expires_on=int(token.expires_on) if token else None,
+                next_refresh=int(entry.next_refresh) if entry.next_refresh and not entry.sticky else None,
+                refreshing=entry.flight is not None,
+                refreshes=entry.refreshes,
+                failures=entry.failures,
+                last_error=entry.last_error.to_wire() if entry.last_error else None,
+                last_error_at=int(entry.last_error_at) if entry.last_error_at else None,
+                min_valid=int(min_valid),
+                short_tokens=bool(entry.plan and entry.plan.short),
+                token_lifetime=int(token.lifetime) if token else None,
+                requests_last_hour=len(entry.requests),
+                last_request_at=int(entry.requests[-1]) if entry.requests else None,
+                throttled_since=int(throttled) if throttled is not None else None,
+            ))
         return records
 
     def next_refresh(self) -> float | None:

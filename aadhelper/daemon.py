@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from . import __version__, paths, protocol, systemd
-from .cache import TokenCache
+from .cache import TokenCache, login_required_status
 from .config import GitUrl, Profile
 from .config_watch import ConfigWatcher
 from .errors import AadhelperError, ConfigError, LoginRequired, NoProfileForUrl, ProtocolError
@@ -122,12 +122,7 @@ class Daemon:
             login = logins.get(name)
             if login is not None and not any(r["state"] == "login_required" for r in tokens):
                 # No refresh token, or a dead one: say so for the profile's scopes even before anyone asked.
-                tokens.append({"profile": name, "credential": profile.credential, "scopes": list(profile.scopes),
-                               "state": "login_required", "expires_on": None, "next_refresh": None,
-                               "refreshing": False, "refreshes": 0, "failures": 0, "last_error": login.to_wire(),
-                               "last_error_at": None, "min_valid": profile.min_valid, "short_tokens": False,
-                               "token_lifetime": None, "requests_last_hour": 0, "last_request_at": None,
-                               "throttled_since": None})
+                tokens.append(login_required_status(profile, login))
             record = {"name": name, "credential": profile.credential, "default": name == default, "tokens": tokens}
             if name in unsaved:
                 record["unsaved_sign_in"] = True

@@ -13,7 +13,7 @@ once its owner is done with it, so that freed memory does not keep one more copy
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 #: Where a bytes object's data starts, from its address: the object's fixed part minus the one byte of data it
 #: counts (CPython's ``PyBytesObject.ob_sval``).
@@ -122,9 +122,6 @@ class TokenResponse:
 
     token: Token
     refresh_token: Secret | None = None
-    #: Scopes the authority granted (space-separated in the reply), for the record; not secret.
-    granted_scope: str | None = None
-    id_token_claims: dict[str, object] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         rt = f"<{len(self.refresh_token)} chars>" if self.refresh_token else None

@@ -40,8 +40,7 @@ def token() -> Token:
 
 
 def response() -> TokenResponse:
-    return TokenResponse(token=token(), refresh_token=Secret(REFRESH), granted_scope="User.Read",
-                         id_token_claims={"preferred_username": "me@contoso.com"})
+    return TokenResponse(token=token(), refresh_token=Secret(REFRESH))
 
 
 VALUES: dict[str, Callable[[], object]] = {
@@ -49,7 +48,7 @@ VALUES: dict[str, Callable[[], object]] = {
     "Token": token,
     "TokenResponse": response,
     "Token after replace()": lambda: dataclasses.replace(token(), expires_on=1_800_007_200.0),
-    "TokenResponse after replace()": lambda: dataclasses.replace(response(), granted_scope="Mail.Read"),
+    "TokenResponse after replace()": lambda: dataclasses.replace(response(), refresh_token=Secret(REFRESH + "2")),
     "TokenResponse with a replaced token": lambda: dataclasses.replace(
         response(), token=dataclasses.replace(token(), scopes=("api://x/.default",))),
     "copy.copy(Token)": lambda: copy.copy(token()),

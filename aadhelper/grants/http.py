@@ -473,7 +473,6 @@ def parse_token_reply(body: Mapping[str, Any] | None, *, scopes: tuple[str, ...]
     expires_in = min(expires_in, MAX_TOKEN_LIFETIME)
     refresh_in = _lifetime(body.get("refresh_in"))
     refresh_token = body.get("refresh_token")
-    granted = body.get("scope")
     id_token = body.get("id_token")
     token = Token(
         access_token=Secret(access_token),
@@ -488,7 +487,6 @@ def parse_token_reply(body: Mapping[str, Any] | None, *, scopes: tuple[str, ...]
     return TokenResponse(
         token=token,
         refresh_token=Secret(refresh_token) if isinstance(refresh_token, str) and refresh_token else None,
-        granted_scope=granted if isinstance(granted, str) else None,
     )
 
 
