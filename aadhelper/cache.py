@@ -470,8 +470,10 @@ class TokenCache:
         entry.last_error_at = now
         entry.failures += 1
         if exc.recovery == "backoff":
+            # Never sooner than the authority asked, nor than our own backoff: a Retry-After of 0, or an HTTP-date
+            # already past (clock skew), would otherwise mean no backoff at all (found by the fault suite).
             retry_after = getattr(exc, "retry_after", None)
-            delay = retry_after if retry_after is not None else self._backoff(entry.failures)
+            delay = max(retry_after or 0.0, self._backoff(entry.failures))
             entry.blocked_until = now + delay
             entry.next_refresh = entry.blocked_until if entry.token is not None else None
             log.warning("%s; next attempt in %.0f s", exc.one_line(), delay)

@@ -253,11 +253,17 @@ async def test_refused_scope_sets_do_not_accumulate(autojump_clock: trio.testing
     from aadhelper.errors import AuthenticationFailed
     from aadhelper.protocol import encode
 
-    source = ScriptedSource(latency=0.0)
+    class RefusesResources(ScriptedSource):
+        async def acquire(self, scopes: tuple[str, ...]) -> TokenResponse:
+            if scopes[0].startswith("https://resource-"):
+                self.calls += 1
+                raise AuthenticationFailed("invalid scope", error="invalid_scope", aadsts=70011)
+            return await super().acquire(scopes)
+
+    source = RefusesResources(latency=0.0)
     async with open_cache(source) as cache:
         await cache.get(PROFILE)
         for i in range(3000):
-            source.failures = [AuthenticationFailed("invalid scope", error="invalid_scope", aadsts=70011)]
             with pytest.raises(AadhelperError):
                 await cache.get(PROFILE, (f"https://resource-{i}/.default",))
             await trio.sleep(1)
@@ -299,3 +305,14 @@ async def test_status_shows_the_schedule_inputs(autojump_clock: trio.testing.Moc
         assert record["short_tokens"] is False
         await trio.sleep(2 * HOUR)
         assert cache.status()[0]["requests_last_hour"] <= 2
+
+
+@pytest.mark.parametrize("retry_after", [0.0, 0.4])
+async def test_a_retry_after_of_zero_still_backs_off(autojump_clock: trio.testing.MockClock, retry_after: float) -> None:
+    """If the authority keeps answering 429 with Retry-After 0 (or an HTTP-date already past), then attempts still
+    back off exponentially instead of running until the request budget is spent (found by the fault suite)."""
+    source = ScriptedSource(latency=0.0)
+    source.failures = [AuthorityUnavailable("HTTP 429", retry_after=retry_after)] * 10_000
+    async with open_cache(source) as cache:
+        await ask_every(lambda: cache.get(PROFILE), 0.1, 600)
+    assert source.calls <= 20
