@@ -23,6 +23,7 @@ from aadhelper.testing import (
     RecordingApi,
     SimulatedAuthority,
     device_sign_in,
+    error_answer,
     token_answer,
 )
 from aadhelper.testing.daemon_process import DaemonProcess
@@ -139,6 +140,22 @@ def test_fake_daemon_passes_the_clients_socket_checks(tmp_path: Path) -> None:
     assert reply["ok"] is False and reply["error"]["code"] == "protocol"
     assert fake.requests == [{"v": 1, "op": "ping"}]
     assert not path.exists()
+
+
+def test_fake_daemon_errors_reach_the_script(aad_fake_daemon: FakeDaemon, aad_home: Home) -> None:
+    """If the fake answers with an error (or its answer function raises), then `aadhelper header` exits with that
+    error's documented code and one line, as with a real daemon."""
+    aad_fake_daemon.answer = error_answer("login_required", "not signed in", hint="run `aadhelper login me`")
+    result = aad_home.aadhelper("header", "me", check=False)
+    assert (result.returncode, result.stdout) == (6, "")
+    assert result.stderr == "aadhelper: not signed in; run `aadhelper login me`\n"
+
+    def broken(request: dict[str, object]) -> dict[str, object]:
+        raise KeyError("oops")
+
+    aad_fake_daemon.answer = broken
+    result = aad_home.aadhelper("header", check=False)
+    assert result.returncode == 1 and "KeyError('oops')" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_the_temporary_home_keeps_secrets_out_of_the_real_keyring(aad_daemon: DaemonProcess, aad_home: Home,

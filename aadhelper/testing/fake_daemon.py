@@ -10,7 +10,8 @@ authority, keyring or real daemon at all::
 It is a real Unix socket served by a thread of the test process, so the real ``aadhelper`` client checks it as it
 checks a daemon: the socket's directory is created private (0700) when missing, and the peer is the test's own
 user. Each request line is decoded with :mod:`aadhelper.protocol`, recorded in :attr:`FakeDaemon.requests` and
-answered by ``answer(request)``; a line that is not a request gets the ``protocol`` error reply a daemon sends.
+answered by ``answer(request)``; a line that is not a request gets the ``protocol`` error reply a daemon sends, and
+an answer that raises gets an error reply naming the exception.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def token_answer(access_token: str = FAKE_ACCESS_TOKEN, *, token_type: str = "Be
 
 
 def error_answer(code: str, message: str, **fields: Any) -> Answer:
-    """Replies to every request with the error ``code`` (``no_profile``, ``login_required``, ...; see
-    :mod:`aadhelper.errors`), which the client raises and the CLI reports with that error's exit code."""
+    """Replies to every request with the error ``code`` (``unknown_profile``, ``login_required``, ...;
+    see :mod:`aadhelper.errors`), which the client raises and the CLI reports with that error's exit code."""
     error = {"code": code, "message": message, **fields}
     return lambda request: protocol.error_reply(error)
 
@@ -112,7 +113,10 @@ class FakeDaemon:
         except AadhelperError as exc:
             return protocol.error_reply(exc.to_wire())
         self.requests.append(request)
-        return self.answer(request)
+        try:
+            return self.answer(request)
+        except Exception as exc:  # a bug in the test's answer: say so to the client instead of hanging up
+            return protocol.error_reply(AadhelperError(f"the fake daemon's answer raised {exc!r}").to_wire())
 
     def close(self) -> None:
         """Stop serving and remove the socket file; safe to call twice."""
