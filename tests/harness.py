@@ -40,6 +40,7 @@ from aadhelper.config import Profile
 from aadhelper.secret_store import KeyringSecretStore
 from aadhelper.testing import GRAPH, SimulatedAuthority, device_sign_in
 from aadhelper.testing import daemon_process as testing_daemon
+from aadhelper.testing.directory import ADO
 from aadhelper.tokens import Secret, Token, TokenResponse
 
 BIN = Path(sys.executable).parent
@@ -244,7 +245,6 @@ def two_profile_env(isolated_env: dict[str, str], ca_pem_file: Path, authority: 
 
 CLIENT = "22222222-0000-0000-0000-000000000001"
 USER = "me@contoso.onmicrosoft.com"
-ADO = "499b84ac-1321-427f-aa17-267ca6975798"
 RESOURCES = (GRAPH, ADO, "https://management.azure.com", "https://vault.azure.net", "https://storage.azure.com")
 #: The kind a user profile's refresh token is stored as.
 KIND = "refresh_token"

@@ -181,3 +181,15 @@ def test_the_kit_does_not_import_the_cli() -> None:
     cli_modules, kit_modules = result.stdout.splitlines()
     assert cli_modules == "[]"
     assert int(kit_modules) >= 15
+
+
+def test_loading_the_plugin_imports_neither_the_authority_nor_keyring() -> None:
+    """If pytest loads the plugin (it does in every run of an environment aadhelper is installed in), then neither
+    the simulated authority nor keyring is imported until a fixture needs it, and the kit's names still resolve."""
+    probe = ("import sys, aadhelper.testing.pytest_plugin\n"
+             "heavy = ('aadhelper.testing.authority', 'keyring', 'httpx', 'trio')\n"
+             "print(sorted(m for m in heavy if m in sys.modules))\n"
+             "from aadhelper.testing import SimulatedAuthority\n"
+             "print('aadhelper.testing.authority' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.splitlines() == ["[]", "True"]

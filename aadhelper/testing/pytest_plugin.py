@@ -32,15 +32,19 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from .. import paths
-from .authority import SimulatedAuthority
-from .daemon_process import DaemonProcess, terminate
-from .directory import GRAPH
-from .fake_daemon import FakeDaemon
-from .keyring_file import keyring_environ
+from .directory import ADO, GRAPH
+
+# The rest is imported by the fixtures that use it: pytest loads this plugin in every run of an environment
+# aadhelper is installed in, and the authority and keyring cost ~120 ms of imports (the directory's constants ~10).
+if TYPE_CHECKING:
+    from .authority import SimulatedAuthority
+    from .daemon_process import DaemonProcess
+    from .fake_daemon import FakeDaemon
 
 TENANT = "contoso.onmicrosoft.com"
 #: The confidential app (client secret).
@@ -48,8 +52,6 @@ APP_ID = "11111111-0000-0000-0000-00000000a001"
 #: The public app users sign in to.
 PUBLIC_APP_ID = "22222222-0000-0000-0000-00000000a002"
 USER = f"user@{TENANT}"
-#: Azure DevOps' resource id.
-ADO = "499b84ac-1321-427f-aa17-267ca6975798"
 #: The profile ``aad_daemon`` configures (client secret, Graph).
 APP_PROFILE = "app"
 #: The profile ``aad_signed_in`` configures (user sign-in, Graph).
@@ -116,6 +118,8 @@ def aad_app_secret() -> str:
 def aad_authority(aad_tls: Tls, aad_app_secret: str) -> Iterator[SimulatedAuthority]:
     """A simulated Entra ID over HTTPS (``aad_tls``) with :data:`TENANT`, :data:`APP_ID`, :data:`PUBLIC_APP_ID` and
     :data:`USER`, for Graph and Azure DevOps; device codes may be polled every second."""
+    from .authority import SimulatedAuthority
+
     with SimulatedAuthority(ssl_context=aad_tls.server) as authority:
         authority.add_tenant(TENANT)
         authority.add_client(APP_ID, tenant=TENANT, secret=aad_app_secret, resources=(GRAPH, ADO))
@@ -130,6 +134,8 @@ def aad_home(tmp_path: Path) -> Iterator[Home]:
     """A temporary home under ``tmp_path``, with this installation's ``aadhelper`` first on ``PATH``; the socket's
     directory is a short private one under the system's temporary folder (AF_UNIX paths are limited to 107 bytes),
     removed afterwards."""
+    from .keyring_file import keyring_environ
+
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("AADHELPER_", "AZURE_", "KEYRING_PROPERTY_", "XDG_"))
            and key != "PYTHON_KEYRING_BACKEND"}
@@ -160,6 +166,8 @@ def aad_daemon(aad_home: Home, aad_authority: SimulatedAuthority, aad_tls: Tls,
                aad_app_secret: str) -> Iterator[DaemonProcess]:
     """``aadhelper daemon`` in ``aad_home``, answering; profile :data:`APP_PROFILE` (the default) gets Graph tokens
     for :data:`APP_ID` from ``aad_authority``. Stopped (SIGTERM) after the test; its log is ``.log()``."""
+    from .daemon_process import DaemonProcess
+
     aad_home.aadhelper("profile", "add", APP_PROFILE, "--default", "--tenant", TENANT, "--client-id", APP_ID,
                        "--scope", GRAPH_SCOPE, "--authority", aad_authority.url, "--ca-bundle", str(aad_tls.ca_pem))
     aad_home.aadhelper("secret", "set", APP_PROFILE, input=aad_app_secret + "\n")
@@ -171,6 +179,8 @@ def aad_daemon(aad_home: Home, aad_authority: SimulatedAuthority, aad_tls: Tls,
 def aad_signed_in(aad_home: Home, aad_authority: SimulatedAuthority, aad_tls: Tls) -> str:
     """Adds the user profile :data:`USER_PROFILE` to ``aad_home`` and signs :data:`USER` in with a real
     ``aadhelper login`` (its device code approved at ``aad_authority``); returns the profile's name."""
+    from .daemon_process import terminate
+
     aad_home.aadhelper("profile", "add", USER_PROFILE, "--tenant", TENANT, "--client-id", PUBLIC_APP_ID, "--user",
                        "--scope", GRAPH_SCOPE, "--authority", aad_authority.url, "--ca-bundle", str(aad_tls.ca_pem))
     login = subprocess.Popen([*paths.console_script(), "login", USER_PROFILE], env=aad_home.env,
@@ -189,5 +199,7 @@ def aad_signed_in(aad_home: Home, aad_authority: SimulatedAuthority, aad_tls: Tl
 def aad_fake_daemon(aad_home: Home) -> Iterator[FakeDaemon]:
     """A :class:`FakeDaemon` on ``aad_home``'s socket (so ``aad_home.env`` reaches it), handing out
     :data:`aadhelper.testing.fake_daemon.FAKE_ACCESS_TOKEN`; set ``.answer`` to choose other replies."""
+    from .fake_daemon import FakeDaemon
+
     with FakeDaemon(aad_home.socket_path) as fake:
         yield fake
