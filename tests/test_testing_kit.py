@@ -169,16 +169,22 @@ def test_the_temporary_home_keeps_secrets_out_of_the_real_keyring(aad_daemon: Da
     assert "AADHELPER_TESTING_KEYRING" not in os.environ
 
 
+def printed_by(*lines: str) -> list[str]:
+    """The stdout lines of a fresh interpreter running ``lines`` (what it imports is its own, not this process's)."""
+    result = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True, text=True, timeout=60,
+                            check=True)
+    return result.stdout.splitlines()
+
+
 def test_the_kit_does_not_import_the_cli() -> None:
     """If any module of aadhelper.testing (the command line and the pytest plugin included) is imported, then no
     aadhelper.cli module is loaded: the kit stays usable whatever the CLI's verbs do."""
-    probe = ("import pkgutil, importlib, sys, aadhelper.testing as kit\n"
-             "for info in pkgutil.walk_packages(kit.__path__, 'aadhelper.testing.'):\n"
-             "    importlib.import_module(info.name)\n"
-             "print(sorted(m for m in sys.modules if m == 'aadhelper.cli' or m.startswith('aadhelper.cli.')))\n"
-             "print(len([m for m in sys.modules if m.startswith('aadhelper.testing.')]))")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
-    cli_modules, kit_modules = result.stdout.splitlines()
+    cli_modules, kit_modules = printed_by(
+        "import pkgutil, importlib, sys, aadhelper.testing as kit",
+        "for info in pkgutil.walk_packages(kit.__path__, 'aadhelper.testing.'):",
+        "    importlib.import_module(info.name)",
+        "print(sorted(m for m in sys.modules if m == 'aadhelper.cli' or m.startswith('aadhelper.cli.')))",
+        "print(len([m for m in sys.modules if m.startswith('aadhelper.testing.')]))")
     assert cli_modules == "[]"
     assert int(kit_modules) >= 15
 
@@ -186,10 +192,9 @@ def test_the_kit_does_not_import_the_cli() -> None:
 def test_loading_the_plugin_imports_neither_the_authority_nor_keyring() -> None:
     """If pytest loads the plugin (it does in every run of an environment aadhelper is installed in), then neither
     the simulated authority nor keyring is imported until a fixture needs it, and the kit's names still resolve."""
-    probe = ("import sys, aadhelper.testing.pytest_plugin\n"
-             "heavy = ('aadhelper.testing.authority', 'keyring', 'httpx', 'trio')\n"
-             "print(sorted(m for m in heavy if m in sys.modules))\n"
-             "from aadhelper.testing import SimulatedAuthority\n"
-             "print('aadhelper.testing.authority' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
-    assert result.stdout.splitlines() == ["[]", "True"]
+    assert printed_by(
+        "import sys, aadhelper.testing.pytest_plugin",
+        "heavy = ('aadhelper.testing.authority', 'keyring', 'httpx', 'trio')",
+        "print(sorted(m for m in heavy if m in sys.modules))",
+        "from aadhelper.testing import SimulatedAuthority",
+        "print('aadhelper.testing.authority' in sys.modules)") == ["[]", "True"]
