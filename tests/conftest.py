@@ -32,6 +32,9 @@ import trustme
 
 from aadhelper.secret_store import SERVICE, KeyringSecretStore
 
+# The test kit's own plugin (aad_* fixtures; also an entry point, registered under this same name, so never twice).
+pytest_plugins = ["aadhelper.testing.pytest_plugin"]
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 #: Set by scripts/with-secret-service inside its private D-Bus session.
 SECRET_SERVICE_ENV = "AADHELPER_TEST_SECRET_SERVICE"

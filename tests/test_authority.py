@@ -10,9 +10,10 @@ import ssl
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -26,6 +27,7 @@ from aadhelper.testing import (
     InvalidToken,
     ProtectedResource,
     SimulatedAuthority,
+    device_sign_in,
     pkce_challenge,
 )
 from aadhelper.testing.faults import http_date
@@ -87,6 +89,19 @@ def authority(tls: Tls, clock: Clock) -> Iterator[SimulatedAuthority]:
         yield authority
 
 
+#: The ``sign_in`` fixture's type.
+SignIn = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def sign_in(authority: SimulatedAuthority, tls: Tls) -> SignIn:
+    """``sign_in(scope=USER_SCOPE, user=None)``: the kit's device-code sign-in to the public app ``cli``."""
+    def sign_in(scope: str = USER_SCOPE, user: str | None = None) -> dict[str, Any]:
+        return device_sign_in(authority, tenant=TENANT, client_id="cli", scope=scope, user=user,
+                              ssl_context=tls.client)
+    return sign_in
+
+
 @pytest.fixture
 def http(authority: SimulatedAuthority, tls: Tls) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=authority.url, verify=tls.client, timeout=10) as client:
@@ -121,16 +136,6 @@ def start_device_code(http: httpx.Client, scope: str = USER_SCOPE) -> dict[str, 
 
 def poll(http: httpx.Client, device_code: object) -> httpx.Response:
     return post_token(http, grant_type=DEVICE_CODE_GRANT, client_id="cli", device_code=str(device_code))
-
-
-def device_sign_in(http: httpx.Client, authority: SimulatedAuthority, scope: str = USER_SCOPE,
-                   user: str | None = None) -> dict[str, object]:
-    started = start_device_code(http, scope)
-    authority.approve(str(started["user_code"]), user=user)
-    response = poll(http, started["device_code"])
-    assert response.status_code == 200, response.text
-    tokens: dict[str, object] = response.json()
-    return tokens
 
 
 def refresh(http: httpx.Client, refresh_token: object, scope: str | None = USER_SCOPE) -> httpx.Response:
@@ -259,9 +264,10 @@ def test_every_token_differs_and_lifetime_is_adjustable(authority: SimulatedAuth
 # refresh tokens -----------------------------------------------------------------------------------------------
 
 
-def test_refresh_rotates_and_serves_any_resource(authority: SimulatedAuthority, http: httpx.Client) -> None:
+def test_refresh_rotates_and_serves_any_resource(authority: SimulatedAuthority, http: httpx.Client,
+                                                 sign_in: SignIn) -> None:
     """If a refresh token is redeemed, then a new one comes back, and it mints tokens for another resource."""
-    signed_in = device_sign_in(http, authority)
+    signed_in = sign_in()
     first = refresh(http, signed_in["refresh_token"])
     assert first.status_code == 200, first.text
     assert first.json()["refresh_token"] not in (None, signed_in["refresh_token"])
@@ -272,37 +278,39 @@ def test_refresh_rotates_and_serves_any_resource(authority: SimulatedAuthority, 
     assert second.json()["scope"] == f"{ARM}/.default offline_access"
 
 
-def test_replayed_refresh_token_revokes_the_family(authority: SimulatedAuthority, http: httpx.Client) -> None:
+def test_replayed_refresh_token_revokes_the_family(authority: SimulatedAuthority, http: httpx.Client,
+                                                   sign_in: SignIn) -> None:
     """If a used refresh token is presented again, then it fails with 50173 and so does its successor."""
-    old = device_sign_in(http, authority)["refresh_token"]
+    old = sign_in()["refresh_token"]
     new = refresh(http, old).json()["refresh_token"]
     body = assert_error(refresh(http, old), 400, "invalid_grant", 50173)
     assert "replay" in str(body["error_description"])
     assert_error(refresh(http, new), 400, "invalid_grant", 50173)
 
 
-def test_reuse_allowed_like_entra(authority: SimulatedAuthority, http: httpx.Client) -> None:
+def test_reuse_allowed_like_entra(authority: SimulatedAuthority, http: httpx.Client, sign_in: SignIn) -> None:
     """If reuse is set to "allow", then an old refresh token keeps working, as on Entra."""
     authority.refresh_token_reuse = "allow"
-    old = device_sign_in(http, authority)["refresh_token"]
+    old = sign_in()["refresh_token"]
     assert refresh(http, old).status_code == 200
     assert refresh(http, old).status_code == 200
 
 
-def test_refresh_token_expiry_and_revocation(authority: SimulatedAuthority, http: httpx.Client,
+def test_refresh_token_expiry_and_revocation(authority: SimulatedAuthority, http: httpx.Client, sign_in: SignIn,
                                              clock: Clock) -> None:
     """If a refresh token outlives its lifetime, then 700082; if the user's grants are revoked, then 50173."""
-    idle = device_sign_in(http, authority)["refresh_token"]
+    idle = sign_in()["refresh_token"]
     clock.advance(90 * 86400)
     assert_error(refresh(http, idle), 400, "invalid_grant", 700082)
-    fresh = device_sign_in(http, authority)["refresh_token"]
+    fresh = sign_in()["refresh_token"]
     assert authority.revoke(user="alice@contoso.onmicrosoft.com") == 2  # both sign-ins
     assert_error(refresh(http, fresh), 400, "invalid_grant", 50173)
 
 
-def test_refresh_errors_leave_the_token_usable(authority: SimulatedAuthority, http: httpx.Client) -> None:
+def test_refresh_errors_leave_the_token_usable(authority: SimulatedAuthority, http: httpx.Client,
+                                               sign_in: SignIn) -> None:
     """If a refresh asks for an unconsented resource, then 65001 and the refresh token still works."""
-    token = device_sign_in(http, authority)["refresh_token"]
+    token = sign_in()["refresh_token"]
     assert_error(refresh(http, token, scope="api://backend/.default"), 400, "interaction_required", 65001)
     assert_error(refresh(http, "0.Anot-a-token"), 400, "invalid_grant", 70000)
     assert refresh(http, token, scope=None).status_code == 200
@@ -458,11 +466,11 @@ def test_fault_status_throttle_malformed_error(authority: SimulatedAuthority, ht
                                                      "error", None]
 
 
-def test_fault_matches_grant_type(authority: SimulatedAuthority, http: httpx.Client) -> None:
+def test_fault_matches_grant_type(authority: SimulatedAuthority, http: httpx.Client, sign_in: SignIn) -> None:
     """If a fault names a grant type, then other grants pass it by and it waits for its own."""
     authority.inject(Fault.throttle(1, grant_type="refresh_token"))
     assert client_credentials(http).status_code == 200
-    token = device_sign_in(http, authority)["refresh_token"]
+    token = sign_in()["refresh_token"]
     assert refresh(http, token).status_code == 429
     assert refresh(http, token).status_code == 200  # the throttled request did not use the token up
 
@@ -570,10 +578,11 @@ def test_fault_reply_fields(authority: SimulatedAuthority, http: httpx.Client) -
     assert [r.fault for r in authority.requests] == ["reply_fields", "reply_fields", None]
 
 
-def test_fault_reply_fields_commits_the_rotation(authority: SimulatedAuthority, http: httpx.Client) -> None:
+def test_fault_reply_fields_commits_the_rotation(authority: SimulatedAuthority, http: httpx.Client,
+                                                 sign_in: SignIn) -> None:
     """If a refresh meets reply_fields without an access token, then the refresh token is rotated all the same:
     the reply carries the new one, which works, and the one presented is used up."""
-    old = device_sign_in(http, authority)["refresh_token"]
+    old = sign_in()["refresh_token"]
     authority.inject(Fault.reply_fields(access_token=Fault.REMOVE, grant_type="refresh_token"))
     spoiled = refresh(http, old).json()
     assert "access_token" not in spoiled and spoiled["refresh_token"] not in (None, old)
@@ -661,11 +670,11 @@ def test_stopped_authority_refuses_then_restarts_on_its_port(authority: Simulate
 # records, garbage, metadata -----------------------------------------------------------------------------------
 
 
-def test_counters_and_masked_records(authority: SimulatedAuthority, http: httpx.Client) -> None:
+def test_counters_and_masked_records(authority: SimulatedAuthority, http: httpx.Client, sign_in: SignIn) -> None:
     """If several requests arrive, then counts per endpoint and grant are right and records hold no secret."""
     client_credentials(http)
     client_credentials(http, client_secret="bad")
-    device_sign_in(http, authority)
+    sign_in()
     assert authority.count() == 4
     assert authority.count("token") == 3
     assert authority.count(grant_type="client_credentials") == 2
@@ -736,10 +745,10 @@ def test_validate_rejects_what_it_did_not_issue(authority: SimulatedAuthority, h
     assert token not in str(expired.value)
 
 
-def test_protected_resource(authority: SimulatedAuthority, http: httpx.Client, tls: Tls) -> None:
+def test_protected_resource(authority: SimulatedAuthority, http: httpx.Client, sign_in: SignIn, tls: Tls) -> None:
     """If a caller presents a valid token, then 200 with its claims; otherwise 401 with Bearer challenges."""
     token = client_credentials(http).json()["access_token"]
-    arm_token = device_sign_in(http, authority, scope=f"{ARM}/.default")["access_token"]
+    arm_token = sign_in(scope=f"{ARM}/.default")["access_token"]
     with ProtectedResource(authority, ssl_context=tls.server) as resource, \
             httpx.Client(base_url=resource.url, verify=tls.client) as client:
         ok = client.get("/me", headers={"Authorization": f"Bearer {token}"})

@@ -29,9 +29,8 @@ from aadhelper.secret_store import MemorySecretStore
 from aadhelper.testing import GRAPH, Fault, SimulatedAuthority
 from aadhelper.testing.faults import http_date
 from aadhelper.tokens import Secret, TokenResponse
-
-from .test_refresh_source import CLIENT as USER_CLIENT
-from .test_refresh_source import TENANT, device_sign_in, user_authority
+from tests.harness import CLIENT as USER_CLIENT
+from tests.harness import TENANT, sign_in_user, user_authority
 
 APP, SECRET = "app", "s3cret-value"
 SCOPES = (f"{GRAPH}/.default",)
@@ -346,7 +345,7 @@ async def test_rotated_refresh_token_is_kept_when_the_access_token_is_unusable(
     """If a refresh rotates the refresh token but the reply's access token is unusable, then the grant raises a
     malformed-reply error (exit 7) and the new refresh token is stored: the next refresh presents it and works."""
     with user_authority(server_ssl_context, device_code_interval=0) as authority:
-        first = device_sign_in(authority, client_ssl_context)
+        first = sign_in_user(authority, client_ssl_context)
         store = MemorySecretStore()
         store.set("me", REFRESH_KIND, Secret(first))
         profile = Profile(name="me", tenant=TENANT, client_id=USER_CLIENT, scopes=SCOPES, authority=authority.url,

@@ -4,46 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from aadhelper import protocol, secret_store
+from aadhelper import secret_store
 from aadhelper.cli import main
 from aadhelper.errors import KeyringUnavailable
+from aadhelper.testing import FakeDaemon
 from aadhelper.tokens import Secret
-
-AADHELPER = Path(sys.executable).parent / "aadhelper"
-GRAPH = ["profile", "add", "graph", "--tenant", "contoso.onmicrosoft.com",
-         "--client-id", "11111111-2222-3333-4444-555555555555", "--scope", "https://graph.microsoft.com/.default"]
-ADO = ["profile", "add", "ado", "--tenant", "common", "--client-id", "22222222-2222-3333-4444-555555555555",
-       "--scope", "499b84ac-1321-427f-aa17-267ca6975798/.default", "--user",
-       "--git-url", "https://dev.azure.com/contoso", "--git-url", "https://Contoso.VisualStudio.com/",
-       "--git-username", "me@contoso.com"]
-
-
-def cli_env(isolated_env: dict[str, str]) -> dict[str, str]:
-    """conftest's isolated environment without AZURE_* settings, with the in-memory store and no autostart."""
-    env = {k: v for k, v in isolated_env.items() if not k.startswith("AZURE_")}
-    env.update(AADHELPER_SECRET_STORE="memory", AADHELPER_NO_AUTOSTART="1")
-    return env
-
-
-def run_in_process(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> secret_store.MemorySecretStore:
-    """Prepare `main()` to run in this process with env's variables and one in-memory store the test can see."""
-    for key in [k for k in os.environ if k.startswith(("AADHELPER_", "AZURE_"))]:
-        monkeypatch.delenv(key)
-    for key, value in env.items():
-        if key.startswith("AADHELPER_"):
-            monkeypatch.setenv(key, value)
-    store = secret_store.MemorySecretStore()
-    monkeypatch.setattr(secret_store, "open_secret_store", lambda kind=None: store)
-    return store
+from tests.harness import ADO_PROFILE as ADO
+from tests.harness import GRAPH_PROFILE as GRAPH
+from tests.harness import cli_env, one_error_line, run, run_in_process
 
 
 @pytest.fixture
@@ -51,59 +24,12 @@ def env(isolated_env: dict[str, str]) -> dict[str, str]:
     return cli_env(isolated_env)
 
 
-def run(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """Run the installed `aadhelper` with stdin from a pipe."""
-    return subprocess.run([str(AADHELPER), *args], env=env, input=stdin, capture_output=True, text=True,
-                          timeout=60, check=False)
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("aadhelper: ")
-    return lines[0]
-
-
-class StubDaemon:
-    """Answers every request on a Unix socket with ok and records it: shows what the CLI told a daemon."""
-
-    def __init__(self, path: str) -> None:
-        self.requests: list[dict[str, object]] = []
-        self._stop = threading.Event()
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind(path)
-        self._sock.listen()
-        self._sock.settimeout(0.05)  # lets the accept loop notice close()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(10)
-                line = conn.makefile("rb").readline()
-                self.requests.append(protocol.decode(line))
-                conn.sendall(protocol.encode(protocol.ok_reply(profiles=[])))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._sock.close()
-
-
 @pytest.fixture
-def daemon(env: dict[str, str]) -> Iterator[StubDaemon]:
-    stub = StubDaemon(env["AADHELPER_SOCKET"])
-    try:
+def daemon(env: dict[str, str]) -> Iterator[FakeDaemon]:
+    """A fake daemon on the profile's socket that answers every request with ok and records it: shows what the
+    CLI told a daemon."""
+    with FakeDaemon(env["AADHELPER_SOCKET"]) as stub:
         yield stub
-    finally:
-        stub.close()
 
 
 def test_add_list_show(env: dict[str, str]) -> None:
@@ -249,7 +175,7 @@ def test_help_explains_the_options(env: dict[str, str]) -> None:
     assert "git-url" in bare.stderr
 
 
-def test_changes_tell_a_running_daemon_to_reload(env: dict[str, str], daemon: StubDaemon) -> None:
+def test_changes_tell_a_running_daemon_to_reload(env: dict[str, str], daemon: FakeDaemon) -> None:
     """If a daemon answers on the socket, then each change sends it a reload and the user is told."""
     added = run(env, *GRAPH)
     assert "the running daemon reloaded its configuration" in added.stderr

@@ -14,8 +14,11 @@ from aadhelper import secret_store
 from aadhelper.cli import main
 from aadhelper.errors import KeyringLocked
 from aadhelper.secret_store import KeyringSecretStore
+from aadhelper.testing import FakeDaemon
 from aadhelper.tokens import Secret
-from tests.test_cli_profile import AADHELPER, ADO, GRAPH, StubDaemon, cli_env, one_error_line, run, run_in_process
+from tests.harness import AADHELPER, cli_env, one_error_line, run, run_in_process
+from tests.harness import ADO_PROFILE as ADO
+from tests.harness import GRAPH_PROFILE as GRAPH
 
 SECRET = "Zq8~fake.client-secret_0123456789abcdefXYZ"
 
@@ -100,7 +103,7 @@ def test_profiles_without_a_client_secret_are_refused(env: dict[str, str], name:
 
 def test_set_and_delete_tell_the_daemon_to_drop_the_profile(env: dict[str, str]) -> None:
     """If a daemon runs, then `secret set` and `secret delete` each ask it to reload that one profile."""
-    stub = StubDaemon(env["AADHELPER_SOCKET"])
+    stub = FakeDaemon(env["AADHELPER_SOCKET"]).start()
     try:
         stored = run(env, "secret", "set", "graph", stdin=SECRET)
         assert stored.returncode == 0

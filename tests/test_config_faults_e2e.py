@@ -14,11 +14,18 @@ from pathlib import Path
 import pytest
 
 from aadhelper.testing.authority import SimulatedAuthority
-from tests import test_integration
-from tests.harness import DaemonProcess, cli, token_of, wait_until
 
-# The fixtures of test_integration: two working profiles, `graph` and `other`, against the simulated authority.
-app_secrets, authority, env = test_integration.app_secrets, test_integration.authority, test_integration.env
+# The fixtures `app_secrets`, `authority` and `env`: two working profiles, `graph` and `other`, against the
+# simulated authority (as in test_integration).
+from tests.harness import (  # noqa: F401 -- two_app_*, two_profile_env: fixtures
+    DaemonProcess,
+    cli,
+    token_of,
+    two_app_authority,
+    two_app_secrets,
+    two_profile_env,
+    wait_until,
+)
 
 pytestmark = pytest.mark.requires("secret-service")
 

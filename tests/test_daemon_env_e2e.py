@@ -19,14 +19,22 @@ import pytest
 
 from aadhelper import client
 from aadhelper.testing.authority import SimulatedAuthority
-from tests import test_integration, test_proxy_config
-from tests.harness import AADHELPER, DaemonProcess, cli, sensitive, wait_until
-from tests.test_proxy_config import CountingProxy
 
-# The fixtures these tests share with the integration tests: two client-secret profiles against the simulated
-# authority, secrets in the real Secret Service; and the loopback proxy that records what reaches it.
-app_secrets, authority, env = test_integration.app_secrets, test_integration.authority, test_integration.env
-counting_proxy = test_proxy_config.counting_proxy
+# The fixtures these tests share with the integration tests (`app_secrets`, `authority`, `env`): two client-secret
+# profiles against the simulated authority, secrets in the real Secret Service; and the loopback proxy that records
+# what reaches it (`counting_proxy`).
+from tests.harness import (  # noqa: F401 -- counting_proxy_server, two_app_*, two_profile_env: fixtures
+    AADHELPER,
+    CountingProxy,
+    DaemonProcess,
+    cli,
+    counting_proxy_server,
+    sensitive,
+    two_app_authority,
+    two_app_secrets,
+    two_profile_env,
+    wait_until,
+)
 
 pytestmark = pytest.mark.requires("secret-service")
 

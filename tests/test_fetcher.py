@@ -24,15 +24,27 @@ from aadhelper.errors import AadhelperError, ProtocolError, SecretMissing, error
 from aadhelper.fetcher import LineLink, profile_from_wire, profile_to_wire, token_from_wire, token_to_wire
 from aadhelper.fetcher_child import serve_daemon
 from aadhelper.fetcher_process import ChildProcess, _Child
-from aadhelper.secret_store import KeyringSecretStore, MemorySecretStore
+from aadhelper.secret_store import MemorySecretStore
 from aadhelper.testing import SimulatedAuthority
 from aadhelper.tokens import Secret, Token
-from tests.harness import DaemonProcess, cli, exited, sensitive, wait_until
-from tests.test_integration import add_profile
+from tests.harness import (
+    FETCHER_APP as APP,
+)
+from tests.harness import (  # noqa: F401 -- fetcher_daemon_env, tenant_authority: fixtures
+    TENANT,
+    DaemonProcess,
+    add_profile,
+    cli,
+    exited,
+    fetcher_daemon_env,
+    running_fetcher,
+    sensitive,
+    tenant_authority,
+    wait_for_log,
+    wait_until,
+)
 
-TENANT = "contoso.onmicrosoft.com"
 SCOPE = "https://graph.microsoft.com/.default"
-APP = "22222222-0000-0000-0000-000000000001"
 
 
 def profile(authority: str = "https://login.microsoftonline.com", ca_bundle: str | None = None) -> Profile:
@@ -103,13 +115,6 @@ async def fetcher_link(store: MemorySecretStore) -> AsyncIterator[FetcherLink]:
 @pytest.fixture
 def store() -> MemorySecretStore:
     return MemorySecretStore()
-
-
-@pytest.fixture
-def authority(server_ssl_context: object) -> Iterator[SimulatedAuthority]:
-    with SimulatedAuthority(ssl_context=server_ssl_context) as authority:  # type: ignore[arg-type]
-        authority.add_tenant(TENANT)
-        yield authority
 
 
 async def test_child_answers_acquire_with_a_token(fetcher_link: FetcherLink, store: MemorySecretStore,
@@ -197,49 +202,12 @@ async def test_a_bad_or_vanishing_child_fails_the_waiting_fetch(sleeper: ChildPr
 # -- the real daemon --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def daemon_env(isolated_env: dict[str, str], ca_pem_file: Path, authority: SimulatedAuthority,
-               secret_service: KeyringSecretStore) -> dict[str, str]:
-    secret = "fetch-" + secrets.token_urlsafe(12)
-    sensitive(secret)
-    authority.add_client(APP, tenant=TENANT, secret=secret)
-    env = dict(isolated_env, AADHELPER_NO_AUTOSTART="1")
-    add_profile(env, "graph", authority.url, ca_pem_file, client_id=APP)
-    cli(env, "secret", "set", "graph", input=secret + "\n", check=True)
-    return env
-
-
 def token_requests(authority: SimulatedAuthority) -> int:
     return sum(1 for r in authority.requests if r.endpoint == "token")
 
 
 def process_name(pid: int) -> str:
     return Path(f"/proc/{pid}/comm").read_text().strip()
-
-
-def wait_for_log(daemon: DaemonProcess, pattern: str, timeout: float = 30, after: int = 0) -> re.Match[str]:
-    """The first match of ``pattern`` in the daemon's log (from offset ``after``), waiting for it: tests wait on what
-    the daemon and its fetcher report, not on the kernel's view of them."""
-    found: list[re.Match[str]] = []
-
-    def seen() -> bool:
-        daemon.check_alive()
-        match = re.compile(pattern).search(daemon.log(), after)
-        if match:
-            found.append(match)
-        return match is not None
-
-    try:
-        wait_until(seen, timeout=timeout)
-    except AssertionError:
-        tail = daemon.log()[-3000:]
-        raise AssertionError(f"no {pattern!r} in the daemon's log within {timeout} s:\n{tail}") from None
-    return found[0]
-
-
-def running_fetcher(daemon: DaemonProcess, after: int = 0) -> int:
-    """The pid of a fetcher that says it runs (with its name and priority set), from the daemon's log."""
-    return int(wait_for_log(daemon, r"token fetcher running \(pid (\d+), SCHED_IDLE\)", after=after)[1])
 
 
 @pytest.mark.requires("secret-service")

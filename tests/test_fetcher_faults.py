@@ -25,9 +25,7 @@ from aadhelper.fetcher_process import FETCH_DEADLINE, RESTART_INTERVAL, ChildPro
 from aadhelper.secret_store import MemorySecretStore
 from aadhelper.testing import SimulatedAuthority
 from aadhelper.tokens import Secret
-from tests import test_fetcher
-from tests.harness import AADHELPER, DaemonProcess, cli
-from tests.test_fetcher import running_fetcher, wait_for_log
+from tests.harness import AADHELPER, DaemonProcess, cli, running_fetcher, wait_for_log
 
 TENANT = "contoso.onmicrosoft.com"
 SCOPE = "https://graph.microsoft.com/.default"
@@ -206,8 +204,8 @@ async def test_a_request_right_after_the_fetcher_died_waits_for_its_restart(
 
 # -- the real daemon -------------------------------------------------------------------------------------------
 
-daemon_env = test_fetcher.daemon_env
-authority = test_fetcher.authority
+# The fetcher tests' world (fixtures `authority`, `daemon_env`): profile `graph` with its secret stored.
+from tests.harness import fetcher_daemon_env, tenant_authority  # noqa: E402, F401 -- fixtures
 
 
 def keyring_pid() -> int:

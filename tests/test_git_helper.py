@@ -11,11 +11,9 @@ from __future__ import annotations
 import io
 import os
 import re
-import socketserver
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from aadhelper.git_helper import (
     parse,
     read_request,
 )
+from aadhelper.testing import FakeDaemon, error_answer
 
 BIN = Path(sys.executable).parent
 HELPER = str(BIN / "git-credential-aadhelper")
@@ -290,45 +289,11 @@ def test_format_never_raises_anything_but_a_protocol_error(token: str, token_typ
 # -- the console script against a fake daemon ----------------------------------------------------
 
 
-class FakeDaemon:
-    """A Unix-socket server speaking the daemon's JSON-lines protocol with a canned reply function."""
-
-    def __init__(self, path: str, answer: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-        self.path = path
-        self.answer = answer
-        self.requests: list[dict[str, Any]] = []
-        daemon = self
-
-        class Handler(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                for line in self.rfile:
-                    message = protocol.decode(line)
-                    daemon.requests.append(message)
-                    self.wfile.write(protocol.encode(daemon.answer(message)))
-
-        self.server = socketserver.ThreadingUnixStreamServer(path, Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
-
-    def __enter__(self) -> FakeDaemon:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(10)
-
-
 def token_reply(message: dict[str, Any]) -> dict[str, Any]:
     if message["op"] == "invalidate":
         return protocol.ok_reply(dropped=1)
     return protocol.ok_reply(access_token=TOKEN, token_type="Bearer", expires_on=EXPIRES_ON, profile="ado",
                              scopes=["499b84ac-1321-427f-aa17-267ca6975798/.default"], username="svc")
-
-
-def error_reply(code: str, message: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    return lambda _: protocol.error_reply({"code": code, "message": message})
 
 
 @pytest.fixture
@@ -379,7 +344,7 @@ def test_get_answers_the_246_capability_dialogue(daemon: FakeDaemon, env: dict[s
 
 def test_get_is_silent_when_no_profile_maps_the_url(socket_path: str, env: dict[str, str]) -> None:
     """If the daemon maps no profile to the URL, then the helper prints nothing and exits 0 (git asks the next)."""
-    with FakeDaemon(socket_path, error_reply("no_profile_for_url", "no profile is mapped")) as fake:
+    with FakeDaemon(socket_path, error_answer("no_profile_for_url", "no profile is mapped")) as fake:
         result = run([HELPER, "get"], "protocol=https\nhost=elsewhere.example\n\n", env)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
     assert [m["op"] for m in fake.requests] == ["token"]
@@ -387,7 +352,7 @@ def test_get_is_silent_when_no_profile_maps_the_url(socket_path: str, env: dict[
 
 def test_get_reports_daemon_errors_on_stderr_only(socket_path: str, env: dict[str, str]) -> None:
     """If the daemon fails (login required), then stdout stays clean, stderr has one line and the exit code is 6."""
-    answer = error_reply("login_required", "the sign-in of profile 'ado' expired")
+    answer = error_answer("login_required", "the sign-in of profile 'ado' expired")
     with FakeDaemon(socket_path, answer):
         result = run([HELPER, "get"], "protocol=https\nhost=git.example.com\n\n", env)
     assert (result.returncode, result.stdout) == (6, "")
@@ -505,7 +470,7 @@ def test_erase_is_silent_without_mapping_or_daemon(code: str | None, socket_path
     if code is None:
         result = run([HELPER, "erase"], stdin, env)
     else:
-        with FakeDaemon(socket_path, error_reply(code, "no profile is mapped")):
+        with FakeDaemon(socket_path, error_answer(code, "no profile is mapped")):
             result = run([HELPER, "erase"], stdin, env)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
@@ -595,7 +560,7 @@ def test_real_git_reject_invalidates(daemon: FakeDaemon, env: dict[str, str]) ->
 @pytest.mark.requires("git")
 def test_real_git_moves_on_when_no_profile_maps(socket_path: str, env: dict[str, str]) -> None:
     """If no profile maps the URL, then git asks the next helper, whose credential it uses."""
-    with FakeDaemon(socket_path, error_reply("no_profile_for_url", "no profile is mapped")):
+    with FakeDaemon(socket_path, error_answer("no_profile_for_url", "no profile is mapped")):
         result = git_credential("fill", "url=https://elsewhere.example/\n\n", env,
                                 "-c", "credential.helper=!f() { echo username=next; echo password=pw; }; f")
     assert result.returncode == 0, result.stderr

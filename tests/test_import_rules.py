@@ -4,17 +4,16 @@ the client's cost (scripts/bench, row 1) and nothing else would notice."""
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from aadhelper.testing import FakeDaemon
 
 #: Everything the client paths may import (beyond what the interpreter had already loaded at start-up).
 ALLOWED = frozenset({
@@ -47,35 +46,9 @@ TOKEN_REPLY = {"v": 1, "ok": True, "access_token": "eyJ.fake.token", "token_type
 @pytest.fixture
 def fake_daemon(tmp_path: Path) -> Iterator[str]:
     """A socket in a private directory answering every request with a token reply."""
-    directory = tmp_path / "run"
-    directory.mkdir(mode=0o700)
-    path = str(directory / "daemon.sock")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
-    server.listen(8)
-    server.settimeout(0.05)  # accept() wakes up to see the stop flag
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with conn:
-                conn.recv(65536)
-                conn.sendall(json.dumps(TOKEN_REPLY).encode() + b"\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
+    path = str(tmp_path / "run" / "daemon.sock")
+    with FakeDaemon(path, lambda request: TOKEN_REPLY):
         yield path
-    finally:
-        stop.set()
-        thread.join(5)
-        server.close()
 
 
 @pytest.mark.parametrize("argv", [["header", "graph"], ["token", "graph", "--min-valid", "60", "--scope", "x"],

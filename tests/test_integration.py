@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,47 +19,24 @@ from aadhelper.secret_store import KeyringSecretStore
 from aadhelper.testing.authority import SimulatedAuthority
 from aadhelper.testing.faults import Fault
 from aadhelper.testing.resource import ProtectedResource
-from tests.harness import BIN, DaemonProcess, cli, sensitive, token_of, wait_until
-
-TENANT = "contoso.onmicrosoft.com"
-GRAPH_SCOPE = "https://graph.microsoft.com/.default"
-APP, OTHER_APP = "11111111-0000-0000-0000-000000000001", "11111111-0000-0000-0000-000000000002"
+from tests.harness import (  # noqa: F401 -- two_app_*, two_profile_env: fixtures
+    APP,
+    BIN,
+    GRAPH_SCOPE,
+    OTHER_APP,
+    TENANT,
+    DaemonProcess,
+    add_profile,
+    cli,
+    sensitive,
+    token_of,
+    two_app_authority,
+    two_app_secrets,
+    two_profile_env,
+    wait_until,
+)
 
 pytestmark = pytest.mark.requires("secret-service")
-
-
-@pytest.fixture
-def app_secrets() -> dict[str, str]:
-    values = {APP: "app-secret-" + secrets.token_urlsafe(16), OTHER_APP: "other-secret-" + secrets.token_urlsafe(16)}
-    sensitive(*values.values())
-    return values
-
-
-@pytest.fixture
-def authority(server_ssl_context: object, app_secrets: dict[str, str]) -> Iterator[SimulatedAuthority]:
-    with SimulatedAuthority(ssl_context=server_ssl_context) as authority:  # type: ignore[arg-type]
-        authority.add_tenant(TENANT)
-        for app, secret in app_secrets.items():
-            authority.add_client(app, tenant=TENANT, secret=secret)
-        yield authority
-
-
-def add_profile(env: dict[str, str], name: str, authority_url: str, ca: Path, *, tenant: str = TENANT,
-                client_id: str = APP) -> None:
-    cli(env, "profile", "add", name, "--tenant", tenant, "--client-id", client_id, "--scope", GRAPH_SCOPE,
-        "--authority", authority_url, "--ca-bundle", str(ca), check=True)
-
-
-@pytest.fixture
-def env(isolated_env: dict[str, str], ca_pem_file: Path, authority: SimulatedAuthority,
-        app_secrets: dict[str, str], secret_service: KeyringSecretStore) -> dict[str, str]:
-    """Two working profiles, `graph` and `other`, with their secrets in the real Secret Service."""
-    env = dict(isolated_env, AADHELPER_NO_AUTOSTART="1")
-    add_profile(env, "graph", authority.url, ca_pem_file)
-    add_profile(env, "other", authority.url, ca_pem_file, client_id=OTHER_APP)
-    cli(env, "secret", "set", "graph", input=app_secrets[APP] + "\n", check=True)
-    cli(env, "secret", "set", "other", input=app_secrets[OTHER_APP] + "\n", check=True)
-    return env
 
 
 def test_header_works_end_to_end_and_curl_accepts_it(env: dict[str, str], authority: SimulatedAuthority,

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,63 +15,27 @@ import pytest
 
 from aadhelper.secret_store import KeyringSecretStore
 from aadhelper.testing import DEVICE_CODE_GRANT, Fault, SimulatedAuthority
-from aadhelper.tokens import Secret
-from tests.harness import AADHELPER, SENSITIVE, DaemonProcess, cli, sensitive
-from tests.test_refresh_source import ADO, CLIENT, TENANT, USER, device_sign_in, user_authority
+from tests.harness import (  # noqa: F401 -- user_app_authority, user_profile_env: fixtures
+    AADHELPER,
+    ADO,
+    CLIENT,
+    GRAPH_SCOPE,
+    SENSITIVE,
+    TENANT,
+    USER,
+    DaemonProcess,
+    cli,
+    header,
+    seed,
+    stored,
+    user_app_authority,
+    user_profile_env,
+)
 
-GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 ADO_SCOPE = f"{ADO}/.default"
-KIND = "refresh_token"
 CLAIMS = '{"access_token":{"acrs":{"essential":true,"value":"c1"}}}'
 
 pytestmark = pytest.mark.requires("secret-service")
-
-
-def user_profile_env(isolated_env: dict[str, str], ca_pem_file: Path, authority: SimulatedAuthority) -> dict[str, str]:
-    """A user profile `me`, as in the issue: tenant organizations, a public client, --user, Graph by default."""
-    env = dict(isolated_env, AADHELPER_NO_AUTOSTART="1")
-    cli(env, "profile", "add", "me", "--tenant", "organizations", "--client-id", CLIENT, "--user",
-        "--scope", GRAPH_SCOPE, "--authority", authority.url, "--ca-bundle", str(ca_pem_file), check=True)
-    return env
-
-
-@pytest.fixture
-def authority(server_ssl_context: object) -> Iterator[SimulatedAuthority]:
-    with user_authority(server_ssl_context, device_code_interval=1) as authority:
-        yield authority
-
-
-@pytest.fixture
-def env(isolated_env: dict[str, str], ca_pem_file: Path, authority: SimulatedAuthority,
-        secret_service: KeyringSecretStore) -> dict[str, str]:
-    return user_profile_env(isolated_env, ca_pem_file, authority)
-
-
-def stored(store: KeyringSecretStore) -> str | None:
-    """The refresh token in the real Secret Service (registered as sensitive for the leak checks)."""
-    value = store.get("me", KIND)
-    if value is None:
-        return None
-    sensitive(value.reveal())
-    return value.reveal()
-
-
-def seed(authority: SimulatedAuthority, context: object, store: KeyringSecretStore, *,
-         max_value_chars: int | None = None) -> str:
-    """Sign in directly (as a finished `aadhelper login` would have) and store the refresh token."""
-    token = device_sign_in(authority, context)
-    sensitive(token)
-    target = store if max_value_chars is None else KeyringSecretStore(max_value_chars=max_value_chars)
-    target.set("me", KIND, Secret(token))
-    return token
-
-
-def header(env: dict[str, str], *args: str) -> str:
-    result = cli(env, "header", "me", *args, check=True)
-    value = result.stdout.strip()
-    assert value.startswith("Authorization: Bearer ")
-    sensitive(value.split()[-1])
-    return value
 
 
 class Login:

@@ -3,11 +3,8 @@ status shows it, how the HTTP clients apply it, and the clean start environment 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ from aadhelper.config_edit import add_profile
 from aadhelper.errors import ConfigError
 from aadhelper.grants.http import HttpClients, post_form
 from aadhelper.proxy import DIRECT, ProxySetting, from_environment, parse_no_proxy
+from tests.harness import CountingProxy, counting_proxy_server  # noqa: F401 -- the fixture counting_proxy
 
 PROFILE = ('[profiles.graph]\ntenant = "contoso.onmicrosoft.com"\nclient_id = "c"\n'
            'scopes = ["https://graph.microsoft.com/.default"]\n')
@@ -150,52 +148,6 @@ def test_no_proxy_entries() -> None:
 
 
 # -- the HTTP clients apply it ------------------------------------------------------------------------------
-
-class CountingProxy:
-    """A loopback "proxy" that records the first line of each connection and closes it."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def __enter__(self) -> CountingProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() (closing alone does not, on Linux)
-        self.sock.close()
-        self._thread.join(5)
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                data = b""
-                try:
-                    while b"\r\n" not in data and len(data) < 4096:
-                        chunk = conn.recv(4096)
-                        if not chunk:
-                            break
-                        data += chunk
-                except OSError:
-                    pass
-                self.lines.append(data.split(b"\r\n", 1)[0].decode(errors="replace"))
-
-
-@pytest.fixture
-def counting_proxy() -> Iterator[CountingProxy]:
-    with CountingProxy() as proxy:
-        yield proxy
-
 
 async def _post_through(proxy: ProxySetting, url: str) -> str:
     http = HttpClients()

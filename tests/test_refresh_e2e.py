@@ -16,20 +16,31 @@ import pytest
 from aadhelper import client
 from aadhelper.secret_store import KeyringSecretStore
 from aadhelper.testing import Fault, RecordedRequest, SimulatedAuthority
-from tests import test_login_e2e
 from tests.conftest import lock_keyring, unlock_keyring
-from tests.harness import AADHELPER, BIN, DaemonProcess, cli, exited, sensitive, wait_until
-from tests.test_fetcher import wait_for_log
-from tests.test_login_e2e import header, seed, stored
-from tests.test_refresh_source import RESOURCES, USER
+
+# The user-profile world of the login tests (fixtures `authority`, `env`): the authority with the public client and
+# the user, and profile `me`.
+from tests.harness import (  # noqa: F401 -- user_app_authority, user_profile_env: fixtures
+    AADHELPER,
+    BIN,
+    RESOURCES,
+    USER,
+    DaemonProcess,
+    cli,
+    exited,
+    header,
+    seed,
+    sensitive,
+    stored,
+    user_app_authority,
+    user_profile_env,
+    wait_for_log,
+    wait_until,
+)
 
 SCOPES = [f"{resource}/.default" for resource in RESOURCES]
 
 pytestmark = pytest.mark.requires("secret-service")
-
-# The user-profile world of the login tests: the authority with the public client and the user, and profile `me`.
-authority = test_login_e2e.authority
-env = test_login_e2e.env
 
 
 def sha(value: str) -> str:

@@ -10,10 +10,8 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 import trio.testing
@@ -26,15 +24,11 @@ from aadhelper.fetcher_process import ProcessFetcher
 from aadhelper.grants import HttpClients, make_source
 from aadhelper.grants.refresh import SECRET_KIND, STORE_RETRY_MAX, STORE_RETRY_START, SignIns
 from aadhelper.secret_store import KeyringSecretStore, MemorySecretStore
-from aadhelper.testing import DEVICE_CODE_GRANT, GRAPH, Fault, RecordedRequest, SimulatedAuthority
+from aadhelper.testing import GRAPH, Fault, RecordedRequest, SimulatedAuthority
 from aadhelper.tokens import Secret
 from tests.conftest import lock_keyring, unlock_keyring
+from tests.harness import CLIENT, RESOURCES, TENANT, USER, sign_in_user, user_authority
 
-TENANT = "contoso.onmicrosoft.com"
-CLIENT = "22222222-0000-0000-0000-000000000001"
-USER = "me@contoso.onmicrosoft.com"
-ADO = "499b84ac-1321-427f-aa17-267ca6975798"
-RESOURCES = (GRAPH, ADO, "https://management.azure.com", "https://vault.azure.net", "https://storage.azure.com")
 SCOPE_SETS = [(f"{resource}/.default",) for resource in RESOURCES]
 CLAIMS = '{"access_token":{"acrs":{"essential":true,"value":"c1"}}}'
 
@@ -55,31 +49,6 @@ def assert_no_replay(authority: SimulatedAuthority, first: str, count: int) -> N
     assert [r.status for r in records] == [200] * count, [r.error for r in records]
     assert len(set(digests)) == count
     assert digests[0] == sha(first)
-
-
-def device_sign_in(authority: SimulatedAuthority, context: object, scope: str = f"{GRAPH}/.default") -> str:
-    """Sign in as USER the way `aadhelper login` would, directly over HTTP; returns the refresh token."""
-    base = f"{authority.url}/{TENANT}/oauth2/v2.0"
-    with httpx.Client(verify=context) as http:  # type: ignore[arg-type]
-        started = http.post(f"{base}/devicecode",
-                            data={"client_id": CLIENT, "scope": f"{scope} openid profile offline_access"}).json()
-        authority.approve(started["user_code"], user=USER)
-        reply = http.post(f"{base}/token", data={"grant_type": DEVICE_CODE_GRANT, "client_id": CLIENT,
-                                                 "device_code": started["device_code"]})
-        assert reply.status_code == 200, reply.text
-        token: str = reply.json()["refresh_token"]
-        return token
-
-
-@contextmanager
-def user_authority(server_ssl_context: object, *, device_code_interval: int) -> Iterator[SimulatedAuthority]:
-    """The simulated authority over HTTPS with the public client (several resources) and the user."""
-    with SimulatedAuthority(ssl_context=server_ssl_context) as authority:  # type: ignore[arg-type]
-        authority.add_tenant(TENANT)
-        authority.add_client(CLIENT, tenant=TENANT, public=True, resources=RESOURCES)
-        authority.add_user(USER, tenant=TENANT)
-        authority.device_code_interval = device_code_interval
-        yield authority
 
 
 @pytest.fixture
@@ -103,7 +72,7 @@ def store() -> MemorySecretStore:
 @pytest.fixture
 def first_token(authority: SimulatedAuthority, client_ssl_context: object, store: MemorySecretStore) -> str:
     """USER signed in; the refresh token is in ``store``."""
-    token = device_sign_in(authority, client_ssl_context)
+    token = sign_in_user(authority, client_ssl_context)
     store.set("me", SECRET_KIND, Secret(token))
     return token
 
@@ -269,7 +238,7 @@ async def test_login_or_logout_during_a_refresh_wins(
         first_token: str, change: str) -> None:
     """If `aadhelper login` or `logout` changes the keyring while a refresh is in flight, then the refresh does not
     overwrite it: the new sign-in (or the sign-out) stands."""
-    newer = device_sign_in(authority, client_ssl_context) if change == "login" else None
+    newer = sign_in_user(authority, client_ssl_context) if change == "login" else None
     async with trio.open_nursery() as nursery:
         release, outcome = await held_refresh(authority, rig, nursery)
         if newer is not None:
@@ -338,7 +307,7 @@ async def test_dead_refresh_token_fails_every_scope_with_one_request(
     state = await rig.sign_ins.login_required("me")
     assert state is not None and state.aadsts == aadsts
     authority.refresh_token_lifetime = 90 * 86400
-    store.set("me", SECRET_KIND, Secret(device_sign_in(authority, client_ssl_context)))
+    store.set("me", SECRET_KIND, Secret(sign_in_user(authority, client_ssl_context)))
     assert await rig.sign_ins.login_required("me") is None
     await source.acquire(SCOPE_SETS[0])
     assert refreshes(authority)[-1].status == 200
@@ -376,7 +345,7 @@ async def test_large_refresh_tokens_are_chunked_in_a_small_keyring(
     whole (the authority accepts it), and deleting removes every chunk."""
     authority.refresh_token_length = 6000
     store = MemorySecretStore(max_value_chars=1280)
-    first = device_sign_in(authority, client_ssl_context)
+    first = sign_in_user(authority, client_ssl_context)
     store.set("me", SECRET_KIND, Secret(first))
     assert len(store.entry_names()) == 1 + 5
     rig = Rig(profile, store)
@@ -399,7 +368,7 @@ async def test_large_refresh_tokens_rotate_in_the_real_secret_service(
     stored in chunks, keep working, and deleting removes every chunk."""
     authority.refresh_token_length = 6000
     store = KeyringSecretStore(max_value_chars=1280)
-    first = device_sign_in(authority, client_ssl_context)
+    first = sign_in_user(authority, client_ssl_context)
     store.set("me", SECRET_KIND, Secret(first))
     rig = Rig(profile, store)
     try:
@@ -473,7 +442,7 @@ async def test_the_fetcher_process_reports_an_unsaved_sign_in_until_the_keyring_
     """If the keyring is locked when the fetcher process must store a rotated refresh token, then the daemon's
     ``unsaved_sign_ins()`` names the profile (for status); once the keyring is unlocked, the fetcher stores the token
     by itself and the profile is no longer named."""
-    first = device_sign_in(authority, client_ssl_context)
+    first = sign_in_user(authority, client_ssl_context)
     secret_service.set("me", SECRET_KIND, Secret(first))
     with trio.fail_after(60):
         async with ProcessFetcher(secret_store="keyring") as fetcher, trio.open_nursery() as nursery:

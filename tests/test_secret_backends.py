@@ -35,7 +35,7 @@ from aadhelper.secret_store import (
     open_secret_store,
 )
 from aadhelper.tokens import Secret
-from tests.test_secret_store import KIND, assert_no_secret, token
+from tests.harness import KIND, assert_no_secret, token
 
 # -- the Secret Service reached directly ---------------------------------------------------------------------
 

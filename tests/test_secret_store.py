@@ -11,7 +11,6 @@ read back. How the store reaches the Secret Service directly and how a store is 
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +27,12 @@ from aadhelper.secret_store import (
     MemorySecretStore,
 )
 from aadhelper.tokens import Secret
+from tests.harness import HEADER_LIKE, KIND, assert_no_secret, token
 
 PROFILE = "contract"
-KIND = "refresh_token"
 KEY = f"{PROFILE}/{KIND}"
 SMALL_LIMIT = MIN_VALUE_CHARS
 WINDOWS_LIMIT = 1280
-HEADER_LIKE = "aadhelper-chunked:v1;slot=0;count=1;sha256=" + "0" * 64
 
 
 class SimulatedCrash(BaseException):
@@ -98,11 +96,6 @@ class Case:
         return Secret(token((chunks - 1) * self.limit + self.limit // 2, seed))
 
 
-def token(length: int, seed: int = 0) -> str:
-    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
-    return "".join(random.Random(seed).choices(alphabet, k=length))
-
-
 def chunk_count(value: Secret, limit: int | None) -> int:
     """How many chunks the value needs (0: stored as one plain entry)."""
     text = value.reveal()
@@ -117,14 +110,6 @@ def layouts(key: str, count: int) -> list[set[str]]:
     if count == 0:
         return [{key}]
     return [{key} | {f"{key}#{slot}.{index}" for index in range(count)} for slot in (0, 1)]
-
-
-def assert_no_secret(text: str, *values: Secret) -> None:
-    """No 8-character run of any value (past a header-looking prefix, which is public) appears in ``text``."""
-    for value in values:
-        plain = value.reveal().removeprefix(HEADER_LIKE)
-        leaked = [plain[i:i + 8] for i in range(max(1, len(plain) - 7)) if plain[i:i + 8] in text]
-        assert not leaked, f"secret material in {text!r}"
 
 
 # "secret-service": the store's own choice here, the Secret Service directly; "keyring": keyring's own backend.

@@ -20,16 +20,23 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from types import FrameType
 
-from ..cli import guarded
-from ..cli.app import Parser
-from ..errors import ConfigError, UsageError
+from ..errors import AadhelperError, ConfigError, UsageError
 from .authority import SimulatedAuthority
 from .directory import GRAPH
 from .resource import ProtectedResource
 
+PROG = "python -m aadhelper.testing"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line and exit 2, as the CLI's (not imported: the kit stays independent of it)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message, hint=f"see `{self.prog} --help`")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="python -m aadhelper.testing",
+    parser = Parser(prog=PROG,
                      description="Run a simulated Entra ID authority on a loopback port until Ctrl-C.")
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -117,7 +124,14 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return guarded(lambda: serve(build_parser().parse_args(argv)))
+    """Run the command; expected failures become one stderr line and their exit code, never a traceback."""
+    try:
+        return serve(build_parser().parse_args(argv))
+    except AadhelperError as exc:
+        sys.stderr.write(f"{PROG}: {exc.one_line()}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:  # before serving, e.g. while reading the secret from stdin
+        return 130
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from .. import client, paths
 from ..errors import DaemonNotRunning
@@ -103,7 +103,7 @@ class DaemonProcess:
         self.stop()
 
 
-def terminate(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+def terminate(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL after ``timeout`` seconds; waits for the process either way."""
     if process.poll() is not None:
         return

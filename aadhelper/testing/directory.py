@@ -19,6 +19,8 @@ from .entra import entra_error
 #: Tenant path segments that are not a tenant: Entra resolves them from the app or the user.
 TENANT_ALIASES = frozenset({"common", "organizations", "consumers"})
 GRAPH = "https://graph.microsoft.com"
+#: Azure DevOps' resource id (its scope is ``ADO + "/.default"``).
+ADO = "499b84ac-1321-427f-aa17-267ca6975798"
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1"})
 _T = TypeVar("_T")
 
