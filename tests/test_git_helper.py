@@ -141,7 +141,10 @@ def test_read_and_parse_refuse_anything_with_a_known_message(pieces: list[bytes]
         assert _MALFORMED.fullmatch(exc.one_line()), exc.one_line()
     else:
         request.url()
-        assert "s3cr3t" not in repr(request)
+        password = request.attributes.get("password")
+        others = [value for key, value in request.attributes.items() if key != "password"]
+        if password and not any(password in value for value in others):  # joined with b"", it may sit in another
+            assert password not in repr(request)
 
 
 _KEY_CHARS = st.characters(codec="utf-8", blacklist_characters="=\n\r\0[]")

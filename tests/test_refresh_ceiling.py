@@ -308,7 +308,8 @@ async def test_status_shows_the_schedule_inputs(autojump_clock: trio.testing.Moc
 
 
 @pytest.mark.parametrize("retry_after", [0.0, 0.4])
-async def test_a_retry_after_of_zero_still_backs_off(autojump_clock: trio.testing.MockClock, retry_after: float) -> None:
+async def test_a_retry_after_of_zero_still_backs_off(autojump_clock: trio.testing.MockClock,
+                                                     retry_after: float) -> None:
     """If the authority keeps answering 429 with Retry-After 0 (or an HTTP-date already past), then attempts still
     back off exponentially instead of running until the request budget is spent (found by the fault suite)."""
     source = ScriptedSource(latency=0.0)
