@@ -26,13 +26,13 @@ from . import __version__, paths, protocol, systemd
 from .cache import TokenCache, login_required_status
 from .config import GitUrl, Profile
 from .config_watch import ConfigWatcher
-from .errors import AadhelperError, ConfigError, LoginRequired, NoProfileForUrl, ProtocolError
+from .errors import AadhelperError, ConfigError, NoProfileForUrl, ProtocolError
 from .listener import Activity, bind_unix_socket, bound_path, serve_connections
 from .process_setup import harden_process
 from .token_request import TokenRequest
 
 if TYPE_CHECKING:
-    from .fetcher import Fetcher
+    from .fetcher import Fetcher, SignInStates
 
 log = logging.getLogger("aadhelper.daemon")
 
@@ -129,33 +129,17 @@ class Daemon:
             profiles.append(record)
         return protocol.ok_reply(daemon=daemon, profiles=profiles)
 
-    async def _sign_in_states(self, users: list[Profile]) -> tuple[dict[str, LoginRequired | None], tuple[str, ...]]:
+    async def _sign_in_states(self, users: list[Profile]) -> SignInStates:
         """Per user profile, why it needs a login (None: signed in, or nobody can tell right now), and the user
-        profiles whose rotated refresh token the keyring has not taken yet. Asked of the fetcher all at once, each
-        question bounded by its deadline: a status must answer even while the fetcher restarts or is stopped."""
-        logins: dict[str, LoginRequired | None] = {}
-        unsaved: list[tuple[str, ...]] = []
-        fetcher = self.fetcher
-        if fetcher is None or not users:
-            return logins, ()
-
-        async def login_state(profile: str) -> None:
-            try:
-                logins[profile] = await fetcher.login_required(profile)
-            except AadhelperError as exc:
-                log.info("status: cannot tell whether profile %r is signed in (%s)", profile, exc.one_line())
-
-        async def unsaved_sign_ins() -> None:
-            try:
-                unsaved.append(await fetcher.unsaved_sign_ins())
-            except AadhelperError as exc:
-                log.info("status: cannot tell whether every sign-in is saved (%s)", exc.one_line())
-
-        async with trio.open_nursery() as nursery:
-            for profile in users:
-                nursery.start_soon(login_state, profile.name)
-            nursery.start_soon(unsaved_sign_ins)
-        return logins, unsaved[0] if unsaved else ()
+        profiles whose rotated refresh token the keyring has not taken yet: one question to the fetcher for all of
+        them, bounded by its deadline (a status must answer even while the fetcher restarts or is stopped)."""
+        if self.fetcher is None or not users:
+            return {}, ()
+        try:
+            return await self.fetcher.sign_in_states([profile.name for profile in users])
+        except AadhelperError as exc:
+            log.info("status: cannot tell whether the user profiles are signed in (%s)", exc.one_line())
+            return {}, ()
 
     async def _op_reload(self, message: dict[str, Any]) -> dict[str, Any]:
         name = message.get("profile")
@@ -195,7 +179,7 @@ async def serve(fetcher: Fetcher, *, config_path: str | None = None, socket_path
                 task_status: trio.TaskStatus[DaemonInfo] = trio.TASK_STATUS_IGNORED) -> None:
     """Run the daemon until cancelled or signalled. Uses systemd's listening socket when socket-activated.
 
-    ``fetcher`` obtains the tokens (a :class:`~aadhelper.fetcher_process.ProcessFetcher` in the real daemon);
+    ``fetcher`` obtains the tokens (a :class:`~aadhelper.fetcher.parent.ProcessFetcher` in the real daemon);
     it is entered before anything is served and left after the last reply.
     """
     harden_process()

@@ -185,7 +185,7 @@ def run_at_idle_priority() -> str:
     during refreshes 1.28-1.33 x outside with SCHED_IDLE; 2.19 with nice 19, 2.26 with nice 10, 2.54 without).
     The cost: on a machine whose every CPU is saturated by normal work, a fetch waits for idle time (measured
     with two busy loops on 2 CPUs: 0.4 s median, 3 s at worst), and the priority cannot be raised again while a
-    client waits (unprivileged, see :mod:`aadhelper.fetcher_process`): the daemon bounds that wait instead. Where the
+    client waits (unprivileged, see :mod:`aadhelper.fetcher.parent`): the daemon bounds that wait instead. Where the
     policy is not available (not Linux, or a seccomp filter), nice 19 is the next best thing. Returns which of
     them it got, for the log.
     """

@@ -7,7 +7,7 @@ import os
 import resource
 import socket
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -22,12 +22,11 @@ from aadhelper.errors import (
     AadhelperError,
     ConfigError,
     DaemonNotRunning,
-    LoginRequired,
     ProtocolError,
     SecretMissing,
     UnknownProfile,
 )
-from aadhelper.fetcher import LocalFetcher
+from aadhelper.fetcher import LocalFetcher, SignInStates
 from aadhelper.listener import DaemonAlreadyRunning, bind_unix_socket, check_peer
 from aadhelper.tokens import Secret
 from tests.harness import DaemonProcess, wait_until
@@ -274,7 +273,7 @@ async def test_broken_config_is_reported_per_request_and_recovers(tmp_path: Path
 class FetcherDown(LocalFetcher):
     """A fetcher that cannot answer (as while a fetcher process restarts)."""
 
-    async def login_required(self, profile: str) -> LoginRequired | None:
+    async def sign_in_states(self, profiles: Sequence[str]) -> SignInStates:
         raise AadhelperError("the token fetcher process stopped during the request")
 
 

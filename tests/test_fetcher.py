@@ -21,9 +21,9 @@ import trio
 from aadhelper import client, protocol
 from aadhelper.config import Profile
 from aadhelper.errors import AadhelperError, ProtocolError, SecretMissing, error_from_wire
-from aadhelper.fetcher import LineLink, profile_from_wire, profile_to_wire, token_from_wire, token_to_wire
-from aadhelper.fetcher_child import serve_daemon
-from aadhelper.fetcher_process import ChildProcess, _Child
+from aadhelper.fetcher.child import serve_daemon
+from aadhelper.fetcher.parent import ChildProcess, _Child
+from aadhelper.fetcher.wire import LineLink, profile_from_wire, profile_to_wire, token_from_wire, token_to_wire
 from aadhelper.secret_store import MemorySecretStore
 from aadhelper.testing import SimulatedAuthority
 from aadhelper.tokens import Secret, Token
@@ -135,7 +135,7 @@ async def test_child_answers_acquire_with_a_token(fetcher_link: FetcherLink, sto
     ({"op": "acquire", "scopes": [SCOPE], "profile": profile_to_wire(profile())}, "secret_missing"),
     ({"op": "acquire", "scopes": [SCOPE], "profile": {"name": "graph"}}, "protocol"),
     ({"op": "acquire", "scopes": "all", "profile": profile_to_wire(profile())}, "protocol"),
-    ({"op": "login_required", "profile": 7}, "protocol"),
+    ({"op": "sign_in_states", "profiles": [7]}, "protocol"),
     ({"op": "format_disk"}, "protocol"),
 ])
 async def test_child_answers_bad_requests_with_an_error_and_keeps_going(
@@ -145,8 +145,8 @@ async def test_child_answers_bad_requests_with_an_error_and_keeps_going(
     reply = await fetcher_link.ask(id=7, **request_fields)
     assert reply["id"] == 7 and not reply["ok"] and reply["error"]["code"] == code
     assert "\n" not in reply["error"]["message"]
-    assert (await fetcher_link.ask(op="login_required", id=8, profile="me"))["login_required"]["code"] \
-        == "login_required"
+    states = await fetcher_link.ask(op="sign_in_states", id=8, profiles=["me"])
+    assert states["id"] == 8 and states["login_required"]["me"]["code"] == "login_required" and states["unsaved"] == []
 
 
 async def test_child_hangs_up_on_garbage(store: MemorySecretStore) -> None:
@@ -259,3 +259,36 @@ def test_error_replies_rebuild_their_class() -> None:
     error = SecretMissing("no client secret is stored for profile 'graph'", profile="graph", hint="store it")
     rebuilt = error_from_wire(protocol.decode(protocol.encode(protocol.error_reply(error.to_wire())))["error"])
     assert type(rebuilt) is SecretMissing and rebuilt.one_line() == error.one_line()
+
+
+async def test_a_fetcher_of_another_build_is_refused_and_not_started_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the installed aadhelper is not the build the daemon started from (pip install -U under a running daemon),
+    then a fetcher started afresh refuses to serve it: the request gets one line saying to restart the daemon, and
+    no further fetcher is started for later requests."""
+    from aadhelper.fetcher import wire
+    from aadhelper.fetcher.parent import ProcessFetcher
+
+    monkeypatch.setattr(wire, "_build", "0.0.1+the-daemons-own")
+    with trio.fail_after(30):
+        async with ProcessFetcher(secret_store="memory") as fetcher:
+            for _ in range(2):
+                with pytest.raises(AadhelperError, match="upgraded while the daemon ran") as caught:
+                    await fetcher.sign_in_states(["me"])
+                assert "restart the daemon" in caught.value.one_line()
+            assert fetcher._child is not None and fetcher._child.refused is not None
+
+
+def test_the_build_id_changes_with_any_module_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If a module file of the package changes (size or mtime), then the build id changes."""
+    from aadhelper.fetcher import wire
+
+    monkeypatch.setattr(wire, "_build", None)
+    before = wire.build_id()
+    target = Path(wire.__file__)
+    info = target.stat()
+    try:
+        os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))
+        monkeypatch.setattr(wire, "_build", None)
+        assert wire.build_id() != before
+    finally:
+        os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))

@@ -20,8 +20,8 @@ import trio.testing
 
 from aadhelper import client
 from aadhelper.errors import AadhelperError, KeyringUnavailable
-from aadhelper.fetcher import KEYRING_DEADLINE, AsyncSecrets
-from aadhelper.fetcher_process import FETCH_DEADLINE, RESTART_INTERVAL, ChildProcess, ProcessFetcher
+from aadhelper.fetcher.local import KEYRING_DEADLINE, AsyncSecrets
+from aadhelper.fetcher.parent import FETCH_DEADLINE, RESTART_INTERVAL, ChildProcess, ProcessFetcher
 from aadhelper.secret_store import MemorySecretStore
 from aadhelper.testing import SimulatedAuthority
 from aadhelper.tokens import Secret

@@ -20,7 +20,7 @@ from aadhelper.cache import TokenCache, TokenSource
 from aadhelper.config import Profile
 from aadhelper.errors import AuthorityUnavailable, LoginRequired, SecretStoreError
 from aadhelper.fetcher import AsyncSecrets, LocalFetcher
-from aadhelper.fetcher_process import ProcessFetcher
+from aadhelper.fetcher.parent import ProcessFetcher
 from aadhelper.grants import HttpClients, make_source
 from aadhelper.grants.refresh import SECRET_KIND, STORE_RETRY_MAX, STORE_RETRY_START, SignIns
 from aadhelper.secret_store import KeyringSecretStore, MemorySecretStore

@@ -1,6 +1,6 @@
 """The buffers that carry secrets are wiped once used: :func:`aadhelper.tokens.wipe`, the form body and reply of
 :func:`aadhelper.grants.http.post_form` (against the simulated authority over real HTTPS), and the line buffers of
-:class:`aadhelper.fetcher.LineLink` (over a real socket pair)."""
+:class:`aadhelper.fetcher.wire.LineLink` (over a real socket pair)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from aadhelper import protocol
 from aadhelper.errors import ProtocolError
-from aadhelper.fetcher import LineLink
+from aadhelper.fetcher.wire import LineLink
 from aadhelper.grants.http import encode_form, post_form
 from aadhelper.testing.authority import SimulatedAuthority
 from aadhelper.tokens import Secret, wipe

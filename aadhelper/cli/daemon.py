@@ -3,13 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-
-log = logging.getLogger("aadhelper.daemon")
-
-#: The environment variables that name a path the daemon uses.
-_PATH_VARIABLES = ("AADHELPER_CONFIG", "AADHELPER_SOCKET", "AADHELPER_STATE_DIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,26 +22,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..process_setup import clean_start_environment, configure_logging
+    from ..daemon_start import run_daemon
 
-    # Paths given relative to the starter's directory keep meaning what they meant once the daemon is in /.
-    args.config, args.socket = (os.path.abspath(path) if path else path for path in (args.config, args.socket))
-    for name in _PATH_VARIABLES:
-        if os.environ.get(name):
-            os.environ[name] = os.path.abspath(os.environ[name])
-    # Then, before anything reads the starter's environment: the daemon's own (see the function).
-    kept = clean_start_environment()
-    configure_logging(args.verbose)
-    log.debug("started in / with the environment variables %s (values not shown)", ", ".join(kept))
-    # Imported only now: no library reads the starter's environment at import time either.
-    import trio
-
-    from ..daemon import serve
-    from ..fetcher_process import ProcessFetcher
-    from ..secret_store import store_kind
-
-    # Checked here (the fetcher process opens the store): a bad $AADHELPER_SECRET_STORE stops the start.
-    fetcher = ProcessFetcher(secret_store=store_kind(args.secret_store), verbose=args.verbose)
-    fetcher.start_early()
-    trio.run(lambda: serve(fetcher, config_path=args.config, socket_path=args.socket))
-    return 0
+    return run_daemon(config_path=args.config, socket_path=args.socket, secret_store=args.secret_store,
+                      verbose=args.verbose)

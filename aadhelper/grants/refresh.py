@@ -30,7 +30,7 @@ Rules, and why:
   NAME`` and carrying the authority's ``claims``) until the keyring holds another token.
 
 SIGKILL at any point of a refresh, honestly (of the process doing it: the daemon's fetcher, see
-:mod:`aadhelper.fetcher_child`; a SIGKILL of the daemon alone lets the fetcher finish the exchange and the write):
+:mod:`aadhelper.fetcher.child`; a SIGKILL of the daemon alone lets the fetcher finish the exchange and the write):
 killed before the request reaches the authority, nothing changed.
 Killed while the keyring write runs, the secret store's replacement is crash-safe (old or new value, never a mix).
 Killed after the authority rotated but before the write finished, the keyring holds a token the authority has

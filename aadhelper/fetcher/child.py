@@ -1,5 +1,5 @@
 """The token fetcher process, started by the daemon only: forked at its start, or ``python -m
-aadhelper.fetcher_child --fd N`` when a fetcher had to be started again.
+aadhelper.fetcher.child --fd N --build ID`` when a fetcher had to be started again.
 
 It reads fetch requests from the socket the daemon passed, answers each with a token or an error (each request
 runs on its own, so a slow authority for one profile holds up no other), runs at idle CPU priority
@@ -10,14 +10,9 @@ why a SIGKILL of the daemon loses no rotation. A rotated refresh token the keyri
 try, and is logged at ERROR level if it is lost (:meth:`aadhelper.grants.refresh.SignIns.store_before_exit`).
 Ctrl-C in a terminal goes to the daemon, which then closes the link; the fetcher ignores SIGINT.
 
-Requests (ids chosen by the daemon)::
-
-    {"v": 1, "op": "acquire", "id": 7, "profile": {"name": ..., "tenant": ...}, "scopes": [...]}
-    {"v": 1, "op": "login_required", "id": 8, "profile": "me"}
-    {"v": 1, "op": "unsaved_sign_ins", "id": 9}
-
-Replies: ``{"v": 1, "ok": true, "id": 7, "token": {...}}``, ``{"v": 1, "ok": true, "id": 8, "login_required":
-{error} | null}``, ``{"v": 1, "ok": true, "id": 9, "profiles": ["me"]}``, or an error reply with the id.
+Its first line is an unasked ``hello`` (:mod:`aadhelper.fetcher.wire`, which declares every message of this
+channel); a started one whose :func:`~aadhelper.fetcher.wire.build_id` differs from the daemon's (``--build``: the
+package was upgraded under the running daemon) sends a failed ``hello`` and exits instead.
 """
 
 from __future__ import annotations
@@ -32,35 +27,40 @@ from typing import Any
 
 import trio
 
-from . import protocol
-from .errors import AadhelperError, ConfigError, ProtocolError
-from .fetcher import LineLink, LocalFetcher, profile_from_wire, scopes_from_wire, token_to_wire
-from .process_setup import configure_logging, harden_process, run_at_idle_priority, set_process_name
-from .secret_store import SecretStore, open_secret_store
+from .. import protocol
+from ..errors import AadhelperError, ConfigError, ProtocolError
+from ..process_setup import configure_logging, harden_process, run_at_idle_priority, set_process_name
+from ..secret_store import SecretStore, open_secret_store
+from . import wire
+from .local import LocalFetcher
+from .wire import LineLink, profile_from_wire, scopes_from_wire, strings_from_wire, token_to_wire
 
 log = logging.getLogger("aadhelper.fetcher")
 
 
 def main(argv: list[str] | None = None) -> int:
     """The executed fetcher (the daemon starts one this way when the first one stopped)."""
-    parser = argparse.ArgumentParser(prog="python -m aadhelper.fetcher_child",
+    parser = argparse.ArgumentParser(prog="python -m aadhelper.fetcher.child",
                                      description="aadhelper's token fetcher (started by the daemon)")
     parser.add_argument("--fd", type=int, required=True, help="the socket to the daemon")
+    parser.add_argument("--build", required=True, help="the daemon's build id (the fetcher must be the same)")
     parser.add_argument("--secret-store", choices=("keyring", "memory"))
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
-    return run(socket.socket(fileno=args.fd), secret_store=args.secret_store, verbose=args.verbose)
+    return run(socket.socket(fileno=args.fd), secret_store=args.secret_store, verbose=args.verbose,
+               daemon_build=args.build)
 
 
 def preload() -> None:
     """Import what fetching needs. The daemon does this before it forks the fetcher, which then starts with every
     module loaded (instead of spending ~0.2 s importing them after the daemon's own imports)."""
-    from . import grants  # noqa: F401  (httpx)
-    from .grants import client_credentials, refresh  # noqa: F401
+    from .. import grants  # noqa: F401  (httpx)
+    from ..grants import client_credentials, refresh  # noqa: F401
 
 
-def run(sock: socket.socket, *, secret_store: str | None, verbose: bool) -> int:
-    """The fetcher process's life, forked or executed: answer on ``sock`` until the daemon hangs up."""
+def run(sock: socket.socket, *, secret_store: str | None, verbose: bool, daemon_build: str | None = None) -> int:
+    """The fetcher process's life, forked (``daemon_build`` None: the daemon's own code) or executed: answer on
+    ``sock`` until the daemon hangs up."""
     configure_logging(verbose)
     harden_process()
     set_process_name("aadhelper-fetch")
@@ -68,11 +68,20 @@ def run(sock: socket.socket, *, secret_store: str | None, verbose: bool) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # What a test (or a reader of the log) waits for: the process has its name and priority from here on.
     log.debug("token fetcher running (pid %d, %s)", os.getpid(), priority)
+    if daemon_build is not None and daemon_build != wire.build_id():
+        refused = AadhelperError(
+            f"aadhelper was upgraded while the daemon ran (daemon {daemon_build}, installed {wire.build_id()}): "
+            "the new token fetcher cannot serve the old daemon", hint="restart the daemon "
+            "(`systemctl --user restart aadhelper`, or stop it and let the next client start it)")
+        log.error("token fetcher: %s", refused.one_line())
+        sock.sendall(protocol.encode(wire.hello_refused(refused)))
+        return 3
     try:
         store = open_secret_store(secret_store)
     except ConfigError as exc:
         log.error("token fetcher: %s", exc.one_line())
         return exc.exit_code
+    sock.sendall(protocol.encode(wire.hello(wire.build_id())))
     trio.run(serve_daemon, sock, store)
     return 0
 
@@ -123,19 +132,14 @@ async def _answer(fetcher: LocalFetcher, link: LineLink, message: dict[str, Any]
 
 async def _dispatch(fetcher: LocalFetcher, message: dict[str, Any]) -> dict[str, Any]:
     op = message.get("op")
-    if op == "acquire":
+    if op == wire.ACQUIRE:
         scopes = scopes_from_wire(message.get("scopes"))
         profile = profile_from_wire(message.get("profile"), scopes)
         response = await fetcher.source(profile).acquire(scopes)
         return protocol.ok_reply(token=token_to_wire(response.token))
-    if op == "login_required":
-        name = message.get("profile")
-        if not isinstance(name, str):
-            raise ProtocolError("login_required without a profile name")
-        error = await fetcher.login_required(name)
-        return protocol.ok_reply(login_required=error.to_wire() if error is not None else None)
-    if op == "unsaved_sign_ins":
-        return protocol.ok_reply(profiles=list(await fetcher.unsaved_sign_ins()))
+    if op == wire.SIGN_IN_STATES:
+        logins, unsaved = await fetcher.sign_in_states(strings_from_wire(message.get("profiles"), "profile names"))
+        return wire.sign_in_states_reply(logins, unsaved)
     raise ProtocolError(f"the token fetcher has no operation {op!r}")
 
 

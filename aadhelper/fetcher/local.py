@@ -1,45 +1,33 @@
-"""The daemon's token fetcher: everything a fresh token costs (the keyring read, the authority's HTTPS
-exchange, refresh-token rotation), behind one small interface the token cache uses.
-
-Why a separate piece: the daemon answers requests on one trio thread, and a refresh done on that thread
-stalls it for milliseconds at a time (the keyring read holds the GIL in a worker thread, TLS handshakes and
-building the HTTP request run on the loop). :class:`~aadhelper.fetcher_process.ProcessFetcher` therefore
-runs the fetcher in a child process, and the serving loop only sends one line and reads one back.
-:class:`LocalFetcher` is the same work in-process: what the child runs, and what the demo and in-process
-tests use.
+"""The fetcher interface, and the fetcher in this process: what the child process runs, and what the demo and
+in-process tests use.
 
 A fetcher is an async context manager (its background duties: connecting the keyring early, retrying the
 storage of a rotated refresh token, one last try at exit) that hands out one
-:class:`~aadhelper.cache.TokenSource` per profile, says whether a user profile needs ``aadhelper login``, and
-which profiles have a new sign-in the keyring has not taken yet. Every keyring call has a deadline
-(:data:`KEYRING_DEADLINE`, :class:`AsyncSecrets`). The messages between daemon and child are JSON lines
-(:mod:`aadhelper.protocol`'s encoding); the codecs for profiles, tokens and replies live here, next to
-the interface they carry.
+:class:`~aadhelper.cache.TokenSource` per profile and tells, for a set of user profiles at once, which need
+``aadhelper login`` and which have a new sign-in the keyring has not taken yet. Every keyring call has a
+deadline (:data:`KEYRING_DEADLINE`, :class:`AsyncSecrets`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from . import protocol
-from .config import Profile
-from .errors import AadhelperError, KeyringUnavailable, LoginRequired, ProtocolError, error_from_wire
-from .proxy import ProxySetting
-from .tokens import Secret, Token, wipe
+from ..config import Profile
+from ..errors import KeyringUnavailable, LoginRequired
+from ..tokens import Secret
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from .cache import TokenSource
-    from .secret_store import SecretStore
+    from ..cache import TokenSource
+    from ..secret_store import SecretStore
 
 log = logging.getLogger("aadhelper.fetcher")
 
@@ -47,7 +35,7 @@ log = logging.getLogger("aadhelper.fetcher")
 #: and fails as "keyring unavailable" (see :class:`AsyncSecrets`).
 KEYRING_DEADLINE = 10.0
 #: Longest the fetcher spends at exit on a last attempt to store rotated refresh tokens the keyring refused so far
-#: (seconds; the daemon kills a fetcher that has not exited :data:`~aadhelper.fetcher_process.STOP_GRACE` seconds
+#: (seconds; the daemon kills a fetcher that has not exited :data:`~aadhelper.fetcher.parent.STOP_GRACE` seconds
 #: after it asked it to stop).
 EXIT_STORE_DEADLINE = 3.0
 
@@ -64,14 +52,16 @@ class Fetcher(Protocol):
         """The token source for ``profile`` (cheap: the cache asks again whenever the profile changes)."""
         ...
 
-    async def login_required(self, profile: str) -> LoginRequired | None:
-        """Why the user profile ``profile`` needs ``aadhelper login``; None when signed in or unknown."""
+    async def sign_in_states(self, profiles: Sequence[str]) -> SignInStates:
+        """For the user profiles ``profiles``: why each needs ``aadhelper login`` (None when signed in or unknown),
+        and which profiles' newest refresh token the keyring has refused so far (sorted: it lives only in the
+        fetcher's memory, is retried with backoff, and is lost if the fetcher stops before a write succeeds).
+        One question for all of them: ``status`` asks it once, whatever the number of profiles."""
         ...
 
-    async def unsaved_sign_ins(self) -> tuple[str, ...]:
-        """The user profiles whose newest refresh token the keyring has refused so far (sorted): it lives only in
-        the fetcher's memory, is retried with backoff, and is lost if the fetcher stops before a write succeeds."""
-        ...
+
+#: (profile -> why it needs a login, or None; profiles with a sign-in not yet in the keyring)
+SignInStates = tuple[dict[str, LoginRequired | None], tuple[str, ...]]
 
 
 # -- in this process --------------------------------------------------------------------------------
@@ -172,8 +162,8 @@ class LocalFetcher:
     """Fetches in this process: one HTTP client per CA bundle, the secret store, the user profiles' sign-ins."""
 
     def __init__(self, store: SecretStore, *, clock: Callable[[], float] = time.time) -> None:
-        from .grants import HttpClients
-        from .grants.refresh import SignIns
+        from ..grants import HttpClients
+        from ..grants.refresh import SignIns
 
         self._clock = clock
         self._http = HttpClients()
@@ -203,137 +193,17 @@ class LocalFetcher:
                 await self._http.aclose()
 
     def source(self, profile: Profile) -> TokenSource:
-        from .grants import make_source
+        from ..grants import make_source
 
         return make_source(profile, http=self._http, secrets=self._secrets, clock=self._clock,
                            sign_ins=self._sign_ins)
 
+    async def sign_in_states(self, profiles: Sequence[str]) -> SignInStates:
+        logins = {name: await self._sign_ins.login_required(name) for name in profiles}
+        return logins, self._sign_ins.unsaved()
+
     async def login_required(self, profile: str) -> LoginRequired | None:
-        return await self._sign_ins.login_required(profile)
+        return (await self.sign_in_states([profile]))[0][profile]
 
     async def unsaved_sign_ins(self) -> tuple[str, ...]:
-        return self._sign_ins.unsaved()
-
-
-# -- messages between the daemon and a fetcher process ------------------------------------------------
-
-#: The profile settings a fetch needs (scopes travel per request; min_valid and git URLs are the cache's).
-_PROFILE_FIELDS = ("name", "tenant", "client_id", "authority", "credential", "ca_bundle")
-
-
-def profile_to_wire(profile: Profile) -> dict[str, Any]:
-    return {**{key: getattr(profile, key) for key in _PROFILE_FIELDS}, "proxy": profile.proxy.to_wire()}
-
-
-def profile_from_wire(wire: object, scopes: tuple[str, ...]) -> Profile:
-    if not isinstance(wire, dict):
-        raise ProtocolError("fetch request without a profile")
-    text = {key: wire.get(key) for key in _PROFILE_FIELDS if key != "ca_bundle"}
-    ca_bundle = wire.get("ca_bundle")
-    if not all(isinstance(value, str) for value in text.values()) or not isinstance(ca_bundle, (str, type(None))):
-        raise ProtocolError("fetch request with a malformed profile")
-    try:
-        proxy = ProxySetting.from_wire(wire.get("proxy"))
-    except ValueError:
-        raise ProtocolError("fetch request with a malformed proxy setting") from None
-    return Profile(name=str(text["name"]), tenant=str(text["tenant"]), client_id=str(text["client_id"]),
-                   scopes=scopes, authority=str(text["authority"]), credential=str(text["credential"]),
-                   ca_bundle=ca_bundle, proxy=proxy)
-
-
-def scopes_from_wire(wire: object) -> tuple[str, ...]:
-    return strings_from_wire(wire, "scopes")
-
-
-def strings_from_wire(wire: object, what: str) -> tuple[str, ...]:
-    """A list of strings (scopes, profile names) sent between daemon and fetcher."""
-    if not isinstance(wire, list) or not all(isinstance(s, str) for s in wire):
-        raise ProtocolError(f"malformed {what} between daemon and fetcher")
-    return tuple(wire)
-
-
-def token_to_wire(token: Token) -> dict[str, Any]:
-    return {"access_token": token.access_token.reveal(), "token_type": token.token_type,
-            "expires_on": token.expires_on, "refresh_on": token.refresh_on, "scopes": list(token.scopes),
-            "obtained_at": token.obtained_at, "account": token.account}
-
-
-def token_from_wire(wire: object) -> Token:
-    if not isinstance(wire, dict):
-        raise ProtocolError("fetch reply without a token")
-    access_token, token_type, refresh_on = wire.get("access_token"), wire.get("token_type"), wire.get("refresh_on")
-    account = wire.get("account")
-    if not isinstance(access_token, str) or not isinstance(token_type, str) \
-            or not isinstance(account, (str, type(None))):
-        raise ProtocolError("fetch reply with a malformed token")
-    return Token(access_token=Secret(access_token), token_type=token_type, expires_on=_seconds(wire, "expires_on"),
-                 refresh_on=None if refresh_on is None else _seconds(wire, "refresh_on"),
-                 scopes=scopes_from_wire(wire.get("scopes")), obtained_at=_seconds(wire, "obtained_at"),
-                 account=account)
-
-
-def error_of_reply(reply: dict[str, Any]) -> AadhelperError | None:
-    """The error a reply carries (``{"error": {...}}``), else None."""
-    wire = reply.get("error")
-    return error_from_wire(wire) if isinstance(wire, dict) else None
-
-
-def _seconds(wire: dict[str, Any], key: str) -> float:
-    value = wire.get(key)
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ProtocolError(f"fetch reply with a malformed token ({key})")
-    return float(value)
-
-
-class LineLink:
-    """One end of the daemon-fetcher socket: whole JSON lines out (one writer at a time) and in.
-
-    The lines carry access tokens (and the fetcher's replies nothing else secret), so neither end leaves a copy
-    behind: a line sent is wiped once written, and received bytes go straight into the channel's
-    :class:`~aadhelper.protocol.LineBuffer` (which zeroes what it hands out), each line wiped once decoded.
-    """
-
-    #: Largest line either side accepts: a token reply is a few KB.
-    MAX_LINE = 1024 * 1024
-    #: The receive buffer's first size: a token reply fits, so it normally never grows.
-    _FIRST_BUFFER = 64 * 1024
-
-    def __init__(self, sock: trio.socket.SocketType) -> None:
-        self._sock = sock
-        self._lines = protocol.LineBuffer(self.MAX_LINE, size=self._FIRST_BUFFER)
-        self._send_lock = trio.Lock()
-
-    async def send(self, message: dict[str, Any]) -> None:
-        line = protocol.encode(message)
-        try:
-            with memoryview(line) as view:
-                sent = 0
-                async with self._send_lock:
-                    while sent < len(line):
-                        sent += await self._sock.send(view[sent:])
-        finally:
-            wipe(line)
-
-    async def receive(self) -> dict[str, Any] | None:
-        """The next message; None at end of stream. A malformed or oversized line raises ProtocolError."""
-        try:
-            while (line := self._lines.pop_line()) is None:
-                with self._lines.space() as space:
-                    received = await self._sock.recv_into(space)
-                if not received:
-                    return None
-                self._lines.commit(received)
-        except protocol.LineTooLong:
-            raise ProtocolError(f"a line longer than {self.MAX_LINE} bytes between daemon and fetcher") from None
-        try:
-            return protocol.decode(line)
-        finally:
-            wipe(line)
-
-    def finish(self) -> None:
-        """No more messages from this end (the other end reads end of stream); replies can still arrive."""
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self._sock.close()
+        return (await self.sign_in_states([]))[1]

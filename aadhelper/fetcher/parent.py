@@ -1,12 +1,23 @@
 """The daemon's side of the token fetcher process: start it, send it fetches, match its replies, restart it.
 
-The first child is forked by :meth:`ProcessFetcher.start_early` before the daemon's trio loop (and any
-thread) exists: it starts with every module already loaded and connects to the keyring while the daemon
-binds its socket, so the daemon's start-to-first-token time stays that of one process. A later child (after
-the first one died) is executed afresh (``python -m aadhelper.fetcher_child``), because forking a process
-that runs trio and threads is not safe. Either runs :func:`aadhelper.fetcher_child.run`. They talk JSON lines
-over a socket pair; each request carries an ``id`` and any number may be under way at once (the child
-answers in the order fetches finish).
+The first child is forked by :meth:`ProcessFetcher.fork` before the daemon's trio loop (and any thread)
+exists (the start-up recipe is :func:`aadhelper.daemon_start.run_daemon`): it starts with every module already
+loaded and connects to the keyring while the daemon binds its socket, so the daemon's start-to-first-token time
+stays that of one process. A later child (after the first one died) is executed afresh (``python -m
+aadhelper.fetcher.child``), because forking a process that runs trio and threads is not safe. Either runs
+:func:`aadhelper.fetcher.child.run`. What they say to each other is :mod:`aadhelper.fetcher.wire`.
+
+**Restarts, and no version skew (decided).** Two shapes were possible: fork once and let the child's death end
+the daemon (oidc-agent's; systemd's ``Restart=on-failure`` or the next client's autostart brings it back), or
+start a new child and make it prove it runs the daemon's code. The second is kept: a fetcher crash (a bug in one
+profile's grant, the OOM killer) then costs the requests waiting on it one line and the next fetch a child start
+(a fresh interpreter's imports; ~0.3 s on this machine, measured by tests/test_fetcher.py's restart test), while
+every cached token of every profile stays served; ending the daemon would drop them all, and a user profile's
+next request would wait for a refresh (a full start-to-first-token each, scripts/bench row 7: ~0.26 s, more for
+many profiles). What the executed child proves: the daemon passes its :func:`~aadhelper.fetcher.wire.build_id`,
+taken when it started; the child compares its own and, after an upgrade under a running daemon, refuses with a
+failed ``hello``. The daemon then starts no more children and answers every fetch with one line saying to
+restart it.
 
 If the child dies (a bug, the OOM killer), the fetches waiting on it fail with an error that says so, and
 the next fetch starts a new child, at most one start per :data:`RESTART_INTERVAL`: a fetch that comes sooner
@@ -39,7 +50,6 @@ child's name or death raced with the child under CPU load.
 from __future__ import annotations
 
 import contextlib
-import gc
 import itertools
 import logging
 import math
@@ -48,23 +58,25 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import protocol
-from .config import Profile
-from .errors import AadhelperError, LoginRequired, ProtocolError, error_from_wire
-from .fetcher import LineLink, error_of_reply, profile_to_wire, strings_from_wire, token_from_wire
-from .tokens import TokenResponse
+from ..config import Profile
+from ..errors import AadhelperError, LoginRequired, ProtocolError
+from ..tokens import TokenResponse
+from . import wire
+from .local import SignInStates
+from .wire import LineLink, error_of_reply, token_from_wire
 
 if TYPE_CHECKING:
     from types import TracebackType
 
 log = logging.getLogger("aadhelper.fetcher")
 
-CHILD_MODULE = "aadhelper.fetcher_child"
+CHILD_MODULE = "aadhelper.fetcher.child"
 #: Seconds the daemon gives the child at shutdown to finish a refresh exchange.
 STOP_GRACE = 10.0
 #: Least seconds between two starts of the child (a child that cannot start must not be started per request) ...
@@ -129,6 +141,8 @@ class _Child:
         self.gone = False
         #: Whether the child has answered anything (one that stops before that must not be restarted per request).
         self.answered = False
+        #: Why the child refused to serve (its failed hello: another build of aadhelper), else None.
+        self.refused: AadhelperError | None = None
         self.stopping = False
         #: Set once the process has exited and been reaped (by :meth:`read_replies`).
         self.exited = trio.Event()
@@ -166,6 +180,12 @@ class _Child:
                 reply = await self.link.receive()
                 if reply is None:
                     break
+                if reply.get("op") == wire.HELLO:
+                    self.refused = error_of_reply(reply)
+                    if self.refused is not None:
+                        log.error("the token fetcher (pid %d) refused to start: %s", self.process.pid,
+                                  self.refused.one_line())
+                    continue
                 self.answered = True
                 waiting = self.pending.get(reply.get("id"))  # type: ignore[arg-type]
                 if waiting is not None:  # else its caller gave up (cancelled)
@@ -192,6 +212,8 @@ class _Child:
                         _describe_status(status))
 
     def stopped(self) -> AadhelperError:
+        if self.refused is not None:
+            return self.refused.copy()
         return AadhelperError("the token fetcher process stopped during the request",
                               hint="see the daemon's log; the next request starts it again")
 
@@ -223,18 +245,14 @@ class ProcessFetcher:
         #: Seconds from a child's start before another may replace it (grows while children die unanswering).
         self._restart_delay = RESTART_INTERVAL
 
-    def start_early(self) -> None:
-        """Fork the first fetcher now; call before trio runs, while this process has no other thread, and after the
-        daemon's own imports (they are frozen for the garbage collector here)."""
+    def fork(self) -> None:
+        """Fork the first fetcher now: before trio runs, while this process has no other thread, after the fetch
+        modules are loaded and frozen (:func:`aadhelper.daemon_start.run_daemon` does it in that order)."""
         if threading.active_count() != 1:
             raise RuntimeError("forking the token fetcher needs a process without threads")
-        from . import fetcher_child
+        from . import child as fetcher_child
 
-        fetcher_child.preload()
-        # Everything loaded so far lives as long as the processes do. Frozen, the garbage collector no longer walks
-        # it: a full collection in the daemon took ~5 ms of its serving loop (28,000 objects) and now takes
-        # microseconds, and neither process's collections write to (and so copy) the pages they share.
-        gc.freeze()
+        wire.build_id()  # taken now, from the files this process loaded (see the module docstring)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pid = os.fork()
         if pid == 0:  # the fetcher: never returns into the daemon's code
@@ -270,19 +288,15 @@ class ProcessFetcher:
     def source(self, profile: Profile) -> _RemoteSource:
         return _RemoteSource(self, profile)
 
+    async def sign_in_states(self, profiles: Sequence[str]) -> SignInStates:
+        reply = await self.call(wire.sign_in_states_request(profiles), deadline=STATE_DEADLINE)
+        return wire.sign_in_states_from_wire(reply)
+
     async def login_required(self, profile: str) -> LoginRequired | None:
-        reply = await self.call(protocol.request("login_required", profile=profile), deadline=STATE_DEADLINE)
-        wire = reply.get("login_required")
-        if wire is None:
-            return None
-        error = error_from_wire(wire) if isinstance(wire, dict) else None
-        if not isinstance(error, LoginRequired):
-            raise ProtocolError("the token fetcher sent a malformed login state")
-        return error
+        return (await self.sign_in_states([profile]))[0].get(profile)
 
     async def unsaved_sign_ins(self) -> tuple[str, ...]:
-        reply = await self.call(protocol.request("unsaved_sign_ins"), deadline=STATE_DEADLINE)
-        return strings_from_wire(reply.get("profiles"), "profile names")
+        return (await self.sign_in_states([]))[1]
 
     async def call(self, message: dict[str, Any], deadline: float = FETCH_DEADLINE) -> dict[str, Any]:
         """One request to the child; its error reply is raised as the error it carries."""
@@ -296,6 +310,8 @@ class ProcessFetcher:
     async def _running_child(self) -> _Child:
         async with self._starting:
             child = self._child
+            if child is not None and child.refused is not None:
+                raise child.refused.copy()  # another build is installed: only a new daemon can use it
             if child is not None and not child.gone:
                 return child
             if child is not None:
@@ -326,7 +342,7 @@ class ProcessFetcher:
     def _execute(self) -> tuple[ChildProcess, socket.socket]:
         """A fetcher from a fresh interpreter (posix_spawn: quick, and safe in a process with threads)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        argv = [sys.executable, "-m", CHILD_MODULE, "--fd", str(theirs.fileno())]
+        argv = [sys.executable, "-m", CHILD_MODULE, "--fd", str(theirs.fileno()), "--build", wire.build_id()]
         if self._secret_store:
             argv += ["--secret-store", self._secret_store]
         if self._verbose:
@@ -352,8 +368,7 @@ class _RemoteSource:
 
     async def acquire(self, scopes: tuple[str, ...]) -> TokenResponse:
         try:
-            reply = await self._fetcher.call(protocol.request("acquire", profile=profile_to_wire(self._profile),
-                                                              scopes=list(scopes)))
+            reply = await self._fetcher.call(wire.acquire_request(self._profile, scopes))
         except AadhelperError as exc:
             if exc.profile is None:  # the fetcher process's own failures know no profile; the user wants it
                 exc.profile = self._profile.name
