@@ -74,16 +74,27 @@ def run(sock: socket.socket, *, secret_store: str | None, verbose: bool, daemon_
             "the new token fetcher cannot serve the old daemon", hint="restart the daemon "
             "(`systemctl --user restart aadhelper`, or stop it and let the next client start it)")
         log.error("token fetcher: %s", refused.one_line())
-        sock.sendall(protocol.encode(wire.hello_refused(refused)))
+        _say_hello(sock, wire.hello_refused(refused))
         return 3
     try:
         store = open_secret_store(secret_store)
     except ConfigError as exc:
         log.error("token fetcher: %s", exc.one_line())
         return exc.exit_code
-    sock.sendall(protocol.encode(wire.hello(wire.build_id())))
+    if not _say_hello(sock, wire.hello(wire.build_id())):
+        return 0
     trio.run(serve_daemon, sock, store)
     return 0
+
+
+def _say_hello(sock: socket.socket, message: dict[str, Any]) -> bool:
+    """Send the first line; False when the daemon is already gone (it failed to start: its log says why)."""
+    try:
+        sock.sendall(protocol.encode(message))
+    except OSError:
+        log.debug("token fetcher: the daemon is gone before it was greeted; exiting")
+        return False
+    return True
 
 
 async def serve_daemon(sock: socket.socket, store: SecretStore) -> None:
