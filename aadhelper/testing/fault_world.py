@@ -3,7 +3,9 @@
 Used by :mod:`aadhelper.testing.fault_cases` (the case table that ``scripts/faults`` prints and
 ``tests/test_fault_suite.py`` asserts). Everything lives under one temporary folder (config files, sockets,
 logs) and in the keyring of the private D-Bus session ``scripts/with-secret-service`` provides; profiles are
-named ``fs-*`` and their keyring entries are deleted on close. Every authority listens on 127.0.0.1 only.
+named ``fs-*`` and their keyring entries are deleted on close. Every authority listens on 127.0.0.1 only and
+speaks HTTPS with a certificate from the world's own throwaway CA (trustme, a test extra), which every profile
+names as its ``ca_bundle``.
 
 Each case gets its own authority (a fault queue is per authority, so cases run side by side without taking
 each other's faults) and its own profiles; cases that break the whole daemon (its config file, its processes)
@@ -23,6 +25,7 @@ from collections.abc import Iterable
 from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from .. import client, config_edit
 from ..errors import AadhelperError
@@ -52,6 +55,11 @@ class FaultWorld:
         self._authorities: list[SimulatedAuthority] = []
         self._daemons: list[DaemonProcess] = []
         self._profiles: list[str] = []
+        import trustme  # a test extra: only the suite needs it
+
+        self.ca = trustme.CA()
+        self.ca_bundle = self.root / "ca.pem"
+        self.ca.cert_pem.write_to_path(str(self.ca_bundle))
         home = self.root / "home"
         for folder in (home, self.root / "config", self.root / "state", self.root / "run"):
             folder.mkdir(mode=0o700)
@@ -88,10 +96,19 @@ class FaultWorld:
 
     # -- authorities, profiles, daemons ------------------------------------------------------------------
 
+    def server_context(self, ca: Any = None) -> ssl.SSLContext:
+        """A server TLS context with a certificate for 127.0.0.1 from ``ca`` (a ``trustme.CA``; the world's own
+        by default)."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        (ca or self.ca).issue_cert("127.0.0.1").configure_cert(context)
+        return context
+
     def authority(self, *, token_lifetime: int = 3600, ssl_context: ssl.SSLContext | None = None
                   ) -> SimulatedAuthority:
-        """A started simulated authority (plain HTTP on loopback unless ``ssl_context``) with our tenant."""
-        authority = SimulatedAuthority(token_lifetime=token_lifetime, ssl_context=ssl_context)
+        """A started simulated HTTPS authority on loopback (certificate from ``ssl_context``, else from the
+        world's CA) with our tenant."""
+        authority = SimulatedAuthority(token_lifetime=token_lifetime,
+                                       ssl_context=ssl_context or self.server_context())
         authority.start()
         authority.add_tenant(TENANT)
         with self._lock:
@@ -100,14 +117,16 @@ class FaultWorld:
 
     def add_profile(self, config: str, name: str, authority: SimulatedAuthority, *, min_valid: int | None = None,
                     ca_bundle: str | None = None, git_url: str | None = None) -> None:
-        """Profile ``name`` in config ``config``: an app of its own at ``authority``, its secret in the keyring."""
+        """Profile ``name`` in config ``config``: an app of its own at ``authority``, its secret in the keyring;
+        ``ca_bundle`` is the world's CA unless given."""
         client_id = f"app-{name}"
         secret = secrets.token_urlsafe(24)
         authority.add_client(client_id, tenant=TENANT, secret=secret)
         with self._lock:  # config_edit rewrites the whole file: one writer at a time
             config_edit.add_profile(str(self.config_path(config)), name, tenant=TENANT, client_id=client_id,
                                     scopes=[SCOPE], authority=authority.url, min_valid=min_valid,
-                                    ca_bundle=ca_bundle, git_urls=[git_url] if git_url else (), environ={})
+                                    ca_bundle=ca_bundle or str(self.ca_bundle),
+                                    git_urls=[git_url] if git_url else (), environ={})
             self._profiles.append(name)
         self.store.set(name, "client_secret", Secret(secret))
 
