@@ -29,6 +29,8 @@ from typing import Any
 
 from .. import client, config_edit
 from ..errors import AadhelperError
+from ..grants.client_credentials import SECRET_KIND as CLIENT_SECRET
+from ..grants.refresh import SECRET_KIND as REFRESH_TOKEN
 from ..secret_store import KeyringSecretStore
 from ..tokens import Secret
 from .authority import SimulatedAuthority
@@ -40,6 +42,9 @@ AADHELPER = str(VENV_BIN / "aadhelper")
 GIT_HELPER = str(VENV_BIN / "git-credential-aadhelper")
 TENANT = "contoso.onmicrosoft.com"
 SCOPE = f"{GRAPH}/.default"
+#: The public client and the user of ``user`` profiles (sign-ins with refresh tokens).
+USER_CLIENT = "22222222-0000-0000-0000-000000000001"
+USER = "me@contoso.onmicrosoft.com"
 #: Environment variables of our own process that children must not inherit.
 _DROPPED_PREFIXES = ("PYTHON", "AADHELPER_", "GIT_", "AZURE_", "SSL_CERT")
 _KEPT = ("DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR", "XDG_DATA_HOME", "LANG", "LC_ALL", "TERM", "TMPDIR")
@@ -90,8 +95,9 @@ class FaultWorld:
             with suppress(Exception):
                 authority.stop()
         for name in self._profiles:
-            with suppress(AadhelperError):
-                self.store.delete(name, "client_secret")
+            for kind in (CLIENT_SECRET, REFRESH_TOKEN):
+                with suppress(AadhelperError):
+                    self.store.delete(name, kind)
         shutil.rmtree(self.root, ignore_errors=True)
 
     # -- authorities, profiles, daemons ------------------------------------------------------------------
@@ -116,19 +122,24 @@ class FaultWorld:
         return authority
 
     def add_profile(self, config: str, name: str, authority: SimulatedAuthority, *, min_valid: int | None = None,
-                    ca_bundle: str | None = None, git_url: str | None = None) -> None:
+                    ca_bundle: str | None = None, git_url: str | None = None, credential: str = "client_secret"
+                    ) -> None:
         """Profile ``name`` in config ``config``: an app of its own at ``authority``, its secret in the keyring;
-        ``ca_bundle`` is the world's CA unless given."""
-        client_id = f"app-{name}"
+        ``ca_bundle`` is the world's CA unless given. A ``user`` profile uses the authority's public client
+        :data:`USER_CLIENT` and gets no secret (the caller signs in and stores the refresh token)."""
+        client_id = f"app-{name}" if credential == "client_secret" else USER_CLIENT
         secret = secrets.token_urlsafe(24)
-        authority.add_client(client_id, tenant=TENANT, secret=secret)
+        if credential == "client_secret":
+            authority.add_client(client_id, tenant=TENANT, secret=secret)
         with self._lock:  # config_edit rewrites the whole file: one writer at a time
             config_edit.add_profile(str(self.config_path(config)), name, tenant=TENANT, client_id=client_id,
                                     scopes=[SCOPE], authority=authority.url, min_valid=min_valid,
+                                    credential=credential,
                                     ca_bundle=ca_bundle or str(self.ca_bundle),
                                     git_urls=[git_url] if git_url else (), environ={})
             self._profiles.append(name)
-        self.store.set(name, "client_secret", Secret(secret))
+        if credential == "client_secret":
+            self.store.set(name, CLIENT_SECRET, Secret(secret))
 
     def add_profiles(self, config: str, names: Iterable[str], authority: SimulatedAuthority) -> None:
         for name in names:
