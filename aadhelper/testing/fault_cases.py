@@ -448,6 +448,9 @@ def _authority_cases() -> list[Case]:
 class TwoProfileCase(Case):
     """A daemon of its own with a cached profile ``-a`` and a cold one ``-b`` on one authority (long tokens)."""
 
+    #: Whether the cold profile's requests count as "other clients" (not when the fault takes what it needs).
+    measures_others = True
+
     def __init__(self, name: str, group: Group) -> None:
         self.name, self.group = name, group
         self.authority: SimulatedAuthority | None = None
@@ -478,7 +481,8 @@ class TwoProfileCase(Case):
             result.cli = cli
             # Tokens live only in the daemon's memory (by design): a restarted daemon has none to serve.
             result.cached = None if result.accepted_loss else poller.served()
-            result.others = others.served()
+            # Without its keyring the cold profile cannot be served: the CLI column shows what it hears instead.
+            result.others = others.served() if self.measures_others else (0, 0)
             result.bad_output = poller.bad_output() + others.bad_output()
             result.daemon_alive = alive(daemon)
             times = requests_since(self.authority, since)
@@ -840,8 +844,66 @@ class KeyringCase(TwoProfileCase):
             self.locked = False
 
 
+class BusGoneCase(TwoProfileCase):
+    """The daemon's D-Bus session bus killed while it runs: a bus and gnome-keyring of the case's own (so it does
+    not take the suite's keyring with it, and runs alongside the others)."""
+
+    def __init__(self) -> None:
+        super().__init__("keyring's D-Bus gone", "keyring")
+        self.measures_others = False
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.secrets: dict[str, str] = {}
+
+    def prepare(self, world: FaultWorld) -> None:
+        self.authority = world.authority()
+        for name in (f"{self.profile}-a", f"{self.profile}-b"):
+            self.secrets[name] = world.add_profile(self.config, name, self.authority, store=False)
+
+    def run(self, shared: Shared) -> Result:
+        folder = shared.world.root / self.profile
+        for sub in ("home", "data", "run"):
+            (folder / sub).mkdir(parents=True, mode=0o700)
+        bus = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--print-address=1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.processes.append(bus)
+        assert bus.stdout is not None
+        address = bus.stdout.readline().decode().strip()
+        env = {**shared.world.daemon_env(self.config), "DBUS_SESSION_BUS_ADDRESS": address,
+               "XDG_DATA_HOME": str(folder / "data"), "XDG_RUNTIME_DIR": str(folder / "run")}
+        keyring = subprocess.Popen(["gnome-keyring-daemon", "--foreground", "--unlock", "--components=secrets"],
+                                   env={**env, "HOME": str(folder / "home")}, stdin=subprocess.PIPE,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.processes.append(keyring)
+        assert keyring.stdin is not None
+        keyring.stdin.write(b"throwaway")
+        keyring.stdin.close()
+        shared.world.extra_env[self.config] = env
+        deadline = time.monotonic() + 10
+        for name, secret in self.secrets.items():
+            # The keyring takes its bus name a moment after it starts: retry until the secret is stored.
+            while run_cli(env, "secret", "set", name, stdin=f"{secret}\n".encode()).exit_code != 0:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the case's own gnome-keyring did not come up")
+                time.sleep(0.1)
+        return super().run(shared)
+
+    def attack(self, world: FaultWorld, daemon: DaemonProcess, env: dict[str, str], cold: str,
+               result: Result) -> tuple[CliRun, DaemonProcess]:
+        self.processes[0].kill()
+        self.processes[0].wait()
+        result.expected_exits = frozenset({4})
+        return run_cli(env, "token", cold), daemon
+
+    def restore(self, world: FaultWorld) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
 def _keyring_cases() -> list[Case]:
-    return [KeyringCase("keyring locked", "lock"), KeyringCase("keyring's D-Bus peer stopped", "stop")]
+    return [KeyringCase("keyring locked", "lock"), KeyringCase("keyring's D-Bus peer stopped", "stop"),
+            BusGoneCase()]
 
 
 def _keyring_pid() -> int:

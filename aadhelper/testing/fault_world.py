@@ -60,6 +60,8 @@ class FaultWorld:
         self._authorities: list[SimulatedAuthority] = []
         self._daemons: list[DaemonProcess] = []
         self._profiles: list[str] = []
+        #: Variables for the daemon of one config only (e.g. a D-Bus session of its own).
+        self.extra_env: dict[str, dict[str, str]] = {}
         import trustme  # a test extra: only the suite needs it
 
         self.ca = trustme.CA()
@@ -78,7 +80,7 @@ class FaultWorld:
     def daemon_env(self, config: str) -> dict[str, str]:
         """The environment of a daemon (and its clients) using the config file and socket called ``config``."""
         return {**self.env, "AADHELPER_CONFIG": str(self.config_path(config)),
-                "AADHELPER_SOCKET": str(self.root / "run" / f"{config}.sock")}
+                "AADHELPER_SOCKET": str(self.root / "run" / f"{config}.sock"), **self.extra_env.get(config, {})}
 
     def config_path(self, config: str) -> Path:
         return self.root / "config" / f"{config}.toml"
@@ -122,11 +124,12 @@ class FaultWorld:
         return authority
 
     def add_profile(self, config: str, name: str, authority: SimulatedAuthority, *, min_valid: int | None = None,
-                    ca_bundle: str | None = None, git_url: str | None = None, credential: str = "client_secret"
-                    ) -> None:
+                    ca_bundle: str | None = None, git_url: str | None = None, credential: str = "client_secret",
+                    store: bool = True) -> str:
         """Profile ``name`` in config ``config``: an app of its own at ``authority``, its secret in the keyring;
         ``ca_bundle`` is the world's CA unless given. A ``user`` profile uses the authority's public client
-        :data:`USER_CLIENT` and gets no secret (the caller signs in and stores the refresh token)."""
+        :data:`USER_CLIENT` and gets no secret (the caller signs in and stores the refresh token). Returns the
+        client secret (stored in the keyring unless ``store`` is false)."""
         client_id = f"app-{name}" if credential == "client_secret" else USER_CLIENT
         secret = secrets.token_urlsafe(24)
         if credential == "client_secret":
@@ -138,8 +141,9 @@ class FaultWorld:
                                     ca_bundle=ca_bundle or str(self.ca_bundle),
                                     git_urls=[git_url] if git_url else (), environ={})
             self._profiles.append(name)
-        if credential == "client_secret":
+        if credential == "client_secret" and store:
             self.store.set(name, CLIENT_SECRET, Secret(secret))
+        return secret
 
     def add_profiles(self, config: str, names: Iterable[str], authority: SimulatedAuthority) -> None:
         for name in names:
