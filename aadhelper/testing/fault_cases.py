@@ -332,8 +332,10 @@ class AuthorityCase(Case):
     group: Group = "authority"
 
     def __init__(self, name: str, fault: Callable[[], Fault] | None = None, *,
-                 how: Literal["fault", "refused", "tls"] = "fault", exits: frozenset[int] = frozenset({7})) -> None:
+                 how: Literal["fault", "refused", "tls"] = "fault", exits: frozenset[int] = frozenset({7}),
+                 known_defect: str | None = None) -> None:
         self.name, self.fault, self.how, self.exits = name, fault, how, exits
+        self.known_defect = known_defect
         self.authority: SimulatedAuthority | None = None
 
     def prepare(self, world: FaultWorld) -> None:
@@ -409,6 +411,11 @@ class AuthorityCase(Case):
         return result
 
 
+#: Found by this suite: a Retry-After of 0 s, or an HTTP-date already past, replaces the backoff step with no wait.
+RETRY_AFTER_ZERO: Final = ("found by the fault suite: Retry-After 0 (or a past date) means no backoff; only the "
+                           "request budget stops the retries (cache.py, for the lead)")
+
+
 def _authority_cases() -> list[Case]:
     fields: list[tuple[str, Callable[[], Fault], frozenset[int]]] = [
         ("200 without access_token", lambda: Fault.reply_fields(access_token=Fault.REMOVE), frozenset({7})),
@@ -430,7 +437,11 @@ def _authority_cases() -> list[Case]:
                                    lambda code=code: Fault.status(code, retry_after=10)))  # type: ignore[misc]
     cases += [
         AuthorityCase("429 Retry-After 60 s", lambda: Fault.throttle(60)),
-        AuthorityCase("429 Retry-After HTTP-date", lambda: Fault.throttle(http_date(time.time() + 60))),
+        # A fault is one fixed reply: a date that stays ahead for the whole window, as a fresh one each time would.
+        AuthorityCase("429 Retry-After HTTP-date", lambda: Fault.throttle(http_date(time.time() + 600))),
+        AuthorityCase("429 Retry-After HTTP-date in the past (clock skew)",
+                      lambda: Fault.throttle(http_date(time.time() - 600)), known_defect=RETRY_AFTER_ZERO),
+        AuthorityCase("429 Retry-After 0", lambda: Fault.throttle(0), known_defect=RETRY_AFTER_ZERO),
         AuthorityCase("connection refused", how="refused"),
         AuthorityCase("reset mid-body", Fault.reset_mid_body),
         AuthorityCase("accept, never answer", Fault.hang),
