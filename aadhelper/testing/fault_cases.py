@@ -1003,6 +1003,9 @@ def run_cases(cases: Sequence[Case], timing: Timing, *, progress: Callable[[str]
             threads += start(rest)
             for thread in threads:
                 thread.join(300)
+        for result in results.values():  # the temporary folder's name means nothing in a table
+            if result.cli is not None:
+                result.cli.stderr = result.cli.stderr.replace(str(world.root), "$TMP")
     return [results.get(c.name) or Result(c.name, c.group, note="did not finish") for c in cases]
 
 
