@@ -16,7 +16,7 @@ import pytest
 from aadhelper.testing import fault_cases
 from aadhelper.testing.fault_cases import Result
 
-pytestmark = [pytest.mark.requires("secret-service"), pytest.mark.slow]
+pytestmark = [pytest.mark.requires("secret-service", "dbus-daemon", "gnome-keyring-daemon"), pytest.mark.slow]
 
 CASES = fault_cases.all_cases()
 
