@@ -12,16 +12,18 @@ of a client asking every :data:`POLL` seconds:
 * **authority requests** the faulted app sent in the window, counted by the simulated authority itself (by the
   daemon's ``status`` when no request can reach the authority: connection refused, a TLS failure), against
   the bound of one request per backoff step (1 s doubling to 5 min, each step at least half its nominal size);
-* **anything lost**: a cached token, a stored secret or a configuration the daemon had before the fault and no
-  longer has after it;
+* **anything lost**: a cached token, a stored secret, a sign-in (refresh token) or a configuration the daemon
+  had before the fault and no longer has after it (losses the design accepts are shown apart);
 * the **one line** the CLI printed for a client without a token, and its exit code: never a traceback.
 
 How the authority faults reach a refresh: the authority issues tokens of :data:`LIFETIME` s and the profile's
 ``min_valid`` is :data:`MIN_VALID` s, so the daemon refreshes about 30 s after the first token (the spacing
 floor of :mod:`aadhelper.refresh_policy`) and that refresh meets the fault while the old token is still
-servable: the case sees the cached token served until it expires, then the error line, then the backoff.
-Every authority case has an authority of its own and they all run at once against one shared daemon; config
-and process faults get a daemon each; keyring faults touch the shared keyring and run alone.
+servable: the case sees the cached token served while it has its minimum validity left, then the error line, then
+the backoff. Every authority case has an authority of its own and they all run at once against one shared
+daemon; config and process faults get a daemon each; the keyring lock and stop cases touch the keyring every
+case shares, so they run alone while the authority cases wait for their refresh (:func:`run_cases`); the D-Bus
+gone case brings a bus and keyring of its own.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from typing import Any, Final, Literal
 from .. import cache, client, protocol, refresh_policy
 from ..errors import AadhelperError
 from ..grants.client_credentials import SECRET_KIND as CLIENT_SECRET
+from ..grants.http import MAX_REPLY_BYTES
 from ..grants.refresh import SECRET_KIND as REFRESH_TOKEN
 from ..tokens import Secret
 from .authority import SimulatedAuthority
@@ -64,9 +67,22 @@ MIN_VALID: Final = 5
 JITTER_FLOOR: Final = 0.5
 #: Uses of an injected fault: more than any case can send, so the fault lasts the whole window.
 FOR_EVER: Final = 100_000
-#: Most body bytes the authority may push into one reply the daemon reads: its limit (1 MiB) plus what the
+
+
+def _socket_buffers() -> int:
+    """The most a TCP connection's send and receive buffers can hold here (Linux autotuning maxima)."""
+    total = 0
+    for name in ("tcp_rmem", "tcp_wmem"):
+        try:
+            total += int(Path(f"/proc/sys/net/ipv4/{name}").read_text().split()[2])
+        except (OSError, IndexError, ValueError):
+            total += 32 * 1024 * 1024
+    return total
+
+
+#: Most body bytes the authority may push into one reply the daemon reads: the daemon's limit plus what the
 #: kernel's socket buffers take before the reader stops. More means the body was buffered, not cut off.
-MAX_BODY_READ: Final = 8 * 1024 * 1024
+MAX_BODY_READ: Final = MAX_REPLY_BYTES + _socket_buffers()
 #: Longest a CLI call of a case may take (a client's own limit is protocol.REPLY_TIMEOUT).
 CLI_TIMEOUT: Final = protocol.REPLY_TIMEOUT + 15
 
@@ -146,7 +162,8 @@ class Result:
     bound: int | None = None
     counted_by: str = "authority"
     lost: list[str] = field(default_factory=list)
-    #: Losses the design accepts (tokens live only in the daemon's memory): shown, not counted as problems.
+    #: Losses the design accepts (tokens live only in a killed daemon's memory; a sign-in a strict authority
+    #: revoked after a rotation nobody received): shown, not counted as problems.
     accepted_loss: list[str] = field(default_factory=list)
     cli: CliRun | None = None
     #: Exit codes the CLI may end with in this case.
@@ -217,6 +234,8 @@ class Poller:
                 token = str(reply.get("access_token"))
             except AadhelperError as exc:
                 error, code = exc.one_line(), exc.exit_code
+            except Exception as exc:  # a client bug is a finding too, not a silently dead poller
+                error = f"unexpected {type(exc).__name__} in the client: {exc}"
             self.samples.append(Sample(start, time.monotonic() - start, token, error, code))
             self._busy_since = None
             self._stop.wait(POLL)
