@@ -649,7 +649,8 @@ class FetcherCase(TwoProfileCase):
                 raise RuntimeError("the request never reached the authority")
             if self.how == "kill mid-request":
                 os.kill(fetcher, signal.SIGKILL)
-                result.expected_exits = frozenset({0, 7})
+                # The fetch died with the process: one line saying so (exit 1, by design), or a retry's outcome.
+                result.expected_exits = frozenset({0, 1, 7})
             else:
                 daemon.kill()
                 result.expected_exits = frozenset({8})
@@ -670,8 +671,10 @@ class FetcherCase(TwoProfileCase):
             self.stopped = None
 
 
-#: Issue 9 §2: "a cold request right after the fetcher died waits for its restart instead of exit 1".
-FETCHER_RESTART: Final = "issue 9 §2: a request right after the fetcher died gets exit 1 (branch process-faults)"
+#: Issue 9 §2: "a cold request right after the fetcher died waits for its restart instead of exit 1". Still so on
+#: main with process-faults merged: a request sent before the daemon noticed the death goes to the dead child.
+FETCHER_RESTART: Final = ("issue 9 §2: a request right after the fetcher died, before the daemon noticed, gets exit 1 "
+                          "instead of waiting for the restart (fetcher_process.py, for the lead)")
 
 
 class RotationCase(Case):
@@ -701,10 +704,10 @@ class RotationCase(Case):
     def run(self, shared: Shared) -> Result:
         world, authority = shared.world, self.authority
         assert authority is not None
-        # The waiting client: the daemon's death (8); the fetcher's: served after a retry with grace, else the
-        # revoked sign-in (6), or the fetch's failure (7).
+        # The waiting client: the daemon's death (8); the fetcher's: one line saying the fetch died with it (1, by
+        # design), or a retry's outcome: served with grace, else the revoked sign-in (6), or a failure (7).
         result = Result(self.name, self.group,
-                        expected_exits=frozenset({8} if self.victim == "daemon" else {0, 6, 7}))
+                        expected_exits=frozenset({8} if self.victim == "daemon" else {0, 1, 6, 7}))
         env = world.daemon_env(self.profile)
         daemon = world.daemon(self.profile)
         fetcher = daemon.fetcher_pid()
@@ -765,12 +768,10 @@ def _process_cases() -> list[Case]:
     return [
         RotationCase("kill -9 daemon mid-refresh, rotation", grace=0.0),
         RotationCase("kill -9 daemon mid-refresh, rotation, grace", grace=60.0),
-        RotationCase("kill -9 fetcher mid-refresh, rotation", grace=0.0, victim="fetcher",
-                     known_defect=FETCHER_RESTART),
-        RotationCase("kill -9 fetcher mid-refresh, rotation, grace", grace=60.0, victim="fetcher",
-                     known_defect=FETCHER_RESTART),
+        RotationCase("kill -9 fetcher mid-refresh, rotation", grace=0.0, victim="fetcher"),
+        RotationCase("kill -9 fetcher mid-refresh, rotation, grace", grace=60.0, victim="fetcher"),
         FetcherCase("kill -9 fetcher, idle", "kill idle", known_defect=FETCHER_RESTART),
-        FetcherCase("kill -9 fetcher mid-request", "kill mid-request", known_defect=FETCHER_RESTART),
+        FetcherCase("kill -9 fetcher mid-request", "kill mid-request"),
         FetcherCase("SIGSTOP fetcher", "stop"),
         FetcherCase("kill -9 daemon mid-request", "kill daemon"),
     ]
