@@ -5,8 +5,8 @@ All cases run once, side by side (a module fixture, ~85 s on 2 cores): real daem
 authority per case on loopback, secrets in the real gnome-keyring of ``scripts/with-secret-service``. Each test
 then asserts one case's outcome: the daemon alive, other clients served, the cached token served while valid, at
 most one authority request per backoff step, nothing lost, and one line (no traceback) with the expected exit
-code for a client without a token. Cases that fail on main because of a defect being fixed elsewhere are
-marked xfail (non-strict) with the defect, so their fix shows as XPASS.
+code for a client without a token. A case that shows a known defect of main (``KnownDefect``: the table names
+it) may show that symptom and nothing else; the rest of its expectations are asserted.
 """
 
 from __future__ import annotations
@@ -27,19 +27,15 @@ def results() -> dict[str, Result]:
                                                                      fault_cases.Timing.brief())}
 
 
-def _param(case: fault_cases.Case) -> object:
-    marks = [pytest.mark.xfail(reason=case.known_defect, strict=False)] if case.known_defect else []
-    return pytest.param(case.name, marks=marks, id=case.name)
-
-
-@pytest.mark.parametrize("name", [_param(case) for case in CASES])
+@pytest.mark.parametrize("name", [case.name for case in CASES])
 def test_fault_case_keeps_the_daemon_serving_within_bounds(results: dict[str, Result], name: str) -> None:
     """If this case's fault hits a running daemon, then the daemon stays alive, other clients are served, the
     cached token is served while it is valid, the authority gets at most one request per backoff step, nothing is
-    lost, and a client without a token gets one line (no traceback) with the expected exit code."""
+    lost, and a client without a token gets one line (no traceback) with the expected exit code; a case with a
+    known defect of main (named in the table) may show that defect's symptom, and nothing else."""
     result = results[name]
     assert not result.note.startswith("case failed"), result.note
-    assert result.problems() == [], " | ".join(fault_cases.row(result))
+    assert result.unexplained_problems() == [], " | ".join(fault_cases.row(result))
 
 
 def test_the_table_has_one_row_per_case_with_every_column(results: dict[str, Result]) -> None:
