@@ -1009,7 +1009,11 @@ def run_cases(cases: Sequence[Case], timing: Timing, *, progress: Callable[[str]
     with FaultWorld() as world:
         control_authority = world.authority()
         world.add_profile(SHARED, CONTROL, control_authority)
-        for case in cases:
+        # The shared daemon's profiles first; the cases with daemons of their own get ready while the authority
+        # cases wait for their refresh.
+        first = [c for c in cases if isinstance(c, AuthorityCase)]
+        in_shared = [*first, *(c for c in cases if isinstance(c, GitCase))]
+        for case in in_shared:
             case.prepare(world)
         shared = Shared(world, world.daemon(SHARED), timing)
         world.token(shared.daemon, CONTROL)
@@ -1023,9 +1027,11 @@ def run_cases(cases: Sequence[Case], timing: Timing, *, progress: Callable[[str]
 
         with Poller(shared.daemon, CONTROL) as control:
             shared.control = control
-            first = [c for c in cases if isinstance(c, AuthorityCase)]
             progress(f"faults: {len(first)} authority cases at once, each ~{30 + timing.observe:.0f} s or more")
             threads = start(first)
+            for case in cases:
+                if case not in in_shared:
+                    case.prepare(world)
             for _ in first:
                 shared.ready.acquire(timeout=60)
             for case in [c for c in cases if c.exclusive]:
