@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 
-from aadhelper.testing import fault_cases
+from aadhelper.testing import fault_suite
 
 
 def main(argv: list[str]) -> int:
@@ -19,16 +19,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cases", metavar="WORD,WORD", help="only the cases whose name contains one of these")
     parser.add_argument("--brief", action="store_true", help="the tests' shorter windows (rough figures)")
     args = parser.parse_args(argv)
-    cases = fault_cases.all_cases()
+    cases = fault_suite.all_cases()
     if args.cases:
         words = [w.strip().lower() for w in args.cases.split(",") if w.strip()]
         cases = [c for c in cases if any(w in c.name.lower() for w in words)]
     if not cases:
         parser.error("no case matches --cases")
-    timing = fault_cases.Timing.brief() if args.brief else fault_cases.Timing()
+    timing = fault_suite.Timing.brief() if args.brief else fault_suite.Timing()
     started = time.monotonic()
-    results = fault_cases.run_cases(cases, timing, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    print(fault_cases.table(results))
+    results = fault_suite.run_cases(cases, timing, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(fault_suite.table(results))
     failed = [r for r in results if r.problems()]
     print(f"\n{len(results)} cases, {len(failed)} with problems; {time.monotonic() - started:.0f} s "
           f"(window: {timing.observe:.0f} s after each fault bites)")

@@ -1,6 +1,6 @@
 """The fault suite's private world: a temporary home, simulated authorities, profiles, daemon processes.
 
-Used by :mod:`aadhelper.testing.fault_cases` (the case table that ``scripts/faults`` prints and
+Used by the cases of :mod:`aadhelper.testing.fault_suite` (the table that ``scripts/faults`` prints and
 ``tests/test_fault_suite.py`` asserts). Everything lives under one temporary folder (config files, sockets,
 logs) and in the keyring of the private D-Bus session ``scripts/with-secret-service`` provides; profiles are
 named ``fs-*`` and their keyring entries are deleted on close. Every authority listens on 127.0.0.1 only and
@@ -27,15 +27,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .. import client, config_edit
-from ..errors import AadhelperError
-from ..grants.client_credentials import SECRET_KIND as CLIENT_SECRET
-from ..grants.refresh import SECRET_KIND as REFRESH_TOKEN
-from ..secret_store import KeyringSecretStore
-from ..tokens import Secret
-from .authority import SimulatedAuthority
-from .daemon_process import DaemonProcess
-from .directory import GRAPH
+from ... import client, config_edit, protocol
+from ...errors import AadhelperError
+from ...secret_chunks import CLIENT_SECRET, REFRESH_TOKEN
+from ...secret_store import KeyringSecretStore
+from ...tokens import Secret
+from ..authority import SimulatedAuthority
+from ..daemon_process import DaemonProcess
+from ..directory import GRAPH
 
 VENV_BIN = Path(sys.executable).parent
 AADHELPER = str(VENV_BIN / "aadhelper")
@@ -160,8 +159,6 @@ class FaultWorld:
     @staticmethod
     def token(daemon: DaemonProcess, profile: str, *, timeout: float = client.DEFAULT_TIMEOUT) -> str:
         """The daemon's token for ``profile`` (through the thin client, as ``aadhelper token`` asks for it)."""
-        from .. import protocol
-
         reply = client.call(protocol.request("token", profile=profile), socket_path=daemon.socket_path,
                             timeout=timeout)
         token = reply.get("access_token")
