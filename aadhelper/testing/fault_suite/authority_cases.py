@@ -118,12 +118,6 @@ class AuthorityCase(Case):
         return result
 
 
-#: Found by this suite: a Retry-After of 0 s, or an HTTP-date already past, replaces the backoff step with no wait.
-RETRY_AFTER_ZERO: Final = KnownDefect(
-    "authority requests", "found by the fault suite: Retry-After 0 (or a past date) means no backoff; only the "
-    "request budget stops the retries (cache.py, for the lead)")
-
-
 def authority_cases() -> list[Case]:
     fields: list[tuple[str, Callable[[], Fault], frozenset[int]]] = [
         ("200 without access_token", lambda: Fault.reply_fields(access_token=Fault.REMOVE), frozenset({7})),
@@ -147,9 +141,10 @@ def authority_cases() -> list[Case]:
         AuthorityCase("429 Retry-After 60 s", lambda: Fault.throttle(60)),
         # A fault is one fixed reply: a date that stays ahead for the whole window, as a fresh one each time would.
         AuthorityCase("429 Retry-After HTTP-date", lambda: Fault.throttle(http_date(time.time() + 600))),
+        # Found by this suite: both once replaced the backoff step with no wait (until the request budget ran out).
         AuthorityCase("429 Retry-After HTTP-date in the past (clock skew)",
-                      lambda: Fault.throttle(http_date(time.time() - 600)), known_defect=RETRY_AFTER_ZERO),
-        AuthorityCase("429 Retry-After 0", lambda: Fault.throttle(0), known_defect=RETRY_AFTER_ZERO),
+                      lambda: Fault.throttle(http_date(time.time() - 600))),
+        AuthorityCase("429 Retry-After 0", lambda: Fault.throttle(0)),
         AuthorityCase("connection refused", how="refused"),
         AuthorityCase("reset mid-body", Fault.reset_mid_body),
         AuthorityCase("accept, never answer", Fault.hang),
