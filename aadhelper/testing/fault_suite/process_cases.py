@@ -98,7 +98,7 @@ class FetcherCase(TwoProfileCase):
 #: main with process-faults merged: a request sent before the daemon noticed the death goes to the dead child.
 FETCHER_RESTART: Final = KnownDefect(
     "client exit 1", "issue 9 §2: a request right after the fetcher died, before the daemon noticed, gets exit 1 "
-    "instead of waiting for the restart (fetcher_process.py, for the lead)")
+    "instead of waiting for the restart (fetcher/parent.py, for the lead)")
 
 
 class RotationCase(Case):
