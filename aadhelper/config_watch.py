@@ -10,7 +10,8 @@ the event loop. The read itself never blocks on a FIFO or device and is bounded 
 (:func:`aadhelper.config.read_config_file`).
 
 **While the file is broken** (unreadable, not TOML, invalid values, too large, not a regular file, of another user or
-writable by everyone, missing after it existed) the daemon keeps serving with the last good configuration:
+writable by everyone, missing or emptied after it held profiles) the daemon keeps serving with the last good
+configuration:
 
 - requests for profiles and git URLs it knows are answered from it, so cached tokens stay cached and keep being
   refreshed; a request it cannot answer gets the file's error (exit 3), the likely cause, not "unknown profile";
@@ -148,6 +149,11 @@ class ConfigWatcher:
                 if self._from_file and not explicit:
                     raise _missing(self.path)
                 new = parse_config("", self.path)
+            elif not explicit and _emptied(stamp) and not new.profiles and self._config and self._config.profiles:
+                # Mid-rewrite (`echo ... > file` truncates first): taking it would drop every profile and make the
+                # empty configuration the last good one. Like a deleted file, only an explicit reload empties it.
+                raise ConfigError(f"{self.path}: the config file is empty",
+                                  hint="write it again; if you emptied it on purpose, reload the daemon (SIGHUP)")
         except ConfigError as exc:
             self._stamp, self._checked = stamp, checked
             self._set_error(exc)
@@ -182,6 +188,11 @@ class _BlameBrokenFile(contextlib.AbstractContextManager[None]):
             # One error object is raised for every request while the file is broken: each raise would add its
             # frames (and their locals) to the traceback it already carries, without bound.
             raise error.with_traceback(None) from None
+
+
+def _emptied(stamp: _Stamp) -> bool:
+    """Whether the stamp is of an existing file of size 0."""
+    return len(stamp) > 2 and stamp[2] == 0
 
 
 def _missing(path: str) -> ConfigError:

@@ -155,6 +155,27 @@ async def test_deleted_file_is_dropped_only_by_an_explicit_reload(config_path: P
     assert await watcher.current() is config
 
 
+async def test_file_emptied_while_rewritten_in_place_is_not_an_empty_configuration(config_path: Path) -> None:
+    """If the file is emptied in place (``echo ... > config.toml`` truncates, then writes) and a request reads it in
+    between, then the last good configuration keeps serving (no profile reported changed) and stays the one kept
+    when garbage follows; an explicit reload still takes the empty file as an empty configuration. (Found by the
+    fault suite: every profile was dropped, and the garbage that followed kept the empty one as the last good.)"""
+    watcher = ConfigWatcher(str(config_path))
+    changed: list[str] = []
+    watcher.on_profile_changed = changed.append
+    await watcher.current()
+    with config_path.open("w"):
+        pass
+    assert sorted((await watcher.current()).profiles) == ["a", "b"] and changed == []
+    assert watcher.error is not None and "is empty" in watcher.error.message
+    config_path.write_text("[profiles.a\ntenant = ")
+    assert sorted((await watcher.current()).profiles) == ["a", "b"] and changed == []
+    with config_path.open("w"):
+        pass
+    config = await watcher.reload()
+    assert dict(config.profiles) == {} and watcher.error is None and sorted(changed) == ["a", "b"]
+
+
 async def test_file_that_never_existed_is_an_empty_configuration(tmp_path: Path) -> None:
     """If there is no config file (a new user), then the configuration is empty and no error is reported; a file
     written later is picked up."""
