@@ -214,7 +214,7 @@ class _Child:
     def stopped(self) -> AadhelperError:
         if self.refused is not None:
             return self.refused.copy()
-        return AadhelperError("the token fetcher process stopped during the request",
+        return FetcherStopped("the token fetcher process stopped during the request",
                               hint="see the daemon's log; the next request starts it again")
 
     async def stop(self) -> None:
@@ -229,6 +229,10 @@ class _Child:
                         STOP_GRACE)
             self.process.kill()
             await self.exited.wait()
+
+
+class FetcherStopped(AadhelperError):
+    """The child process stopped before it answered (the wire code stays the base's ``error``)."""
 
 
 class ProcessFetcher:
@@ -289,7 +293,7 @@ class ProcessFetcher:
         return _RemoteSource(self, profile)
 
     async def sign_in_states(self, profiles: Sequence[str]) -> SignInStates:
-        reply = await self.call(wire.sign_in_states_request(profiles), deadline=STATE_DEADLINE)
+        reply = await self.call(wire.sign_in_states_request(profiles), deadline=STATE_DEADLINE, idempotent=True)
         return wire.sign_in_states_from_wire(reply)
 
     async def login_required(self, profile: str) -> LoginRequired | None:
@@ -298,10 +302,22 @@ class ProcessFetcher:
     async def unsaved_sign_ins(self) -> tuple[str, ...]:
         return (await self.sign_in_states([]))[1]
 
-    async def call(self, message: dict[str, Any], deadline: float = FETCH_DEADLINE) -> dict[str, Any]:
-        """One request to the child; its error reply is raised as the error it carries."""
+    async def call(self, message: dict[str, Any], deadline: float = FETCH_DEADLINE, *,
+                   idempotent: bool = False) -> dict[str, Any]:
+        """One request to the child; its error reply is raised as the error it carries.
+
+        A request can reach a child that has just died, before the daemon has read its end of stream. An
+        ``idempotent`` one (a question, a client-credentials fetch) then waits for the next child and is asked once
+        more; a refresh-token exchange is not repeated on its own (the dead child may have rotated the token).
+        """
         child = await self._running_child()
-        reply = await child.call(message, deadline)
+        try:
+            reply = await child.call(message, deadline)
+        except FetcherStopped:
+            if not idempotent:
+                raise
+            log.info("the token fetcher stopped during a %s request; asking the next one", message.get("op"))
+            reply = await (await self._running_child()).call(message, deadline)
         error = error_of_reply(reply)
         if error is not None:
             raise error
@@ -368,7 +384,8 @@ class _RemoteSource:
 
     async def acquire(self, scopes: tuple[str, ...]) -> TokenResponse:
         try:
-            reply = await self._fetcher.call(wire.acquire_request(self._profile, scopes))
+            reply = await self._fetcher.call(wire.acquire_request(self._profile, scopes),
+                                             idempotent=self._profile.credential != "user")
         except AadhelperError as exc:
             if exc.profile is None:  # the fetcher process's own failures know no profile; the user wants it
                 exc.profile = self._profile.name

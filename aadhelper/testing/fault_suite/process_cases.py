@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 from ...secret_chunks import REFRESH_TOKEN
 from ...tokens import Secret
@@ -92,13 +92,6 @@ class FetcherCase(TwoProfileCase):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.stopped, signal.SIGCONT)
             self.stopped = None
-
-
-#: Issue 9 §2: "a cold request right after the fetcher died waits for its restart instead of exit 1". Still so on
-#: main with process-faults merged: a request sent before the daemon noticed the death goes to the dead child.
-FETCHER_RESTART: Final = KnownDefect(
-    "client exit 1", "issue 9 §2: a request right after the fetcher died, before the daemon noticed, gets exit 1 "
-    "instead of waiting for the restart (fetcher/parent.py, for the lead)")
 
 
 class RotationCase(Case):
@@ -194,7 +187,7 @@ def process_cases() -> list[Case]:
         RotationCase("kill -9 daemon mid-refresh, rotation, grace", grace=60.0),
         RotationCase("kill -9 fetcher mid-refresh, rotation", grace=0.0, victim="fetcher"),
         RotationCase("kill -9 fetcher mid-refresh, rotation, grace", grace=60.0, victim="fetcher"),
-        FetcherCase("kill -9 fetcher, idle", "kill idle", known_defect=FETCHER_RESTART),
+        FetcherCase("kill -9 fetcher, idle", "kill idle"),
         FetcherCase("kill -9 fetcher mid-request", "kill mid-request"),
         FetcherCase("SIGSTOP fetcher", "stop"),
         FetcherCase("kill -9 daemon mid-request", "kill daemon"),
