@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -56,12 +57,12 @@ def status_json(env: dict[str, str]) -> dict[str, object]:
 
 def test_autostarted_daemon_ignores_the_first_clients_proxy_variables_and_directory(
         env: dict[str, str], authority: SimulatedAuthority, counting_proxy: CountingProxy,
-        tmp_path: Path, require: object) -> None:
+        tmp_path: Path, require: Callable[[str], None]) -> None:
     """If the first client autostarts the daemon from a directory it then deletes, with HTTPS_PROXY/HTTP_PROXY
     naming a proxy and FOO=bar, then the daemon's fetches go straight to the authority (the proxy sees nothing),
     status says "proxy: none", the daemon's cwd is / (not the deleted directory), and the environment it hands its
     processes (a restarted fetcher's /proc/PID/environ) has no proxy variable and no FOO."""
-    require("root")  # type: ignore[operator]  # /proc/PID/environ of a non-dumpable process
+    require("root")  # /proc/PID/environ of a non-dumpable process
     starter = {k: v for k, v in env.items() if k != "AADHELPER_NO_AUTOSTART"}
     starter.update(HTTPS_PROXY=counting_proxy.url, HTTP_PROXY=counting_proxy.url, https_proxy=counting_proxy.url,
                    ALL_PROXY=counting_proxy.url, FOO="bar")
