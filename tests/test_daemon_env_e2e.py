@@ -15,6 +15,7 @@ import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,9 +51,10 @@ def authority_port(authority: SimulatedAuthority) -> int:
     return int(authority.url.rsplit(":", 1)[1].split("/")[0])
 
 
-def status_json(env: dict[str, str]) -> dict[str, object]:
+def status_json(env: dict[str, str]) -> dict[str, Any]:
     """`aadhelper status --json` (its exit code reflects the profiles' last errors: not checked)."""
-    return json.loads(cli(env, "status", "--json").stdout)  # type: ignore[no-any-return]
+    status: dict[str, Any] = json.loads(cli(env, "status", "--json").stdout)
+    return status
 
 
 def test_autostarted_daemon_ignores_the_first_clients_proxy_variables_and_directory(
@@ -78,7 +80,7 @@ def test_autostarted_daemon_ignores_the_first_clients_proxy_variables_and_direct
         assert os.readlink(f"/proc/{pid}/cwd") == "/"
         assert counting_proxy.lines == []
         assert authority.count(grant_type="client_credentials") == 1
-        assert status_json(env)["daemon"]["proxy"]["source"] == "none"  # type: ignore[index]
+        assert status_json(env)["daemon"]["proxy"]["source"] == "none"
         assert "proxy: none" in cli(env, "status", check=True).stdout.splitlines()
         # The forked fetcher shares the daemon's kernel copy of its start environment; one started afresh shows the
         # environment the daemon hands on.
@@ -113,7 +115,7 @@ def test_proxy_from_environment_opt_in_uses_the_daemons_start_environment(
             in result.stderr
         assert counting_proxy.lines[:1] == [f"CONNECT 127.0.0.1:{authority_port(authority)} HTTP/1.1"]
         assert authority.count(grant_type="client_credentials") == 0
-        assert status_json(env)["daemon"]["proxy"] == {  # type: ignore[index]
+        assert status_json(env)["daemon"]["proxy"] == {
             "source": "environment", "variable": "HTTPS_PROXY", "url": counting_proxy.url, "no_proxy": []}
 
 

@@ -136,13 +136,14 @@ def malformed(env: dict[str, str], authority: SimulatedAuthority) -> None:
     (malformed, 7, ["malformed"]),
 ])
 def test_failures_are_specific_and_daemon_keeps_serving_others(
-        env: dict[str, str], authority: SimulatedAuthority, ca_pem_file: Path, breakage: object, exit_code: int,
+        env: dict[str, str], authority: SimulatedAuthority, ca_pem_file: Path,
+        breakage: Callable[[dict[str, str], SimulatedAuthority], None], exit_code: int,
         expected: list[str]) -> None:
     """If one profile's credentials, tenant or authority fail, then `aadhelper header` for it prints one line with
     the specific error and exits with its class's code, and the daemon keeps serving the other profile."""
     env["CA_FILE"] = str(ca_pem_file)
     with DaemonProcess(env) as daemon:
-        breakage(env, authority)  # type: ignore[operator]
+        breakage(env, authority)
         result = cli(env, "header", "graph")
         assert result.returncode == exit_code, result.stderr
         assert result.stdout == ""

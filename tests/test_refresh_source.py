@@ -81,8 +81,8 @@ def first_token(authority: SimulatedAuthority, client_ssl_context: ssl.SSLContex
 class FlakyStore(MemorySecretStore):
     """An in-memory store whose next ``fail_sets`` writes fail as a locked keyring would."""
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, *, max_value_chars: int | None = None) -> None:
+        super().__init__(max_value_chars=max_value_chars)
         self.fail_sets = 0
 
     def set(self, profile: str, kind: str, value: Secret) -> None:
