@@ -10,8 +10,8 @@ And every helper more than one test module uses (test modules never import each 
 checks): the CLI without a daemon (:func:`cli_env`, :func:`run`, :func:`run_in_process`), the two-app world of the
 end-to-end tests (fixtures ``app_secrets``, ``authority``, ``env``), the signed-in user's world (:func:`user_authority`,
 :func:`sign_in_user`, :func:`seed`, :func:`stored`, :func:`header`), the daemon's log (:func:`wait_for_log`),
-secret-value helpers and a counting proxy. The fake daemon and device-code sign-in are the product's test kit
-(:mod:`aadhelper.testing`), used from there.
+secret-value helpers, :func:`in_order` and a counting proxy. The fake daemon and device-code sign-in are the
+product's test kit (:mod:`aadhelper.testing`), used from there.
 """
 
 from __future__ import annotations
@@ -113,13 +113,22 @@ def assert_no_leaks() -> None:
             assert value not in text, f"a secret or token value leaked into {where}"
 
 
-def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.02) -> None:
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if callable(predicate) and predicate():
+        if predicate():
             return
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def in_order(*steps: Callable[[Path], object]) -> Callable[[Path], None]:
+    """One step that runs ``steps`` on the same path in turn (a lambda holds one expression, and a tuple of
+    calls returning None is not one the type checker accepts)."""
+    def run(path: Path) -> None:
+        for step in steps:
+            step(path)
+    return run
 
 
 def exited(pid: int) -> bool:

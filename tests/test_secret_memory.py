@@ -180,7 +180,8 @@ def unit_memlock_limit() -> int:
     unit = (Path(__file__).resolve().parent.parent / "systemd" / "aadhelper.service").read_text()
     match = re.search(r"^LimitMEMLOCK=(\d+)([KMG]?)$", unit, re.M)
     assert match, "systemd/aadhelper.service sets no LimitMEMLOCK="
-    return int(match.group(1)) * 1024 ** " KMG".index(match.group(2) or " ")
+    unit_size: int = 1024 ** " KMG".index(match.group(2) or " ")  # int ** int is Any to the type checker
+    return int(match.group(1)) * unit_size
 
 
 @pytest.mark.requires("setpriv")
