@@ -10,8 +10,8 @@ And every helper more than one test module uses (test modules never import each 
 checks): the CLI without a daemon (:func:`cli_env`, :func:`run`, :func:`run_in_process`), the two-app world of the
 end-to-end tests (fixtures ``app_secrets``, ``authority``, ``env``), the signed-in user's world (:func:`user_authority`,
 :func:`sign_in_user`, :func:`seed`, :func:`stored`, :func:`header`), the daemon's log (:func:`wait_for_log`),
-secret-value helpers and a counting proxy. The fake daemon and device-code sign-in are the product's test kit
-(:mod:`aadhelper.testing`), used from there.
+secret-value helpers, :func:`in_order` and a counting proxy. The fake daemon and device-code sign-in are the
+product's test kit (:mod:`aadhelper.testing`), used from there.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import random
 import re
 import secrets
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -112,13 +113,22 @@ def assert_no_leaks() -> None:
             assert value not in text, f"a secret or token value leaked into {where}"
 
 
-def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.02) -> None:
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if callable(predicate) and predicate():
+        if predicate():
             return
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def in_order(*steps: Callable[[Path], object]) -> Callable[[Path], None]:
+    """One step that runs ``steps`` on the same path in turn (a lambda holds one expression, and a tuple of
+    calls returning None is not one the type checker accepts)."""
+    def run(path: Path) -> None:
+        for step in steps:
+            step(path)
+    return run
 
 
 def exited(pid: int) -> bool:
@@ -214,9 +224,9 @@ def two_app_secrets() -> dict[str, str]:
 
 
 @pytest.fixture(name="authority")
-def two_app_authority(server_ssl_context: object, app_secrets: dict[str, str]) -> Iterator[SimulatedAuthority]:
+def two_app_authority(server_ssl_context: ssl.SSLContext, app_secrets: dict[str, str]) -> Iterator[SimulatedAuthority]:
     """The simulated authority over HTTPS with both apps (fixture ``authority``)."""
-    with SimulatedAuthority(ssl_context=server_ssl_context) as authority:  # type: ignore[arg-type]
+    with SimulatedAuthority(ssl_context=server_ssl_context) as authority:
         authority.add_tenant(TENANT)
         for app, secret in app_secrets.items():
             authority.add_client(app, tenant=TENANT, secret=secret)
@@ -251,9 +261,9 @@ KIND = "refresh_token"
 
 
 @contextmanager
-def user_authority(server_ssl_context: object, *, device_code_interval: int) -> Iterator[SimulatedAuthority]:
+def user_authority(server_ssl_context: ssl.SSLContext, *, device_code_interval: int) -> Iterator[SimulatedAuthority]:
     """The simulated authority over HTTPS with the public client (several resources) and the user."""
-    with SimulatedAuthority(ssl_context=server_ssl_context) as authority:  # type: ignore[arg-type]
+    with SimulatedAuthority(ssl_context=server_ssl_context) as authority:
         authority.add_tenant(TENANT)
         authority.add_client(CLIENT, tenant=TENANT, public=True, resources=RESOURCES)
         authority.add_user(USER, tenant=TENANT)
@@ -261,16 +271,16 @@ def user_authority(server_ssl_context: object, *, device_code_interval: int) -> 
         yield authority
 
 
-def sign_in_user(authority: SimulatedAuthority, context: object, scope: str = f"{GRAPH}/.default") -> str:
+def sign_in_user(authority: SimulatedAuthority, context: ssl.SSLContext, scope: str = f"{GRAPH}/.default") -> str:
     """Sign in as USER the way `aadhelper login` would (the kit's device-code sign-in); returns the refresh token."""
     tokens = device_sign_in(authority, tenant=TENANT, client_id=CLIENT, user=USER,
-                            scope=f"{scope} openid profile offline_access", ssl_context=context)  # type: ignore[arg-type]
+                            scope=f"{scope} openid profile offline_access", ssl_context=context)
     token: str = tokens["refresh_token"]
     return token
 
 
 @pytest.fixture(name="authority")
-def user_app_authority(server_ssl_context: object) -> Iterator[SimulatedAuthority]:
+def user_app_authority(server_ssl_context: ssl.SSLContext) -> Iterator[SimulatedAuthority]:
     """:func:`user_authority` polled every second, as `aadhelper login` sees it (fixture ``authority``)."""
     with user_authority(server_ssl_context, device_code_interval=1) as authority:
         yield authority
@@ -296,7 +306,7 @@ def stored(store: KeyringSecretStore) -> str | None:
     return value.reveal()
 
 
-def seed(authority: SimulatedAuthority, context: object, store: KeyringSecretStore, *,
+def seed(authority: SimulatedAuthority, context: ssl.SSLContext, store: KeyringSecretStore, *,
          max_value_chars: int | None = None) -> str:
     """Sign in directly (as a finished `aadhelper login` would have) and store the refresh token of profile `me`."""
     token = sign_in_user(authority, context)
@@ -321,9 +331,9 @@ FETCHER_APP = "22222222-0000-0000-0000-000000000001"
 
 
 @pytest.fixture(name="authority")
-def tenant_authority(server_ssl_context: object) -> Iterator[SimulatedAuthority]:
+def tenant_authority(server_ssl_context: ssl.SSLContext) -> Iterator[SimulatedAuthority]:
     """The simulated authority over HTTPS with the tenant only (fixture ``authority``)."""
-    with SimulatedAuthority(ssl_context=server_ssl_context) as authority:  # type: ignore[arg-type]
+    with SimulatedAuthority(ssl_context=server_ssl_context) as authority:
         authority.add_tenant(TENANT)
         yield authority
 

@@ -13,6 +13,7 @@ import time
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -341,7 +342,7 @@ async def test_plain_http_on_an_https_url(ca_pem_file: Path, http_clients: HttpC
                                      {"expires_in": Fault.raw("1e999")}, {"token_type": "pop"}])
 async def test_rotated_refresh_token_is_kept_when_the_access_token_is_unusable(
         server_ssl_context: ssl.SSLContext, client_ssl_context: ssl.SSLContext, ca_pem_file: Path,
-        http_clients: HttpClients, spoiled: dict[str, object]) -> None:
+        http_clients: HttpClients, spoiled: dict[str, Any]) -> None:
     """If a refresh rotates the refresh token but the reply's access token is unusable, then the grant raises a
     malformed-reply error (exit 7) and the new refresh token is stored: the next refresh presents it and works."""
     with user_authority(server_ssl_context, device_code_interval=0) as authority:

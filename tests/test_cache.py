@@ -43,6 +43,7 @@ async def test_token_is_refreshed_ahead_and_old_one_served_during_refresh(
     async with open_cache(source) as cache:
         first = await cache.get(PROFILE)
         next_refresh = cache.status()[0]["next_refresh"]
+        assert next_refresh is not None  # a cached token has a refresh planned
         # Natural refresh point: 75-80 % of the servable time (3600 - 300 s) after issue.
         assert 0.75 * 3300 <= next_refresh - first.obtained_at <= 0.80 * 3300 + 1
         await trio.sleep(next_refresh + 2 - wall())
@@ -116,7 +117,7 @@ async def test_background_failure_keeps_serving_old_token_and_backs_off(autojump
         await trio.sleep(0.8 * 3300 + 120)
         assert (await cache.get(PROFILE)) is first
         status = cache.status()[0]
-        assert status["last_error"]["code"] == "authority_unavailable"
+        assert status["last_error"] is not None and status["last_error"]["code"] == "authority_unavailable"
         assert status["failures"] >= 2
         calls_so_far = source.calls
         # Backoff: far fewer attempts than one per second.

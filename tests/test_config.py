@@ -7,6 +7,7 @@ import contextlib
 import os
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -142,7 +143,7 @@ def test_profiles_mapping_is_read_only() -> None:
     """If code tries to change the parsed profiles, then it cannot."""
     config = parse(PROFILE)
     with pytest.raises(TypeError):
-        config.profiles["x"] = config.profile("p")  # type: ignore[index]
+        config.profiles["x"] = config.profile("p")  # type: ignore[index]  # deliberately: the mapping is read-only
 
 
 # ---------------------------------------------------------------- every kind of bad input
@@ -675,12 +676,12 @@ def test_existing_profile_is_not_overwritten_without_replace(tmp_path: Path) -> 
     (lambda p: config_edit.add_git_url(p, "nope", "https://host/x", environ={}), "'nope' is not configured"),
     (lambda p: config_edit.remove_git_url(p, "graph", "https://host/x", environ={}), "is not mapped"),
 ])
-def test_invalid_edits_leave_the_file_untouched(tmp_path: Path, edit: object, words: str) -> None:
+def test_invalid_edits_leave_the_file_untouched(tmp_path: Path, edit: Callable[[str], object], words: str) -> None:
     """If an edit would make the config invalid or names something missing, then it fails and nothing changes."""
     path = tmp_path / "config.toml"
     path.write_text(COMMENTED)
     with pytest.raises(ConfigError, match=words) as info:
-        edit(str(path))  # type: ignore[operator]
+        edit(str(path))
     assert str(path) in info.value.message
     assert path.read_text() == COMMENTED
     assert [p.name for p in tmp_path.iterdir()] == ["config.toml"]

@@ -20,6 +20,7 @@ from aadhelper.testing.authority import SimulatedAuthority
 from tests.harness import (  # noqa: F401 -- two_app_*, two_profile_env: fixtures
     DaemonProcess,
     cli,
+    in_order,
     token_of,
     two_app_authority,
     two_app_secrets,
@@ -55,11 +56,11 @@ BREAKS: dict[str, tuple[Callable[[Path], object], str, Callable[[Path], object] 
     # The daemon's own hint is `chmod o-w`: it must be all it takes (regression: the error stayed cached).
     "world-writable": (lambda p: p.chmod(0o666), "writable by everyone", lambda p: p.chmod(0o600)),
     "huge": (lambda p: os.truncate(p, 64 * 1024**2), "over the limit", None),
-    "unreadable": (lambda p: (replace(p), p.symlink_to(p)), "cannot read the config file", None),
+    "unreadable": (in_order(replace, lambda p: p.symlink_to(p)), "cannot read the config file", None),
     "deleted": (replace, "the config file is missing", None),
-    "dangling symlink": (lambda p: (replace(p), p.symlink_to(p.parent / "gone.toml")), "is a symlink to", None),
-    "FIFO": (lambda p: (replace(p), os.mkfifo(p, 0o600)), "is a FIFO", None),
-    "directory": (lambda p: (replace(p), p.mkdir()), "is a directory", None),
+    "dangling symlink": (in_order(replace, lambda p: p.symlink_to(p.parent / "gone.toml")), "is a symlink to", None),
+    "FIFO": (in_order(replace, lambda p: os.mkfifo(p, 0o600)), "is a FIFO", None),
+    "directory": (in_order(replace, lambda p: p.mkdir()), "is a directory", None),
 }
 
 

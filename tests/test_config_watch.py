@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from aadhelper import config_watch
 from aadhelper.config import Config, ConfigUnreadable, load_config_file, parse_config
 from aadhelper.config_watch import RECHECK_BROKEN, ConfigWatcher, file_stamp
 from aadhelper.errors import ConfigError, UnknownProfile
+from tests.harness import in_order
 
 PROFILE = """
 [profiles.{name}]
@@ -26,18 +28,18 @@ scopes = ["https://graph.microsoft.com/.default"]
 TWO = PROFILE.format(name="a") + PROFILE.format(name="b")
 
 #: Every way to break a file that held a good configuration, as (description, break it, words of the error).
-BREAKERS = {
+BREAKERS: dict[str, tuple[Callable[[Path], object], str]] = {
     "garbage": (lambda p: p.write_text("[profiles.a\ntenant = "), "not valid TOML"),
     "invalid value": (lambda p: p.write_text(PROFILE.format(name="a") + "min_valid = -1\n"), "'min_valid'"),
     "not UTF-8": (lambda p: p.write_bytes(b"# \xff\n"), "not UTF-8"),
     # A symlink loop: unreadable even for root (who reads a file of mode 000), as CI runs.
-    "unreadable": (lambda p: (p.unlink(), p.symlink_to(p)), "cannot read the config file"),
+    "unreadable": (in_order(Path.unlink, lambda p: p.symlink_to(p)), "cannot read the config file"),
     "world-writable": (lambda p: p.chmod(0o666), "writable by everyone"),
     "huge": (lambda p: os.truncate(p, 64 * 1024**2), "over the limit"),
     "deleted": (lambda p: p.unlink(), "the config file is missing"),
-    "dangling symlink": (lambda p: (p.unlink(), p.symlink_to(p.parent / "gone.toml")), "is a symlink to"),
-    "FIFO": (lambda p: (p.unlink(), os.mkfifo(p)), "is a FIFO"),
-    "directory": (lambda p: (p.unlink(), p.mkdir()), "is a directory"),
+    "dangling symlink": (in_order(Path.unlink, lambda p: p.symlink_to(p.parent / "gone.toml")), "is a symlink to"),
+    "FIFO": (in_order(Path.unlink, lambda p: os.mkfifo(p)), "is a FIFO"),
+    "directory": (in_order(Path.unlink, lambda p: p.mkdir()), "is a directory"),
 }
 
 

@@ -13,7 +13,9 @@ import re
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,19 +51,20 @@ def authority_port(authority: SimulatedAuthority) -> int:
     return int(authority.url.rsplit(":", 1)[1].split("/")[0])
 
 
-def status_json(env: dict[str, str]) -> dict[str, object]:
+def status_json(env: dict[str, str]) -> dict[str, Any]:
     """`aadhelper status --json` (its exit code reflects the profiles' last errors: not checked)."""
-    return json.loads(cli(env, "status", "--json").stdout)  # type: ignore[no-any-return]
+    status: dict[str, Any] = json.loads(cli(env, "status", "--json").stdout)
+    return status
 
 
 def test_autostarted_daemon_ignores_the_first_clients_proxy_variables_and_directory(
         env: dict[str, str], authority: SimulatedAuthority, counting_proxy: CountingProxy,
-        tmp_path: Path, require: object) -> None:
+        tmp_path: Path, require: Callable[[str], None]) -> None:
     """If the first client autostarts the daemon from a directory it then deletes, with HTTPS_PROXY/HTTP_PROXY
     naming a proxy and FOO=bar, then the daemon's fetches go straight to the authority (the proxy sees nothing),
     status says "proxy: none", the daemon's cwd is / (not the deleted directory), and the environment it hands its
     processes (a restarted fetcher's /proc/PID/environ) has no proxy variable and no FOO."""
-    require("root")  # type: ignore[operator]  # /proc/PID/environ of a non-dumpable process
+    require("root")  # /proc/PID/environ of a non-dumpable process
     starter = {k: v for k, v in env.items() if k != "AADHELPER_NO_AUTOSTART"}
     starter.update(HTTPS_PROXY=counting_proxy.url, HTTP_PROXY=counting_proxy.url, https_proxy=counting_proxy.url,
                    ALL_PROXY=counting_proxy.url, FOO="bar")
@@ -77,7 +80,7 @@ def test_autostarted_daemon_ignores_the_first_clients_proxy_variables_and_direct
         assert os.readlink(f"/proc/{pid}/cwd") == "/"
         assert counting_proxy.lines == []
         assert authority.count(grant_type="client_credentials") == 1
-        assert status_json(env)["daemon"]["proxy"]["source"] == "none"  # type: ignore[index]
+        assert status_json(env)["daemon"]["proxy"]["source"] == "none"
         assert "proxy: none" in cli(env, "status", check=True).stdout.splitlines()
         # The forked fetcher shares the daemon's kernel copy of its start environment; one started afresh shows the
         # environment the daemon hands on.
@@ -112,7 +115,7 @@ def test_proxy_from_environment_opt_in_uses_the_daemons_start_environment(
             in result.stderr
         assert counting_proxy.lines[:1] == [f"CONNECT 127.0.0.1:{authority_port(authority)} HTTP/1.1"]
         assert authority.count(grant_type="client_credentials") == 0
-        assert status_json(env)["daemon"]["proxy"] == {  # type: ignore[index]
+        assert status_json(env)["daemon"]["proxy"] == {
             "source": "environment", "variable": "HTTPS_PROXY", "url": counting_proxy.url, "no_proxy": []}
 
 

@@ -9,6 +9,7 @@ import socket
 import stat
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -21,14 +22,15 @@ from aadhelper.daemon import Daemon, DaemonInfo, serve
 from aadhelper.errors import (
     AadhelperError,
     ConfigError,
+    DaemonAlreadyRunning,
     DaemonNotRunning,
     ProtocolError,
     SecretMissing,
     UnknownProfile,
 )
 from aadhelper.fetcher import LocalFetcher, SignInStates
-from aadhelper.listener import DaemonAlreadyRunning, bind_unix_socket, check_peer
-from aadhelper.tokens import Secret
+from aadhelper.listener import bind_unix_socket, check_peer
+from aadhelper.tokens import Secret, TokenResponse
 from tests.harness import DaemonProcess, wait_until
 
 
@@ -81,7 +83,7 @@ async def raw_exchange(path: str, payload: bytes, *, shutdown: bool = True) -> b
     return await trio.to_thread.run_sync(run)
 
 
-async def call(info: DaemonInfo, op: str, **fields: object) -> dict[str, object]:
+async def call(info: DaemonInfo, op: str, **fields: object) -> dict[str, Any]:
     return await trio.to_thread.run_sync(
         lambda: client.call(protocol.request(op, **fields), socket_path=info.socket_path))
 
@@ -261,7 +263,7 @@ async def test_broken_config_is_reported_per_request_and_recovers(tmp_path: Path
                 await call(info, "token", profile="p")
             assert str(config) in caught.value.one_line()
             status = await call(info, "status")
-            assert status["daemon"]["config_error"]["code"] == "config"  # type: ignore[index]
+            assert status["daemon"]["config_error"]["code"] == "config"
             config.write_text('[profiles.p]\ntenant = "t.example.com"\nclient_id = "c"\n'
                               'scopes = ["https://graph.microsoft.com/.default"]\n')
             # The profile is usable again: the failure now is the missing secret, not the config.
@@ -287,8 +289,8 @@ async def test_status_answers_while_the_fetcher_cannot(tmp_path: Path) -> None:
             'scopes = ["https://graph.microsoft.com/.default"]\n')
         with trio.fail_after(10):
             status = await call(info, "status")
-        assert [p["name"] for p in status["profiles"]] == ["me"]  # type: ignore[index, union-attr]
-        assert status["profiles"][0]["tokens"] == []  # type: ignore[index]
+        assert [p["name"] for p in status["profiles"]] == ["me"]
+        assert status["profiles"][0]["tokens"] == []
         nursery.cancel_scope.cancel()
 
 
@@ -361,9 +363,11 @@ def test_running_out_of_descriptors_pauses_accepting_without_dying(isolated_env:
                 waiting.settimeout(30)
                 waiting.connect(daemon.socket_path)  # queued by the kernel: no descriptor needed yet
                 waiting.sendall(PING)
-                # check_alive() raises (with the log) if the daemon died instead of waiting.
-                wait_until(lambda: daemon.check_alive() or "cannot accept a connection: Too many open files"
-                           in daemon.log(), timeout=30)
+                def paused_accepting() -> bool:
+                    daemon.check_alive()  # raises (with the log) if the daemon died instead of waiting
+                    return "cannot accept a connection: Too many open files" in daemon.log()
+
+                wait_until(paused_accepting, timeout=30)
                 resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (soft, hard))
                 assert protocol.decode(waiting.makefile("rb").readline())["ok"] is True
         finally:
@@ -375,7 +379,7 @@ def test_running_out_of_descriptors_pauses_accepting_without_dying(isolated_env:
 async def test_an_unexpected_accept_error_is_not_retried_forever() -> None:
     """If accept() fails for a reason other than a shortage (the listening socket itself is broken), then the
     accept loop raises it instead of spinning on it."""
-    class BrokenListener:
+    class BrokenListener(trio.socket.SocketType):  # trio's base for socket stand-ins; only accept() is used
         async def accept(self) -> tuple[trio.socket.SocketType, object]:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
 
@@ -383,7 +387,7 @@ async def test_an_unexpected_accept_error_is_not_retried_forever() -> None:
         raise AssertionError("no connection was accepted")
 
     with trio.fail_after(10), pytest.raises(ExceptionGroup) as caught:
-        await listener.serve_connections(BrokenListener(), never_called)  # type: ignore[arg-type]
+        await listener.serve_connections(BrokenListener(), never_called)
     assert caught.group_contains(OSError, match=os.strerror(errno.EINVAL))
 
 
@@ -414,7 +418,7 @@ class BuggySource:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def acquire(self, scopes: tuple[str, ...]) -> object:
+    async def acquire(self, scopes: tuple[str, ...]) -> TokenResponse:
         self.calls += 1
         raise KeyError("bug-detail-not-for-clients")
 
@@ -425,7 +429,7 @@ class BuggyFetcher(LocalFetcher):
         self.buggy = BuggySource()
 
     def source(self, profile: Profile) -> TokenSource:
-        return self.buggy  # type: ignore[return-value]
+        return self.buggy
 
 
 async def test_a_bug_in_a_token_source_is_an_error_reply_and_the_daemon_goes_on(

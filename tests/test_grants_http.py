@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aadhelper.errors import AadhelperError, AuthenticationFailed, AuthorityUnavailable, LoginRequired
+from aadhelper.errors import (
+    AadhelperError,
+    AuthenticationFailed,
+    AuthorityError,
+    AuthorityUnavailable,
+    LoginRequired,
+)
 from aadhelper.grants.http import (
     MAX_TOKEN_LIFETIME,
     MIN_TOKEN_LIFETIME,
@@ -38,7 +44,7 @@ def entra_error(error: str, code: int, text: str = "Something went wrong.") -> d
     (503, None, AuthorityUnavailable, None),
     (429, None, AuthorityUnavailable, None),
 ])
-def test_authority_errors_map_to_classes_with_fixes(status: int, body: dict[str, Any] | None, cls: type,
+def test_authority_errors_map_to_classes_with_fixes(status: int, body: dict[str, Any] | None, cls: type[AuthorityError],
                                                     hint: str | None) -> None:
     """If the authority answers with an Entra error, then the error class, AADSTS code and fix follow the table,
     and the message keeps the first sentence of the description without trace ids."""

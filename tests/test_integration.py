@@ -7,9 +7,11 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,15 +42,15 @@ pytestmark = pytest.mark.requires("secret-service")
 
 
 def test_header_works_end_to_end_and_curl_accepts_it(env: dict[str, str], authority: SimulatedAuthority,
-                                                      server_ssl_context: object, ca_pem_file: Path,
-                                                      require: object) -> None:
+                                                      server_ssl_context: ssl.SSLContext, ca_pem_file: Path,
+                                                      require: Callable[[str], None]) -> None:
     """If a profile's secret is in the keyring and the daemon runs, then `aadhelper header` prints a Bearer header
     that a loopback API validating against the authority accepts, via curl too, from one authority request."""
     import keyring
     from keyring.backends import SecretService
 
     assert type(keyring.get_keyring()) is SecretService.Keyring
-    with DaemonProcess(env), ProtectedResource(authority, ssl_context=server_ssl_context) as api:  # type: ignore[arg-type]
+    with DaemonProcess(env), ProtectedResource(authority, ssl_context=server_ssl_context) as api:
         result = cli(env, "header", "graph", check=True)
         header = result.stdout.strip()
         assert header.startswith("Authorization: Bearer ")
@@ -59,7 +61,7 @@ def test_header_works_end_to_end_and_curl_accepts_it(env: dict[str, str], author
         assert as_json["access_token"] == header.split()[-1]
         assert as_json["token_type"] == "Bearer" and as_json["profile"] == "graph"
         assert as_json["scopes"] == [GRAPH_SCOPE] and as_json["expires_on"] > 0
-        require("curl")  # type: ignore[operator]
+        require("curl")
         curl = subprocess.run(["curl", "-sS", "--fail", "--cacert", str(ca_pem_file), "-H", header, api.url + "/me"],
                               capture_output=True, text=True, timeout=30)
         assert curl.returncode == 0, curl.stderr
@@ -134,13 +136,14 @@ def malformed(env: dict[str, str], authority: SimulatedAuthority) -> None:
     (malformed, 7, ["malformed"]),
 ])
 def test_failures_are_specific_and_daemon_keeps_serving_others(
-        env: dict[str, str], authority: SimulatedAuthority, ca_pem_file: Path, breakage: object, exit_code: int,
+        env: dict[str, str], authority: SimulatedAuthority, ca_pem_file: Path,
+        breakage: Callable[[dict[str, str], SimulatedAuthority], None], exit_code: int,
         expected: list[str]) -> None:
     """If one profile's credentials, tenant or authority fail, then `aadhelper header` for it prints one line with
     the specific error and exits with its class's code, and the daemon keeps serving the other profile."""
     env["CA_FILE"] = str(ca_pem_file)
     with DaemonProcess(env) as daemon:
-        breakage(env, authority)  # type: ignore[operator]
+        breakage(env, authority)
         result = cli(env, "header", "graph")
         assert result.returncode == exit_code, result.stderr
         assert result.stdout == ""

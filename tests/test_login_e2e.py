@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -195,14 +197,14 @@ def test_ctrl_c_cancels_cleanly_and_stores_nothing(env: dict[str, str], authorit
     assert stored(secret_service) is None
 
 
-def test_browser_login_end_to_end(env: dict[str, str], authority: SimulatedAuthority, client_ssl_context: object,
-                                  secret_service: KeyringSecretStore) -> None:
+def test_browser_login_end_to_end(env: dict[str, str], authority: SimulatedAuthority,
+                                  client_ssl_context: ssl.SSLContext, secret_service: KeyringSecretStore) -> None:
     """If `aadhelper login me --browser --no-browser` prints the URL and a browser (here an HTTP client) follows it,
     then the redirect to 127.0.0.1 completes the PKCE sign-in, the browser sees a friendly page, the refresh token
     is stored, and headers work."""
     with Login(env, "me", "--browser", "--no-browser") as login:
         url = login.wait_for(r"^\s+(https://\S+)").group(1)
-        with httpx.Client(verify=client_ssl_context, follow_redirects=True, timeout=30) as browser:  # type: ignore[arg-type]
+        with httpx.Client(verify=client_ssl_context, follow_redirects=True, timeout=30) as browser:
             page = browser.get(url)
         code, _, stderr = login.finish()
     assert code == 0, stderr
@@ -233,19 +235,19 @@ def test_browser_login_opens_the_browser_from_BROWSER(env: dict[str, str], autho
 
 
 def test_logout_removes_every_chunk_and_drops_cached_tokens(
-        env: dict[str, str], authority: SimulatedAuthority, client_ssl_context: object,
-        secret_service: KeyringSecretStore, keyring_entries: object) -> None:
+        env: dict[str, str], authority: SimulatedAuthority, client_ssl_context: ssl.SSLContext,
+        secret_service: KeyringSecretStore, keyring_entries: Callable[[], set[str]]) -> None:
     """If a large refresh token was stored in chunks, then the daemon reads it whole, and `aadhelper logout me`
     removes the header and every chunk from the Secret Service and makes the running daemon drop its tokens."""
     authority.refresh_token_length = 6000
     seed(authority, client_ssl_context, secret_service, max_value_chars=1280)
-    names = keyring_entries()  # type: ignore[operator]
+    names = keyring_entries()
     assert len([n for n in names if n.startswith("me/refresh_token#")]) == 5
     with DaemonProcess(env):
         header(env)
         result = cli(env, "logout", "me", check=True)
         assert "deleted the refresh token" in result.stderr
-        assert not [n for n in keyring_entries() if n.startswith("me/")]  # type: ignore[operator]
+        assert not [n for n in keyring_entries() if n.startswith("me/")]
         after = cli(env, "header", "me")
         assert after.returncode == 6 and "not signed in" in after.stderr
         again = cli(env, "logout", "me", check=True)
@@ -253,7 +255,8 @@ def test_logout_removes_every_chunk_and_drops_cached_tokens(
 
 
 def test_login_repairs_a_corrupted_sign_in(env: dict[str, str], authority: SimulatedAuthority,
-                                          client_ssl_context: object, secret_service: KeyringSecretStore) -> None:
+                                          client_ssl_context: ssl.SSLContext,
+                                          secret_service: KeyringSecretStore) -> None:
     """If a chunk of the stored refresh token went missing, then the daemon refuses it with a clear line naming
     `aadhelper login me` (exit 4), and that login works and replaces it."""
     import keyring
@@ -272,7 +275,7 @@ def test_login_repairs_a_corrupted_sign_in(env: dict[str, str], authority: Simul
 
 
 def test_claims_challenge_from_the_daemon_is_carried_into_the_next_login(
-        env: dict[str, str], authority: SimulatedAuthority, client_ssl_context: object,
+        env: dict[str, str], authority: SimulatedAuthority, client_ssl_context: ssl.SSLContext,
         secret_service: KeyringSecretStore) -> None:
     """If the daemon's refresh met an MFA challenge with claims, then header and status say login required, and the
     next `aadhelper login` sends those claims with its device code request; afterwards headers work again."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +37,8 @@ CLAIMS = '{"access_token":{"acrs":{"essential":true,"value":"c1"}}}'
 
 
 @pytest.fixture
-def authority(server_ssl_context: object) -> Iterator[SimulatedAuthority]:
-    with SimulatedAuthority(ssl_context=server_ssl_context) as authority:  # type: ignore[arg-type]
+def authority(server_ssl_context: ssl.SSLContext) -> Iterator[SimulatedAuthority]:
+    with SimulatedAuthority(ssl_context=server_ssl_context) as authority:
         authority.add_tenant(HOME)
         authority.add_client(CLIENT, tenant=HOME, public=True)
         authority.add_user(USER, tenant=HOME)
@@ -66,8 +67,8 @@ def device_records(authority: SimulatedAuthority) -> list[float]:
     return [r.time for r in authority.requests if r.grant_type == DEVICE_CODE_GRANT]
 
 
-def assert_refresh_token_works(authority: SimulatedAuthority, context: object, token: str) -> None:
-    with httpx.Client(verify=context) as http:  # type: ignore[arg-type]
+def assert_refresh_token_works(authority: SimulatedAuthority, context: ssl.SSLContext, token: str) -> None:
+    with httpx.Client(verify=context) as http:
         reply = http.post(f"{authority.url}/{TENANT}/oauth2/v2.0/token", data={
             "grant_type": "refresh_token", "client_id": CLIENT, "refresh_token": token,
             "scope": f"{GRAPH}/.default offline_access"})
@@ -78,7 +79,7 @@ def assert_refresh_token_works(authority: SimulatedAuthority, context: object, t
 
 
 def test_device_code_sign_in_returns_a_working_refresh_token(
-        authority: SimulatedAuthority, profile: Profile, client_ssl_context: object) -> None:
+        authority: SimulatedAuthority, profile: Profile, client_ssl_context: ssl.SSLContext) -> None:
     """If the user approves the device code, then sign_in returns a refresh token the authority accepts and the
     account, and off a terminal it printed only the instructions (no control characters)."""
     out = io.StringIO()
@@ -207,7 +208,7 @@ def test_malformed_device_code_reply_is_reported() -> None:
 class Browser:
     """Stands in for a browser: follows the sign-in URL's redirects to the listener and keeps the final page."""
 
-    def __init__(self, context: object, tamper_state: bool = False) -> None:
+    def __init__(self, context: ssl.SSLContext, tamper_state: bool = False) -> None:
         self.context = context
         self.tamper_state = tamper_state
         self.pages: list[httpx.Response] = []
@@ -217,7 +218,7 @@ class Browser:
     def __call__(self, url: str) -> bool:
         self.urls.append(url)
         try:
-            with httpx.Client(verify=self.context, timeout=30) as http:  # type: ignore[arg-type]
+            with httpx.Client(verify=self.context, timeout=30) as http:
                 redirect = http.get(url)
                 assert redirect.status_code == 302, redirect.text
                 location = redirect.headers["Location"]
@@ -236,7 +237,8 @@ class Browser:
         return self.pages[-1]
 
 
-def test_browser_sign_in_with_pkce(authority: SimulatedAuthority, profile: Profile, client_ssl_context: object) -> None:
+def test_browser_sign_in_with_pkce(authority: SimulatedAuthority, profile: Profile,
+                                   client_ssl_context: ssl.SSLContext) -> None:
     """If the browser completes the sign-in, then the redirect reaches the 127.0.0.1 listener, the code is redeemed
     with the PKCE verifier (the authority checks it against the S256 challenge), the browser sees a friendly page,
     and the refresh token works."""
@@ -256,7 +258,7 @@ def test_browser_sign_in_with_pkce(authority: SimulatedAuthority, profile: Profi
 
 
 def test_browser_state_mismatch_is_refused(authority: SimulatedAuthority, profile: Profile,
-                                           client_ssl_context: object) -> None:
+                                           client_ssl_context: ssl.SSLContext) -> None:
     """If the redirect carries another state, then the code is not redeemed, the browser is told, and sign_in raises
     LoginFailed."""
     browser = Browser(client_ssl_context, tamper_state=True)
@@ -267,7 +269,7 @@ def test_browser_state_mismatch_is_refused(authority: SimulatedAuthority, profil
 
 
 def test_browser_error_reply_is_reported(authority: SimulatedAuthority, profile: Profile,
-                                         client_ssl_context: object) -> None:
+                                         client_ssl_context: ssl.SSLContext) -> None:
     """If the user declines consent, then the error redirect ends the sign-in with LoginFailed carrying the
     authority's error and AADSTS code, and the browser shows the failure."""
     authority.consent_denied = True

@@ -125,12 +125,13 @@ class _ChangedAccelerator:
 def test_a_changed_accelerator_falls_back_to_json(value: Any) -> None:
     """If the C accelerator's private signatures change, then the codecs are not built (no error at import) and
     _loads/_dumps give json's results through the json package."""
-    real = protocol._json
-    protocol._json = _ChangedAccelerator()  # type: ignore[assignment]
+    namespace = vars(protocol)  # _json is the module's private import, not an attribute it exports
+    real = namespace["_json"]
+    namespace["_json"] = _ChangedAccelerator()
     try:
         scan, make_encoder = protocol._c_codecs()
     finally:
-        protocol._json = real
+        namespace["_json"] = real
     assert (scan, make_encoder) == (None, None)
     saved = protocol._scan_once, protocol._make_encoder
     protocol._scan_once, protocol._make_encoder = scan, make_encoder

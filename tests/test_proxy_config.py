@@ -12,7 +12,7 @@ import trio
 
 from aadhelper import process_setup
 from aadhelper.cli.status import render
-from aadhelper.config import parse_config
+from aadhelper.config import Config, parse_config
 from aadhelper.config_edit import add_profile
 from aadhelper.errors import ConfigError
 from aadhelper.grants.http import HttpClients, post_form
@@ -23,7 +23,7 @@ PROFILE = ('[profiles.graph]\ntenant = "contoso.onmicrosoft.com"\nclient_id = "c
            'scopes = ["https://graph.microsoft.com/.default"]\n')
 
 
-def config_with(daemon: str, proxy_environ: dict[str, str] | None = None) -> object:
+def config_with(daemon: str, proxy_environ: dict[str, str] | None = None) -> Config:
     return parse_config(f"[daemon]\n{daemon}\n\n{PROFILE}", "/cfg.toml", environ={}, proxy_environ=proxy_environ or {})
 
 
@@ -31,16 +31,16 @@ def test_config_proxy_reaches_every_profile() -> None:
     """If `[daemon] proxy` and `no_proxy` are set, then the configuration and every profile carry them, sourced
     from the config, with no_proxy entries normalised."""
     config = config_with('proxy = "http://proxy.example.com:3128"\nno_proxy = " .Corp.example, 10.1.2.3,,"')
-    proxy = config.proxy  # type: ignore[attr-defined]
+    proxy = config.proxy
     assert proxy == ProxySetting("http://proxy.example.com:3128", ("corp.example", "10.1.2.3"), "config")
-    assert config.profiles["graph"].proxy == proxy  # type: ignore[attr-defined]
+    assert config.profiles["graph"].proxy == proxy
 
 
 def test_no_proxy_key_means_direct_and_start_environment_is_ignored() -> None:
     """If the config sets no proxy, then fetches go direct even when the start environment names a proxy."""
     config = config_with("", {"HTTPS_PROXY": "http://127.0.0.1:9", "ALL_PROXY": "http://127.0.0.1:9"})
-    assert config.proxy == DIRECT  # type: ignore[attr-defined]
-    assert config.profiles["graph"].proxy == DIRECT  # type: ignore[attr-defined]
+    assert config.proxy == DIRECT
+    assert config.profiles["graph"].proxy == DIRECT
 
 
 @pytest.mark.parametrize(("daemon", "wanted"), [
@@ -76,7 +76,7 @@ def test_a_proxy_password_never_appears_in_errors_reprs_or_status() -> None:
     with pytest.raises(ConfigError) as caught:
         config_with('proxy = "http://me:hunter2-secret@proxy.example.com:3128/x"')
     assert "hunter2-secret" not in caught.value.one_line()
-    setting = config_with('proxy = "http://me:hunter2-secret@proxy.example.com:3128"').proxy  # type: ignore[attr-defined]
+    setting = config_with('proxy = "http://me:hunter2-secret@proxy.example.com:3128"').proxy
     assert setting.url == "http://me:hunter2-secret@proxy.example.com:3128"  # the fetcher needs it whole
     shown = [repr(setting), str(setting.to_status()), render_status(setting.to_status())]
     for text in shown:
@@ -90,16 +90,16 @@ def test_proxy_from_environment_reads_the_start_environment() -> None:
     (fetches are https)."""
     environ = {"https_proxy": "http://lower:3128", "HTTPS_PROXY": "http://upper:3128", "NO_PROXY": "corp.example",
                "HTTP_PROXY": "http://plain:80"}
-    proxy = config_with("proxy_from_environment = true", environ).proxy  # type: ignore[attr-defined]
+    proxy = config_with("proxy_from_environment = true", environ).proxy
     assert proxy == ProxySetting("http://lower:3128", ("corp.example",), "environment", "https_proxy")
     assert render_status(proxy.to_status()).endswith(
         "proxy: from the daemon's start environment (https_proxy): http://lower:3128 (not for corp.example)")
     assert from_environment({"ALL_PROXY": "proxy.example.com:8080"}).url == "http://proxy.example.com:8080"
     only_http = config_with("proxy_from_environment = true", {"HTTP_PROXY": "http://plain:80"})
-    assert only_http.proxy.url is None  # type: ignore[attr-defined]
-    assert render_status(only_http.proxy.to_status()) == "proxy: none"  # type: ignore[attr-defined]
+    assert only_http.proxy.url is None
+    assert render_status(only_http.proxy.to_status()) == "proxy: none"
     own_list = config_with('proxy_from_environment = true\nno_proxy = "a.example"', environ)
-    assert own_list.proxy.no_proxy == ("a.example",)  # type: ignore[attr-defined]
+    assert own_list.proxy.no_proxy == ("a.example",)
 
 
 def test_a_bad_proxy_in_the_start_environment_is_a_config_error_naming_the_variable() -> None:

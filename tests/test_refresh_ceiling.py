@@ -161,7 +161,8 @@ async def test_non_finite_lifetimes_back_off(autojump_clock: trio.testing.MockCl
     source = Broken()
     async with open_cache(source) as cache:
         failed = await ask_every(lambda: cache.get(PROFILE), 0.1, HOUR)
-        assert cache.status()[0]["last_error"]["code"] == "authority_unavailable"
+        last_error = cache.status()[0]["last_error"]
+        assert last_error is not None and last_error["code"] == "authority_unavailable"
     assert failed > 0.9 * HOUR / 0.1
     # Requests inside a backoff step fail fast; each step is one request (or three for a waiting flight).
     assert source.calls <= budget_bound(HOUR)

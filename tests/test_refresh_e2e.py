@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import signal
+import ssl
 import subprocess
 import threading
 
@@ -52,7 +53,7 @@ def refreshes(authority: SimulatedAuthority) -> list[RecordedRequest]:
 
 
 def test_each_refresh_presents_a_new_token_and_the_keyring_follows(
-        env: dict[str, str], authority: SimulatedAuthority, client_ssl_context: object,
+        env: dict[str, str], authority: SimulatedAuthority, client_ssl_context: ssl.SSLContext,
         secret_service: KeyringSecretStore) -> None:
     """If the daemon refreshes five times (five resources, then again after an invalidate), then the authority saw
     six different refresh tokens, none replayed, starting with the one from the login; the keyring ends with a
@@ -72,7 +73,7 @@ def test_each_refresh_presents_a_new_token_and_the_keyring_follows(
 
 
 def test_fifty_concurrent_requests_for_five_scopes_cause_no_replay(
-        env: dict[str, str], authority: SimulatedAuthority, client_ssl_context: object,
+        env: dict[str, str], authority: SimulatedAuthority, client_ssl_context: ssl.SSLContext,
         secret_service: KeyringSecretStore) -> None:
     """If 50 clients ask at once for 5 different resources of one signed-in profile while every refresh is slow,
     then every client gets a token, the daemon made 5 refreshes one after another, and none replayed a token."""
@@ -116,7 +117,7 @@ def hold_a_refresh(authority: SimulatedAuthority,
 
 
 def test_sigkill_of_the_daemon_during_a_refresh_loses_no_rotation(
-        env: dict[str, str], authority: SimulatedAuthority, client_ssl_context: object,
+        env: dict[str, str], authority: SimulatedAuthority, client_ssl_context: ssl.SSLContext,
         secret_service: KeyringSecretStore) -> None:
     """If the daemon is killed with SIGKILL after the authority rotated the refresh token but before the reply
     arrived, then its token fetcher process still receives the reply, stores the new token and exits; a restarted
@@ -145,7 +146,7 @@ def test_sigkill_of_the_daemon_during_a_refresh_loses_no_rotation(
 
 @pytest.mark.parametrize("grace", [60.0, 0.0])
 def test_sigkill_of_the_fetcher_during_a_refresh(env: dict[str, str], authority: SimulatedAuthority,
-                                                 client_ssl_context: object, secret_service: KeyringSecretStore,
+                                                 client_ssl_context: ssl.SSLContext, secret_service: KeyringSecretStore,
                                                  grace: float) -> None:
     """If the token fetcher process is killed with SIGKILL after the authority rotated the refresh token but before
     the reply reached it, then the keyring still holds the token it presented and the waiting request fails; the
@@ -188,7 +189,7 @@ def test_sigkill_of_the_fetcher_during_a_refresh(env: dict[str, str], authority:
 
 @pytest.mark.parametrize("breakage, aadsts", [("revoked", 50173), ("expired", 700082)])
 def test_dead_sign_in_reads_login_required_after_one_request(
-        env: dict[str, str], authority: SimulatedAuthority, client_ssl_context: object,
+        env: dict[str, str], authority: SimulatedAuthority, client_ssl_context: ssl.SSLContext,
         secret_service: KeyringSecretStore, breakage: str, aadsts: int) -> None:
     """If the refresh token was revoked or has expired, then header fails with one line naming the AADSTS code and
     `aadhelper login me` (exit 6), repeated and other-resource requests fail the same way without asking the
@@ -211,7 +212,8 @@ def test_dead_sign_in_reads_login_required_after_one_request(
 
 
 def test_git_helper_names_the_signed_in_account(env: dict[str, str], authority: SimulatedAuthority,
-                                               client_ssl_context: object, secret_service: KeyringSecretStore) -> None:
+                                               client_ssl_context: ssl.SSLContext,
+                                               secret_service: KeyringSecretStore) -> None:
     """If a user profile is mapped to a git URL, then the git helper answers with the account the sign-in names (as
     Git Credential Manager does), not a placeholder, and the password is an access token for the profile."""
     seed(authority, client_ssl_context, secret_service)
@@ -241,7 +243,7 @@ def refresh_while_the_keyring_locks(authority: SimulatedAuthority, env: dict[str
 
 @pytest.mark.parametrize("then", ["unlock", "stop"])
 def test_a_rotated_refresh_token_the_locked_keyring_refused_is_stored_later_or_reported_lost_at_stop(
-        env: dict[str, str], authority: SimulatedAuthority, client_ssl_context: object,
+        env: dict[str, str], authority: SimulatedAuthority, client_ssl_context: ssl.SSLContext,
         secret_service: KeyringSecretStore, then: str) -> None:
     """If the keyring is locked when a rotated refresh token must be stored, then the daemon keeps it in memory and
     retries: once the keyring is unlocked the running daemon stores it (and the next refresh presents it). If the

@@ -7,9 +7,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,7 @@ def assert_no_replay(authority: SimulatedAuthority, first: str, count: int) -> N
 
 
 @pytest.fixture
-def authority(server_ssl_context: object) -> Iterator[SimulatedAuthority]:
+def authority(server_ssl_context: ssl.SSLContext) -> Iterator[SimulatedAuthority]:
     with user_authority(server_ssl_context, device_code_interval=0) as authority:
         assert authority.refresh_token_reuse == "revoke" and authority.refresh_token_reuse_grace == 0
         yield authority
@@ -70,7 +71,7 @@ def store() -> MemorySecretStore:
 
 
 @pytest.fixture
-def first_token(authority: SimulatedAuthority, client_ssl_context: object, store: MemorySecretStore) -> str:
+def first_token(authority: SimulatedAuthority, client_ssl_context: ssl.SSLContext, store: MemorySecretStore) -> str:
     """USER signed in; the refresh token is in ``store``."""
     token = sign_in_user(authority, client_ssl_context)
     store.set("me", SECRET_KIND, Secret(token))
@@ -80,8 +81,8 @@ def first_token(authority: SimulatedAuthority, client_ssl_context: object, store
 class FlakyStore(MemorySecretStore):
     """An in-memory store whose next ``fail_sets`` writes fail as a locked keyring would."""
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+    def __init__(self, *, max_value_chars: int | None = None) -> None:
+        super().__init__(max_value_chars=max_value_chars)
         self.fail_sets = 0
 
     def set(self, profile: str, kind: str, value: Secret) -> None:
@@ -234,7 +235,7 @@ async def test_unsaved_token_is_stored_in_the_background(
 
 @pytest.mark.parametrize("change", ["login", "logout"])
 async def test_login_or_logout_during_a_refresh_wins(
-        authority: SimulatedAuthority, client_ssl_context: object, rig: Rig, store: MemorySecretStore,
+        authority: SimulatedAuthority, client_ssl_context: ssl.SSLContext, rig: Rig, store: MemorySecretStore,
         first_token: str, change: str) -> None:
     """If `aadhelper login` or `logout` changes the keyring while a refresh is in flight, then the refresh does not
     overwrite it: the new sign-in (or the sign-out) stands."""
@@ -285,7 +286,7 @@ async def test_not_signed_in_needs_no_authority_request(authority: SimulatedAuth
 
 @pytest.mark.parametrize("breakage, aadsts", [("revoked", 50173), ("expired", 700082)])
 async def test_dead_refresh_token_fails_every_scope_with_one_request(
-        authority: SimulatedAuthority, client_ssl_context: object, rig: Rig, store: MemorySecretStore,
+        authority: SimulatedAuthority, client_ssl_context: ssl.SSLContext, rig: Rig, store: MemorySecretStore,
         first_token: str, breakage: str, aadsts: int) -> None:
     """If the refresh token was revoked or has expired, then the first refresh fails with LoginRequired (AADSTS code,
     `aadhelper login me`), other scope sets fail at once without asking the authority again, and a new sign-in in
@@ -340,7 +341,7 @@ async def test_consent_missing_for_one_resource_leaves_the_others_working(
 
 
 async def test_large_refresh_tokens_are_chunked_in_a_small_keyring(
-        authority: SimulatedAuthority, client_ssl_context: object, profile: Profile) -> None:
+        authority: SimulatedAuthority, client_ssl_context: ssl.SSLContext, profile: Profile) -> None:
     """If refresh tokens are larger than the keyring's entry limit, then each rotation is stored in chunks, read back
     whole (the authority accepts it), and deleting removes every chunk."""
     authority.refresh_token_length = 6000
@@ -362,8 +363,8 @@ async def test_large_refresh_tokens_are_chunked_in_a_small_keyring(
 
 @pytest.mark.requires("secret-service")
 async def test_large_refresh_tokens_rotate_in_the_real_secret_service(
-        authority: SimulatedAuthority, client_ssl_context: object, profile: Profile,
-        secret_service: KeyringSecretStore, keyring_entries: object) -> None:
+        authority: SimulatedAuthority, client_ssl_context: ssl.SSLContext, profile: Profile,
+        secret_service: KeyringSecretStore, keyring_entries: Callable[[], set[str]]) -> None:
     """If the real Secret Service is limited to Windows' entry size, then rotated 6000-character refresh tokens are
     stored in chunks, keep working, and deleting removes every chunk."""
     authority.refresh_token_length = 6000
@@ -377,10 +378,10 @@ async def test_large_refresh_tokens_rotate_in_the_real_secret_service(
     finally:
         await rig.http.aclose()
     assert_no_replay(authority, first, 2)
-    names = keyring_entries()  # type: ignore[operator]
+    names = keyring_entries()
     assert "me/refresh_token" in names and len([n for n in names if n.startswith("me/refresh_token#")]) == 5
     assert store.delete("me", SECRET_KIND)
-    assert not [n for n in keyring_entries() if n.startswith("me/")]  # type: ignore[operator]
+    assert not [n for n in keyring_entries() if n.startswith("me/")]
 
 
 @pytest.mark.parametrize("unusable", [{"expires_in": 3600}, {"access_token": "eyJ.x.y", "expires_in": -5},
@@ -437,7 +438,7 @@ async def test_a_sign_in_stored_by_the_last_attempt_at_exit_is_not_lost(
 
 @pytest.mark.requires("secret-service")
 async def test_the_fetcher_process_reports_an_unsaved_sign_in_until_the_keyring_takes_it(
-        authority: SimulatedAuthority, client_ssl_context: object, profile: Profile,
+        authority: SimulatedAuthority, client_ssl_context: ssl.SSLContext, profile: Profile,
         secret_service: KeyringSecretStore) -> None:
     """If the keyring is locked when the fetcher process must store a rotated refresh token, then the daemon's
     ``unsaved_sign_ins()`` names the profile (for status); once the keyring is unlocked, the fetcher stores the token

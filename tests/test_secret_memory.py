@@ -11,6 +11,7 @@ import contextlib
 import re
 import resource
 import secrets
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +39,13 @@ class Setup:
 
 
 @pytest.fixture
-def setup(isolated_env: dict[str, str], ca_pem_file: Path, server_ssl_context: object,
+def setup(isolated_env: dict[str, str], ca_pem_file: Path, server_ssl_context: ssl.SSLContext,
           secret_service: KeyringSecretStore) -> Iterator[Setup]:
     """A client-secret profile `graph` whose secret is in the real Secret Service, against the simulated authority."""
     secret = "app-secret-" + secrets.token_urlsafe(24)
     sensitive(secret)
     env = dict(isolated_env, AADHELPER_NO_AUTOSTART="1")
-    with SimulatedAuthority(ssl_context=server_ssl_context, token_lifetime=600) as authority:  # type: ignore[arg-type]
+    with SimulatedAuthority(ssl_context=server_ssl_context, token_lifetime=600) as authority:
         authority.add_tenant(TENANT)
         authority.add_client(APP, tenant=TENANT, secret=secret)
         cli(env, "profile", "add", "graph", "--tenant", TENANT, "--client-id", APP, "--scope", GRAPH_SCOPE,
@@ -179,7 +180,8 @@ def unit_memlock_limit() -> int:
     unit = (Path(__file__).resolve().parent.parent / "systemd" / "aadhelper.service").read_text()
     match = re.search(r"^LimitMEMLOCK=(\d+)([KMG]?)$", unit, re.M)
     assert match, "systemd/aadhelper.service sets no LimitMEMLOCK="
-    return int(match.group(1)) * 1024 ** " KMG".index(match.group(2) or " ")
+    unit_size: int = 1024 ** " KMG".index(match.group(2) or " ")  # int ** int is Any to the type checker
+    return int(match.group(1)) * unit_size
 
 
 @pytest.mark.requires("setpriv")

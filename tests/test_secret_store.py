@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from aadhelper.errors import KeyringLocked, KeyringUnavailable, SecretStoreError
+from aadhelper.secret_chunks import ChunkedSecretStore
 from aadhelper.secret_service import SecretServiceKeyring
 from aadhelper.secret_store import (
     MIN_VALUE_CHARS,
@@ -39,8 +40,9 @@ class SimulatedCrash(BaseException):
     """The process dies here: nothing may catch it, as nothing catches SIGKILL."""
 
 
-class CrashAfter:
-    """Mixin: with ``budget`` set, the store dies on the write or delete after ``budget`` more of them."""
+class CrashAfter(ChunkedSecretStore):
+    """Mixin for a concrete store (listed before it): with ``budget`` set, the store dies on the write or delete
+    after ``budget`` more of them."""
 
     budget: int | None = None
     after_read: Callable[[str], None] | None = None
