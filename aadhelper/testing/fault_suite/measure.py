@@ -45,7 +45,7 @@ MAX_BODY_READ: Final = MAX_REPLY_BYTES + _socket_buffers()
 #: Longest a CLI call of a case may take (a client's own limit is protocol.REPLY_TIMEOUT).
 CLI_TIMEOUT: Final = protocol.REPLY_TIMEOUT + 15
 
-Group = Literal["authority", "config", "git", "process", "keyring"]
+Group = Literal["authority", "config", "git", "process", "keyring", "socket"]
 
 
 def backoff_bound(window: float) -> int:
