@@ -153,12 +153,13 @@ def test_the_accelerator_is_in_use_here() -> None:
 
 
 @given(st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=8),
-       st.lists(st.integers(1, 17), min_size=1, max_size=50), st.booleans())
-def test_line_buffer_returns_the_lines_whatever_the_chunks(lines: list[bytes], cuts: list[int], ending: bool) -> None:
+       st.lists(st.integers(1, 17), min_size=1, max_size=50), st.booleans(), st.booleans())
+def test_line_buffer_returns_the_lines_whatever_the_chunks(lines: list[bytes], cuts: list[int], ending: bool,
+                                                           wipe: bool) -> None:
     """If lines arrive cut into chunks of any size, then the buffer hands out exactly those lines in order, and at
-    the end the unterminated rest."""
+    the end the unterminated rest (with or without zeroing what it handed out)."""
     data = b"\n".join(lines) + (b"\n" if ending else b"")
-    buffer = protocol.LineBuffer(limit=64, size=4)
+    buffer = protocol.LineBuffer(limit=64, size=4, wipe=wipe)
     got: list[bytes] = []
     at = 0
     for cut in cuts * (len(data) // len(cuts) + 1):
