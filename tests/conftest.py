@@ -31,6 +31,7 @@ import pytest
 import trustme
 
 from aadhelper.secret_store import SERVICE, KeyringSecretStore
+from aadhelper.testing.keyring_control import lock_keyring, unlock_keyring
 
 # The test kit's own plugin (aad_* fixtures; also an entry point, registered under this same name, so never twice).
 pytest_plugins = ["aadhelper.testing.pytest_plugin"]
@@ -39,7 +40,6 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 #: Set by scripts/with-secret-service inside its private D-Bus session.
 SECRET_SERVICE_ENV = "AADHELPER_TEST_SECRET_SERVICE"
 #: The throwaway keyring's password, exported by scripts/with-secret-service so a test can unlock it again.
-KEYRING_PASSWORD_ENV = "AADHELPER_TEST_KEYRING_PASSWORD"
 SECRET_SERVICE = "secret-service"
 #: Tests that play another local user (chown, setuid) need root; CI runs as root.
 ROOT = "root"
@@ -153,31 +153,6 @@ def locked_keyring(secret_service: KeyringSecretStore) -> Iterator[None]:
         unlock_keyring()
 
 
-def lock_keyring() -> None:
-    """Lock the private gnome-keyring's default collection, as a screen lock does."""
-    import secretstorage
-
-    with closing(secretstorage.dbus_init()) as connection:
-        secretstorage.get_default_collection(connection).lock()
-
-
-def unlock_keyring() -> None:
-    """Unlock the private gnome-keyring's default collection again."""
-    import secretstorage
-    from secretstorage.util import DBusAddressWrapper, format_secret, open_session
-
-    password = os.environ.get(KEYRING_PASSWORD_ENV)
-    assert password, f"{KEYRING_PASSWORD_ENV} is not set: scripts/with-secret-service exports it"
-    with closing(secretstorage.dbus_init()) as connection:
-        # Unlocking normally needs a prompt (no display here); gnome-keyring's internal interface
-        # takes the password directly, as `gnome-keyring-daemon --unlock` does.
-        service = DBusAddressWrapper("/org/freedesktop/secrets", "org.freedesktop.Secret.Service", connection)
-        (path,) = service.call("ReadAlias", "s", "default")
-        internal = DBusAddressWrapper("/org/freedesktop/secrets",
-                                      "org.gnome.keyring.InternalUnsupportedGuiltRiddenInterface", connection)
-        master = format_secret(open_session(connection), password.encode(), "text/plain")
-        internal.call("UnlockWithMasterPassword", "o(oayays)", path, master)
-        assert not secretstorage.get_default_collection(connection).is_locked()
 
 
 # -- TLS with trustme ---------------------------------------------------------------------------------------

@@ -7,27 +7,15 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
+from aadhelper.testing.fault_suite.socket_cases import NOBODY, other_uid_client
+
 from .harness import DaemonProcess, cli
 
-NOBODY = 65534
-
-#: A raw client (the thin client would refuse the directory first) that drops to NOBODY and reads the answer.
-OTHER_UID_CLIENT = textwrap.dedent("""
-    import os, socket, sys
-    os.setgid(%(uid)d); os.setuid(%(uid)d)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(10)
-        sock.connect(sys.argv[1])
-        # The daemon answers a refused peer at once and closes: read first, so no unread request resets the reply.
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    sys.stdout.write(data.decode())
-""") % {"uid": NOBODY}
+#: A raw client of another uid (the thin client would refuse the directory first): the fault suite's.
+OTHER_UID_CLIENT = other_uid_client()
 
 
 @pytest.mark.requires("root")

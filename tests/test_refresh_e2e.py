@@ -17,7 +17,7 @@ import pytest
 from aadhelper import client
 from aadhelper.secret_store import KeyringSecretStore
 from aadhelper.testing import Fault, RecordedRequest, SimulatedAuthority
-from tests.conftest import lock_keyring, unlock_keyring
+from aadhelper.testing.keyring_control import lock_keyring, unlock_keyring
 
 # The user-profile world of the login tests (fixtures `authority`, `env`): the authority with the public client and
 # the user, and profile `me`.

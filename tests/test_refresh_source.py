@@ -26,8 +26,8 @@ from aadhelper.grants import HttpClients, make_source
 from aadhelper.grants.refresh import SECRET_KIND, STORE_RETRY_MAX, STORE_RETRY_START, SignIns
 from aadhelper.secret_store import KeyringSecretStore, MemorySecretStore
 from aadhelper.testing import GRAPH, Fault, RecordedRequest, SimulatedAuthority
+from aadhelper.testing.keyring_control import lock_keyring, unlock_keyring
 from aadhelper.tokens import Secret
-from tests.conftest import lock_keyring, unlock_keyring
 from tests.harness import CLIENT, RESOURCES, TENANT, USER, sign_in_user, user_authority
 
 SCOPE_SETS = [(f"{resource}/.default",) for resource in RESOURCES]

@@ -13,9 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from aadhelper.testing.isolated_home import VENV_BIN
+
 from .plan import GIT, MAIN, Bench, Plan
 from .timing import BenchError, Command, Row, median, ms, percentile, time_pair
-from .world import AADHELPER, VENV_BIN
+from .world import AADHELPER
 
 PYTHON = sys.executable
 HEADER_TARGET = 2.0

@@ -10,10 +10,8 @@ every start compile the package from source, which no installed copy does), the 
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -25,15 +23,14 @@ from aadhelper.errors import AadhelperError
 from aadhelper.secret_store import KeyringSecretStore
 from aadhelper.testing import GRAPH, SimulatedAuthority
 from aadhelper.testing.daemon_process import DaemonProcess
+from aadhelper.testing.isolated_home import VENV_BIN, isolated_home
 from aadhelper.tokens import Secret
 
-VENV_BIN = Path(sys.executable).parent
 AADHELPER = str(VENV_BIN / "aadhelper")
 TENANT = "contoso.onmicrosoft.com"
 SCOPE = f"{GRAPH}/.default"
 #: Environment variables of the bench's own process that children must not inherit.
 _DROPPED_PREFIXES = ("PYTHON", "AADHELPER_", "GIT_", "AZURE_")
-_KEPT = ("DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR", "XDG_DATA_HOME", "LANG", "LC_ALL", "TERM", "TMPDIR")
 
 
 class World:
@@ -46,15 +43,7 @@ class World:
         self.store = KeyringSecretStore()
         self._profiles: list[str] = []
         self._daemons: list[Daemon] = []
-        home = self.root / "home"
-        for folder in (home, self.root / "config", self.root / "state", self.root / "run"):
-            folder.mkdir(mode=0o700)
-        self.env: dict[str, str] = {key: os.environ[key] for key in _KEPT if key in os.environ}
-        self.env.update(
-            HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), XDG_STATE_HOME=str(home / ".local/state"),
-            XDG_CACHE_HOME=str(home / ".cache"), PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            AADHELPER_STATE_DIR=str(self.root / "state"), AADHELPER_NO_AUTOSTART="1",
-            GIT_CONFIG_NOSYSTEM="1", GIT_TERMINAL_PROMPT="0")
+        self.env: dict[str, str] = isolated_home(self.root)
         self.env.update(self.daemon_env("main"))
 
     def daemon_env(self, name: str) -> dict[str, str]:

@@ -10,6 +10,7 @@ import time
 from typing import Literal
 
 from ..daemon_process import DaemonProcess
+from ..keyring_control import lock_keyring, unlock_keyring
 from .base import Case, Shared, TwoProfileCase
 from .measure import Background, CliRun, Result, Timing, run_cli
 from .world import FaultWorld
@@ -30,7 +31,7 @@ class KeyringCase(TwoProfileCase):
                result: Result) -> tuple[CliRun, DaemonProcess]:
         result.expected_exits = frozenset({4})
         if self.how == "lock":
-            _lock_keyring()
+            lock_keyring()
             self.locked = True
             run = run_cli(env, "token", cold)
             self.restore(world)
@@ -59,7 +60,7 @@ class KeyringCase(TwoProfileCase):
                 os.kill(self.stopped, signal.SIGCONT)
             self.stopped = None
         if self.locked:
-            _unlock_keyring()
+            unlock_keyring()
             self.locked = False
 
 
@@ -137,24 +138,3 @@ def _keyring_pid() -> int:
     return int(reply.body[0])
 
 
-def _lock_keyring() -> None:
-    import secretstorage
-
-    with contextlib.closing(secretstorage.dbus_init()) as connection:
-        secretstorage.get_default_collection(connection).lock()
-
-
-def _unlock_keyring() -> None:
-    """Unlock with the throwaway keyring's password (scripts/with-secret-service exports it): gnome-keyring's
-    internal interface takes it directly, as ``gnome-keyring-daemon --unlock`` does (no display for a prompt)."""
-    import secretstorage
-    from secretstorage.util import DBusAddressWrapper, format_secret, open_session
-
-    password = os.environ.get("AADHELPER_TEST_KEYRING_PASSWORD", "")
-    with contextlib.closing(secretstorage.dbus_init()) as connection:
-        service = DBusAddressWrapper("/org/freedesktop/secrets", "org.freedesktop.Secret.Service", connection)
-        (path,) = service.call("ReadAlias", "s", "default")
-        internal = DBusAddressWrapper("/org/freedesktop/secrets",
-                                      "org.gnome.keyring.InternalUnsupportedGuiltRiddenInterface", connection)
-        master = format_secret(open_session(connection), password.encode(), "text/plain")
-        internal.call("UnlockWithMasterPassword", "o(oayays)", path, master)

@@ -166,7 +166,11 @@ def _non_readers(path: str, stop: threading.Event) -> str:
     return f"50 non-reading clients, {dropped} dropped by the daemon"
 
 
-_OTHER_UID_CLIENT = """
+def other_uid_client(uid: int = NOBODY) -> str:
+    """A Python script that drops to ``uid``, connects to the socket named by its argument and prints what it is
+    told. It only reads: the daemon answers a refused peer at once and closes, and an unread request of ours could
+    turn that answer into a reset."""
+    return f"""
 import os, socket, sys
 os.setgid({uid}); os.setuid({uid})
 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -192,7 +196,7 @@ def _other_uid(path: str, stop: threading.Event) -> str:
         refused = tries = 0
         while not stop.is_set() and tries < 20:
             tries += 1
-            done = subprocess.run([sys.executable, "-c", _OTHER_UID_CLIENT.format(uid=NOBODY), str(link)],
+            done = subprocess.run([sys.executable, "-c", other_uid_client(), str(link)],
                                   capture_output=True, text=True, timeout=10, check=False)
             refused += "permission denied" in done.stdout
             stop.wait(0.2)

@@ -14,11 +14,9 @@ get a daemon of their own.
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import ssl
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable
@@ -35,8 +33,8 @@ from ...tokens import Secret
 from ..authority import SimulatedAuthority
 from ..daemon_process import DaemonProcess
 from ..directory import GRAPH
+from ..isolated_home import VENV_BIN, isolated_home
 
-VENV_BIN = Path(sys.executable).parent
 AADHELPER = str(VENV_BIN / "aadhelper")
 GIT_HELPER = str(VENV_BIN / "git-credential-aadhelper")
 TENANT = "contoso.onmicrosoft.com"
@@ -46,7 +44,6 @@ USER_CLIENT = "22222222-0000-0000-0000-000000000001"
 USER = "me@contoso.onmicrosoft.com"
 #: Environment variables of our own process that children must not inherit.
 _DROPPED_PREFIXES = ("PYTHON", "AADHELPER_", "GIT_", "AZURE_", "SSL_CERT")
-_KEPT = ("DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR", "XDG_DATA_HOME", "LANG", "LC_ALL", "TERM", "TMPDIR")
 
 
 class FaultWorld:
@@ -66,15 +63,7 @@ class FaultWorld:
         self.ca = trustme.CA()
         self.ca_bundle = self.root / "ca.pem"
         self.ca.cert_pem.write_to_path(str(self.ca_bundle))
-        home = self.root / "home"
-        for folder in (home, self.root / "config", self.root / "state", self.root / "run"):
-            folder.mkdir(mode=0o700)
-        self.env: dict[str, str] = {key: os.environ[key] for key in _KEPT if key in os.environ}
-        self.env.update(
-            HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), XDG_STATE_HOME=str(home / ".local/state"),
-            XDG_CACHE_HOME=str(home / ".cache"), PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            AADHELPER_STATE_DIR=str(self.root / "state"), AADHELPER_NO_AUTOSTART="1",
-            GIT_CONFIG_NOSYSTEM="1", GIT_TERMINAL_PROMPT="0")
+        self.env: dict[str, str] = isolated_home(self.root)
 
     def daemon_env(self, config: str) -> dict[str, str]:
         """The environment of a daemon (and its clients) using the config file and socket called ``config``."""
