@@ -123,7 +123,3 @@ class RequestBudget:
     def grant(self, profile: str, now: float) -> None:
         """An explicit user action: one more request, even beyond the burst (but never more than one beyond)."""
         self._buckets[profile] = (min(self._level(profile, now) + 1.0, self._burst + 1.0), now)
-
-    def left(self, profile: str, now: float) -> int:
-        """Whole requests the profile may make now (for ``status``)."""
-        return int(self._level(profile, now))

@@ -47,7 +47,6 @@ from ..tokens import Secret, Token, wipe
 HELLO = "hello"
 ACQUIRE = "acquire"
 SIGN_IN_STATES = "sign_in_states"
-OPS = frozenset({HELLO, ACQUIRE, SIGN_IN_STATES})
 
 _build: str | None = None
 
