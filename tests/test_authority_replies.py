@@ -24,8 +24,8 @@ from aadhelper.config import Profile
 from aadhelper.errors import AadhelperError, AuthorityUnavailable, ConfigError
 from aadhelper.fetcher import AsyncSecrets
 from aadhelper.grants import HttpClients, http, make_source
-from aadhelper.grants.refresh import SECRET_KIND as REFRESH_KIND
-from aadhelper.grants.refresh import SignIns
+from aadhelper.grants.refresh_token import SECRET_KIND as REFRESH_KIND
+from aadhelper.grants.refresh_token import SignIns
 from aadhelper.secret_store import MemorySecretStore
 from aadhelper.testing import GRAPH, Fault, SimulatedAuthority
 from aadhelper.testing.faults import http_date

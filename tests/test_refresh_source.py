@@ -23,7 +23,7 @@ from aadhelper.errors import AuthorityUnavailable, LoginRequired, SecretStoreErr
 from aadhelper.fetcher import AsyncSecrets, LocalFetcher
 from aadhelper.fetcher.parent import ProcessFetcher
 from aadhelper.grants import HttpClients, make_source
-from aadhelper.grants.refresh import SECRET_KIND, STORE_RETRY_MAX, STORE_RETRY_START, SignIns
+from aadhelper.grants.refresh_token import SECRET_KIND, STORE_RETRY_MAX, STORE_RETRY_START, SignIns
 from aadhelper.secret_store import KeyringSecretStore, MemorySecretStore
 from aadhelper.testing import GRAPH, Fault, RecordedRequest, SimulatedAuthority
 from aadhelper.testing.keyring_control import lock_keyring, unlock_keyring

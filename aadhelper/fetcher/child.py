@@ -5,9 +5,10 @@ It reads fetch requests from the socket the daemon passed, answers each with a t
 runs on its own, so a slow authority for one profile holds up no other), runs at idle CPU priority
 (:func:`aadhelper.process_setup.run_at_idle_priority`: the daemon's serving loop always goes first), and exits
 when the daemon closes its end or sends SIGTERM. Before exiting it lets a refresh-token exchange that is under
-way finish, so that a rotated refresh token reaches the keyring (:mod:`aadhelper.grants.refresh`); that is also
-why a SIGKILL of the daemon loses no rotation. A rotated refresh token the keyring refused so far gets one more
-try, and is logged at ERROR level if it is lost (:meth:`aadhelper.grants.refresh.SignIns.store_before_exit`).
+way finish, so that a rotated refresh token reaches the keyring (:mod:`aadhelper.grants.refresh_token`); that is
+also why a SIGKILL of the daemon loses no rotation. A rotated refresh token the keyring refused so far gets one
+more try, and is logged at ERROR level if it is lost
+(:meth:`aadhelper.grants.refresh_token.SignIns.store_before_exit`).
 Ctrl-C in a terminal goes to the daemon, which then closes the link; the fetcher ignores SIGINT.
 
 Its first line is an unasked ``hello`` (:mod:`aadhelper.fetcher.wire`, which declares every message of this
@@ -55,7 +56,7 @@ def preload() -> None:
     """Import what fetching needs. The daemon does this before it forks the fetcher, which then starts with every
     module loaded (instead of spending ~0.2 s importing them after the daemon's own imports)."""
     from .. import grants  # noqa: F401  (httpx)
-    from ..grants import client_credentials, refresh  # noqa: F401
+    from ..grants import client_credentials, refresh_token  # noqa: F401
 
 
 def run(sock: socket.socket, *, secret_store: str | None, verbose: bool, daemon_build: str | None = None) -> int:

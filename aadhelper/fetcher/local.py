@@ -163,7 +163,7 @@ class LocalFetcher:
 
     def __init__(self, store: SecretStore, *, clock: Callable[[], float] = time.time) -> None:
         from ..grants import HttpClients
-        from ..grants.refresh import SignIns
+        from ..grants.refresh_token import SignIns
 
         self._clock = clock
         self._http = HttpClients()

@@ -19,7 +19,7 @@ from .http import HttpClients
 
 if TYPE_CHECKING:
     from .client_credentials import ClientSecretSource
-    from .refresh import RefreshTokenSource, SignIns
+    from .refresh_token import RefreshTokenSource, SignIns
 
 
 class SecretAccess(Protocol):
@@ -43,7 +43,7 @@ def make_source(profile: Profile, *, http: HttpClients, secrets: SecretAccess,
 
         return ClientSecretSource(profile, client=client, secrets=secrets, clock=clock)
     if profile.credential == "user":
-        from .refresh import RefreshTokenSource, SignIns
+        from .refresh_token import RefreshTokenSource, SignIns
 
         return RefreshTokenSource(profile, client=client, sign_ins=sign_ins or SignIns(secrets), clock=clock)
     raise ConfigError(f"profile {profile.name!r}: credential kind {profile.credential!r} is not supported",

@@ -17,7 +17,7 @@ import httpx
 from ..config import Profile
 from ..errors import AuthorityError, LoginFailed, LoginRequired
 from ..grants.http import parse_token_reply, post_form, raise_for_error
-from ..grants.refresh import with_oidc_scopes
+from ..grants.refresh_token import with_oidc_scopes
 from ..tokens import Secret
 
 
