@@ -18,7 +18,7 @@ from ..tokens import Secret
 from .http import HttpClients
 
 if TYPE_CHECKING:
-    from .client_credentials import ClientSecretSource
+    from .client_credentials import AppCredentialSource
     from .refresh_token import RefreshTokenSource, SignIns
 
 
@@ -31,7 +31,7 @@ class SecretAccess(Protocol):
 
 
 def make_source(profile: Profile, *, http: HttpClients, secrets: SecretAccess,
-                clock: Callable[[], float], sign_ins: SignIns | None = None) -> ClientSecretSource | RefreshTokenSource:
+                clock: Callable[[], float], sign_ins: SignIns | None = None) -> AppCredentialSource | RefreshTokenSource:
     """The token source for a profile's credential kind.
 
     ``sign_ins`` is the fetcher's per-profile refresh state for user profiles; it must outlive the sources (one
