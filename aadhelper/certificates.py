@@ -21,11 +21,12 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
-from .secret_chunks import CERTIFICATE
+from .secret_chunks import CERTIFICATE, CERTIFICATE_PASSWORD
 from .tokens import Secret
 
 if TYPE_CHECKING:
@@ -37,6 +38,11 @@ EXPIRY_WARNING_DAYS = 30
 #: The largest certificate file read: real ones are a few KiB.
 MAX_CERTIFICATE_BYTES = 1024 * 1024
 _PEM_MARK = b"-----BEGIN "
+
+
+class PasswordNeeded(ConfigError):
+    """The input is encrypted (a PEM key or a PFX) and no password was given: the CLI then asks for one. Travels as a
+    plain ``config`` error."""
 
 
 @dataclass(frozen=True, repr=False)
@@ -94,7 +100,7 @@ class ClientCertificate:
 
     def summary(self) -> CertificateSummary:
         return CertificateSummary(self.sha256_thumbprint, self.subject, self.not_before, self.not_after,
-                                  len(self.chain))
+                                  len(self.chain), self.sha1_thumbprint)
 
     def __repr__(self) -> str:
         return (f"ClientCertificate(sha256={self.sha256_thumbprint}, subject={self.subject!r}, "
@@ -115,6 +121,8 @@ class CertificateSummary:
     not_before: float
     not_after: float
     chain_length: int
+    #: What the Entra portal lists as the certificate's "Thumbprint".
+    sha1_thumbprint: str = ""
 
     @property
     def expires(self) -> str:
@@ -128,8 +136,18 @@ class CertificateSummary:
         """Valid now, but for less than :data:`EXPIRY_WARNING_DAYS` more days."""
         return now < self.not_after and self.days_left(now) < EXPIRY_WARNING_DAYS
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CertificateSummary:
+        """The inverse of :meth:`as_dict`; ValueError when malformed."""
+        try:
+            return cls(str(data["sha256_thumbprint"]), str(data["subject"]), float(data["not_before"]),
+                       float(data["not_after"]), int(data["chain_length"]), str(data.get("sha1_thumbprint", "")))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError("malformed certificate summary") from None
+
     def as_dict(self) -> dict[str, object]:
-        return {"sha256_thumbprint": self.sha256_thumbprint, "subject": self.subject,
+        return {"sha256_thumbprint": self.sha256_thumbprint, "sha1_thumbprint": self.sha1_thumbprint,
+                "subject": self.subject,
                 "not_before": int(self.not_before), "not_after": int(self.not_after),
                 "chain_length": self.chain_length}
 
@@ -218,6 +236,18 @@ def store_certificate(profile_name: str, pem_or_pfx_bytes: bytes, password: Secr
     return certificate.summary()
 
 
+def store_certificate_password(profile_name: str, path: str, password: Secret, *,
+                               now: float | None = None) -> CertificateSummary:
+    """Check that ``password`` opens the certificate file ``path`` (a profile's ``certificate_path``), then store it
+    in the keyring for the fetcher; nothing is stored when it does not."""
+    from . import secret_store
+
+    certificate = load_certificate(read_certificate_file(path), password, source=f"the certificate file {path}")
+    check_validity(certificate, time.time() if now is None else now, source=f"the certificate file {path}")
+    secret_store.open_secret_store().set(profile_name, CERTIFICATE_PASSWORD, password)
+    return certificate.summary()
+
+
 # -- parsing ----------------------------------------------------------------------------------------------
 
 
@@ -240,7 +270,7 @@ def _load_pem(data: bytes, password: Secret | None, source: str,
     except TypeError:
         # cryptography: "Password was not given but private key is encrypted" (or given for a plain key).
         if secret is None:
-            raise ConfigError(f"{source} holds an encrypted private key and no password was given",
+            raise PasswordNeeded(f"{source} holds an encrypted private key and no password was given",
                               hint="pass the password with --password-stdin or at the prompt") from None
         key = load_pem_private_key(data, None, unsafe_skip_rsa_key_validation=checked)
     except ValueError:
@@ -259,7 +289,7 @@ def _load_pkcs12(data: bytes, password: Secret | None, source: str) -> tuple[RSA
         key, cert, extra = pkcs12.load_key_and_certificates(data, secret)
     except ValueError:
         if secret is None:
-            raise ConfigError(f"{source} is neither PEM nor a PFX readable without a password",
+            raise PasswordNeeded(f"{source} is neither PEM nor a PFX readable without a password",
                               hint="if it is a password-protected PFX, pass the password with --password-stdin "
                                    "or at the prompt") from None
         raise ConfigError(f"{source}: wrong PFX password, or not a PFX/PEM file") from None

@@ -152,6 +152,12 @@ async def _dispatch(fetcher: LocalFetcher, message: dict[str, Any]) -> dict[str,
     if op == wire.SIGN_IN_STATES:
         logins, unsaved = await fetcher.sign_in_states(strings_from_wire(message.get("profiles"), "profile names"))
         return wire.sign_in_states_reply(logins, unsaved)
+    if op == wire.CREDENTIAL_STATES:
+        wires = message.get("profiles")
+        if not isinstance(wires, list):
+            raise ProtocolError("credential_states without a list of profiles")
+        profiles = [profile_from_wire(each, ()) for each in wires]
+        return protocol.ok_reply(states=await fetcher.credential_states(profiles))
     raise ProtocolError(f"the token fetcher has no operation {op!r}")
 
 

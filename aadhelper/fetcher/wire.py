@@ -16,6 +16,8 @@ op                  request fields                                            re
 ``sign_in_states``  ``profiles`` [names of user profiles]                     ``login_required`` {name: error | null},
                                                                               ``unsaved`` [names whose rotated
                                                                               refresh token the keyring refused]
+``credential_       ``profiles`` [profiles, as in ``acquire``]                ``states`` {name: {"error": error | null,
+states``                                                                      kind-specific fields, e.g. "certificate"}}
 ==================  ========================================================  =========================================
 
 Errors travel as in the client protocol (``{"ok": false, "error": {...}}``, :func:`error_of_reply`).
@@ -47,6 +49,7 @@ from ..tokens import Secret, Token, wipe
 HELLO = "hello"
 ACQUIRE = "acquire"
 SIGN_IN_STATES = "sign_in_states"
+CREDENTIAL_STATES = "credential_states"
 
 _build: str | None = None
 
@@ -101,6 +104,17 @@ def sign_in_states_from_wire(reply: dict[str, Any]) -> tuple[dict[str, LoginRequ
             raise ProtocolError("the token fetcher sent a malformed login state")
         logins[str(name)] = error if isinstance(error, LoginRequired) else None
     return logins, strings_from_wire(reply.get("unsaved"), "profile names")
+
+
+def credential_states_request(profiles: Sequence[Profile]) -> dict[str, Any]:
+    return protocol.request(CREDENTIAL_STATES, profiles=[profile_to_wire(profile) for profile in profiles])
+
+
+def credential_states_from_wire(reply: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    states = reply.get("states")
+    if not isinstance(states, dict) or not all(isinstance(state, dict) for state in states.values()):
+        raise ProtocolError("the token fetcher sent malformed credential states")
+    return {str(name): state for name, state in states.items()}
 
 
 #: The profile settings a fetch needs (scopes travel per request; min_valid and git URLs are the cache's).

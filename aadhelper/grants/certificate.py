@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -74,16 +74,22 @@ class CertificateSource(AppCredentialSource):
         return load_certificate(stored.reveal().encode("ascii"), checked=True,
                                 source=f"the stored certificate of profile {profile.name!r}")
 
-    async def summary(self) -> CertificateSummary:
-        """What ``status`` shows of the certificate (its errors are the ones a fetch would meet)."""
-        return (await self.certificate()).summary()
+    async def state(self) -> dict[str, Any]:
+        """The certificate's summary for ``status`` (``certificate``), and ``error`` when a fetch would fail on it
+        (expired, not yet valid: the summary is still there to show)."""
+        summary = (await self.certificate()).summary()
+        try:
+            self._check(summary, self._clock(), warn=False)
+        except ConfigError as exc:
+            return {"certificate": summary.as_dict(), "error": exc.to_wire()}
+        return {"certificate": summary.as_dict()}
 
-    def _check(self, summary: CertificateSummary, now: float) -> None:
+    def _check(self, summary: CertificateSummary, now: float, *, warn: bool = True) -> None:
         profile = self._profile
         source = f"the certificate of profile {profile.name!r}"
         check_validity(summary, now, source=source, profile=profile.name, fix=_fix(profile))
         key = (profile.name, summary.sha256_thumbprint)
-        if summary.expiring(now) and key not in _warned:
+        if warn and summary.expiring(now) and key not in _warned:
             _warned.add(key)
             log.warning("%s (SHA-256 %s) expires in %.0f days, on %s: upload a new one to the app registration "
                         "and store it", source, summary.sha256_thumbprint, summary.days_left(now), summary.expires)
