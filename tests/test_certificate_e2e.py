@@ -227,3 +227,44 @@ def test_bad_certificate_input_stores_nothing(env: dict[str, str], authority: Si
     assert result.returncode == 3
     assert expected in one_error_line(result)
     assert keyring_entries() == before
+
+
+def test_encrypted_certificate_file_with_its_password_in_the_keyring(
+        env: dict[str, str], authority: SimulatedAuthority, material: CertificateMaterial, ca_pem_file: Path,
+        password: str, tmp_path: Path) -> None:
+    """If the profile's certificate file is encrypted, then profile add says to store its password, `secret set
+    --certificate-password` checks and stores it, and the daemon then gets tokens with it."""
+    path = key_file(tmp_path, material.pem(password.encode()))
+    add = cli(env, "profile", "add", "cert", "--tenant", TENANT, "--client-id", APP, "--scope", GRAPH_SCOPE,
+              "--authority", authority.url, "--ca-bundle", str(ca_pem_file), "--credential", "certificate",
+              "--certificate-path", str(path), check=True)
+    assert "aadhelper secret set cert --certificate-password" in add.stderr
+    wrong = cli(env, "secret", "set", "cert", "--certificate-password", input="not-" + password + "\n")
+    assert wrong.returncode == 3 and "the password is wrong" in one_error_line(wrong)
+    stored = cli(env, "secret", "set", "cert", "--certificate-password", input=password + "\n", check=True)
+    assert "SHA-256 thumbprint" in stored.stderr
+    with DaemonProcess(env):
+        token_of(env, "cert")
+        presented(authority)
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (["profile", "add", "x", "--tenant", TENANT, "--client-id", APP, "--scope", GRAPH_SCOPE, "--x5c"], 2,
+     "need --credential certificate"),
+    (["profile", "add", "x", "--tenant", TENANT, "--client-id", APP, "--scope", GRAPH_SCOPE, "--user",
+      "--credential", "certificate"], 2, "exclude each other"),
+    (["secret", "set", "cert", "--password-stdin"], 2, "goes with --certificate FILE"),
+    (["secret", "set", "cert", "--certificate-password"], 2, "is for a profile whose certificate is a file"),
+    (["secret", "set", "secret-profile", "--certificate", "/dev/null"], 3, "key 'credential' is 'client_secret'"),
+    (["secret", "set", "cert", "--certificate", "/nonexistent/x.pem"], 2, "No such file"),
+])
+def test_certificate_cli_misuse_is_one_line(env: dict[str, str], authority: SimulatedAuthority, ca_pem_file: Path,
+                                            args: list[str], code: int, words: str) -> None:
+    """If the certificate options are misused (options without the credential kind, a password without a
+    certificate, a certificate for a client-secret profile, a missing file), then one line says so."""
+    add_certificate_profile(env, authority, ca_pem_file)
+    cli(env, "profile", "add", "secret-profile", "--tenant", TENANT, "--client-id", APP, "--scope", GRAPH_SCOPE,
+        check=True)
+    result = cli(env, *args)
+    assert result.returncode == code
+    assert words in one_error_line(result)

@@ -261,3 +261,52 @@ def test_authority_accepts_what_msal_signs(material: CertificateMaterial) -> Non
     assertion = creator.create_normal_assertion(audience=ENDPOINT, issuer=APP).decode()
     assert segments(assertion)[0]["x5t#S256"].endswith("=")
     verify(*authority_for(material), assertion)
+
+
+# -- configuration ------------------------------------------------------------------------------------------------
+
+PROFILE = """[profiles.p]
+tenant = "contoso.onmicrosoft.com"
+client_id = "11111111-2222-3333-4444-555555555555"
+scopes = ["https://graph.microsoft.com/.default"]
+"""
+
+
+def test_certificate_profile_settings_are_parsed() -> None:
+    """If a profile has credential certificate with certificate_path (~/), x5c and assertion_alg, then they reach
+    the profile (and the fetcher's channel) as given, defaults PS256 without x5c, keyring storage."""
+    from aadhelper.config import CertificateSettings, parse_config
+    from aadhelper.fetcher.wire import profile_from_wire, profile_to_wire
+
+    text = PROFILE + 'credential = "certificate"\ncertificate_path = "~/app.pem"\nx5c = true\nassertion_alg = "RS256"\n'
+    profile = parse_config(text, "c.toml", {"HOME": "/home/me"}).profile("p")
+    assert profile.certificate == CertificateSettings("/home/me/app.pem", True, "RS256")
+    assert profile_from_wire(profile_to_wire(profile), profile.scopes) == profile
+    plain = parse_config(PROFILE + 'credential = "certificate"\n', "c.toml", {}).profile("p")
+    assert plain.certificate == CertificateSettings(None, False, "PS256")
+    assert plain.git_username() == plain.client_id
+
+
+@pytest.mark.parametrize("extra, key, words", [
+    ('x5c = true\n', "x5c", "applies to credential 'certificate' only"),
+    ('credential = "certificate"\nassertion_alg = "HS256"\n', "assertion_alg", "PS256, RS256"),
+    ('credential = "certificate"\ncertificate_path = "app.pem"\n', "certificate_path", "absolute path"),
+    ('credential = "certificate"\nx5c = "yes"\n', "x5c", "true or false"),
+])
+def test_bad_certificate_settings_are_one_line(extra: str, key: str, words: str) -> None:
+    """If a certificate setting is wrong or set for another credential kind, then the one-line ConfigError names
+    the file, the profile and the key."""
+    from aadhelper.config import parse_config
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config(PROFILE + extra, "c.toml", {})
+    line = caught.value.one_line()
+    assert line.startswith("c.toml: profile 'p': key ") and f"'{key}'" in line and words in line
+
+
+def test_certificate_profile_needs_a_real_tenant() -> None:
+    """If a certificate profile names the tenant 'common', then the config is refused (AADSTS9001023 otherwise)."""
+    from aadhelper.config import parse_config
+
+    with pytest.raises(ConfigError, match="AADSTS9001023"):
+        parse_config(PROFILE.replace("contoso.onmicrosoft.com", "common") + 'credential = "certificate"\n', "c", {})
