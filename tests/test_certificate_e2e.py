@@ -132,10 +132,17 @@ def test_certificate_file_with_x5c_and_rs256(env: dict[str, str], authority: Sim
 def test_key_file_readable_by_others_is_refused(env: dict[str, str], authority: SimulatedAuthority,
                                                 material: CertificateMaterial, ca_pem_file: Path,
                                                 tmp_path: Path) -> None:
-    """If the certificate file is readable by group or others, then a token request fails with one line naming the
-    file and the chmod that fixes it (exit 3), and the authority is never asked."""
+    """If the certificate file is readable by group or others, then `profile add` refuses it, and (its mode changed
+    after) a token request fails with one line naming the file and the chmod that fixes it (exit 3), and the
+    authority is never asked."""
     path = key_file(tmp_path, material.pem(), mode=0o644)
+    refused = cli(env, "profile", "add", "cert", "--tenant", TENANT, "--client-id", APP, "--scope", GRAPH_SCOPE,
+                  "--credential", "certificate", "--certificate-path", str(path))
+    assert refused.returncode == 3 and f"chmod 600 {path}" in one_error_line(refused)
+    assert not Path(env["AADHELPER_CONFIG"]).exists()
+    os.chmod(path, 0o600)
     add_certificate_profile(env, authority, ca_pem_file, "--certificate-path", str(path))
+    os.chmod(path, 0o640)
     with DaemonProcess(env):
         result = cli(env, "token", "cert")
         assert result.returncode == 3
@@ -145,12 +152,20 @@ def test_key_file_readable_by_others_is_refused(env: dict[str, str], authority: 
 
 def test_expired_certificate_is_a_config_error_without_asking_the_authority(
         env: dict[str, str], authority: SimulatedAuthority, ca_pem_file: Path, tmp_path: Path) -> None:
-    """If the profile's certificate has expired, then token and status fail with one line saying so (exit 3) and the
-    authority receives no request."""
+    """If the profile's certificate has expired, then `profile add` refuses it, and (a deployed file that expired
+    later) token and status fail with one line saying so (exit 3) and the authority receives no request."""
     expired = make_client_certificate(days=-2, not_before=1_600_000_000)
     sensitive(*key_lines(expired))
     authority.add_client_certificate(APP, expired.certificate_pem)
-    add_certificate_profile(env, authority, ca_pem_file, "--certificate-path", str(key_file(tmp_path, expired.pem())))
+    path = key_file(tmp_path, expired.pem())
+    refused = cli(env, "profile", "add", "cert", "--tenant", TENANT, "--client-id", APP, "--scope", GRAPH_SCOPE,
+                  "--credential", "certificate", "--certificate-path", str(path))
+    assert refused.returncode == 3 and "expired on" in one_error_line(refused)
+    valid = make_client_certificate()
+    sensitive(*key_lines(valid))
+    path.write_bytes(valid.pem())
+    add_certificate_profile(env, authority, ca_pem_file, "--certificate-path", str(path))
+    path.write_bytes(expired.pem())
     with DaemonProcess(env):
         result = cli(env, "token", "cert")
         assert result.returncode == 3

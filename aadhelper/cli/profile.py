@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from ..config import CREDENTIALS, Config, Profile, load_config
-from ..errors import ConfigError, SecretStoreError, UsageError
+from ..errors import SecretStoreError, UsageError
 from ..protocol import MAX_MIN_VALID
 from ..secret_chunks import SECRET_KINDS
 from ..urls import normalize_git_url
@@ -112,6 +112,7 @@ def _add(args: argparse.Namespace) -> int:
         if not os.path.isfile(ca_bundle):
             raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
     credential, options = _credential_options(args)
+    password_needed = _check_certificate_file(options.get("certificate_path"))
     config = add_profile(
         None, args.name, tenant=args.tenant, client_id=args.client_id, scopes=args.scopes, authority=args.authority,
         credential=credential, min_valid=args.min_valid, ca_bundle=ca_bundle,
@@ -123,7 +124,7 @@ def _add(args: argparse.Namespace) -> int:
     for url in config.profile(args.name).git_urls:
         git_setup_hint(url.url)
     if credential == "certificate":
-        _certificate_next_step(config.profile(args.name))
+        _certificate_next_step(config.profile(args.name), password_needed)
         return 0
     nxt = f"aadhelper login {args.name}" if args.user else f"aadhelper secret set {args.name}"
     say(f"next: `{nxt}`")
@@ -147,24 +148,31 @@ def _credential_options(args: argparse.Namespace) -> tuple[str, dict[str, object
     return credential, options
 
 
-def _certificate_next_step(profile: Profile) -> None:
-    """What a new certificate profile still needs: its certificate stored, or (a file) a check of that file."""
+def _check_certificate_file(path: object) -> bool:
+    """Refuse a ``--certificate-path`` file the fetcher would refuse (others can read it, no key, not matching,
+    expired...) before the profile is written; True when it is encrypted (its password is the next step)."""
     from ..certificates import PasswordNeeded, check_validity, load_certificate, read_certificate_file
 
+    if not isinstance(path, str):
+        return False
+    source = f"the certificate file {path}"
+    try:
+        certificate = load_certificate(read_certificate_file(path), source=source)
+    except PasswordNeeded:
+        return True
+    check_validity(certificate, time.time(), source=source)
+    say(f"{path}: {certificate.summary().describe(time.time())}")
+    return False
+
+
+def _certificate_next_step(profile: Profile, password_needed: bool) -> None:
+    """What a new certificate profile still needs: its certificate in the keyring, or the file's password."""
     path = profile.certificate.path if profile.certificate else None
     if path is None:
         say(f"next: `aadhelper secret set {profile.name} --certificate FILE` (PEM with key and chain, or PFX; "
             "add --password-stdin for an encrypted one)")
-        return
-    try:
-        certificate = load_certificate(read_certificate_file(path), source=f"the certificate file {path}")
-        check_validity(certificate, time.time(), source=f"the certificate file {path}")
-    except PasswordNeeded:
+    elif password_needed:
         say(f"next: `aadhelper secret set {profile.name} --certificate-password` ({path} is encrypted)")
-    except ConfigError as exc:
-        warn(exc.one_line())
-    else:
-        say(f"{path}: {certificate.summary().describe(time.time())}")
 
 
 def git_setup_hint(prefix: str) -> None:
