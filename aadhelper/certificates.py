@@ -169,13 +169,21 @@ def load_certificate(data: bytes, password: Secret | None = None, *, source: str
 
     ``checked``: the key is our own copy of one checked before (the keyring's, written by :func:`store_certificate`),
     so cryptography's RSA key consistency check (~40 ms, a third of a refresh) is skipped for it."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
     if not data.strip():
         raise ConfigError(f"{source} is empty")
-    if _PEM_MARK in data:
-        key, certs = _load_pem(data, password, source, checked)
-    else:
-        key, certs = _load_pkcs12(data, password, source)
-    return ClientCertificate(key, _order_chain(key, certs, source))
+    try:
+        if _PEM_MARK in data:
+            key, certs = _load_pem(data, password, source, checked)
+        else:
+            key, certs = _load_pkcs12(data, password, source)
+        certificate = ClientCertificate(key, _order_chain(key, certs, source))
+        certificate.summary()  # cryptography parses some fields on first use: a damaged one fails here, not later
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        # What the steps above did not name: a damaged certificate (its subject, its public key's algorithm...).
+        raise ConfigError(f"{source}: a certificate in it is damaged or of an unsupported kind") from None
+    return certificate
 
 
 def check_validity(certificate: ClientCertificate | CertificateSummary, now: float, *, source: str,
@@ -266,13 +274,16 @@ def _load_pem(data: bytes, password: Secret | None, source: str,
         raise ConfigError(f"{source} holds no readable certificate next to its private key") from None
     secret = password.reveal().encode() if password else None
     try:
-        key = load_pem_private_key(data, secret, unsafe_skip_rsa_key_validation=checked)
-    except TypeError:
-        # cryptography: "Password was not given but private key is encrypted" (or given for a plain key).
-        if secret is None:
-            raise PasswordNeeded(f"{source} holds an encrypted private key and no password was given",
-                              hint="pass the password with --password-stdin or at the prompt") from None
-        key = load_pem_private_key(data, None, unsafe_skip_rsa_key_validation=checked)
+        try:
+            key = load_pem_private_key(data, secret, unsafe_skip_rsa_key_validation=checked)
+        except TypeError:
+            # cryptography: "Password was not given but private key is encrypted", or given for a plain key (which
+            # then loads without it: a PFX habit, not an error).
+            if secret is None:
+                raise PasswordNeeded(f"{source} holds an encrypted private key and no password was given",
+                                     hint="pass the password with --password-stdin or at the prompt") from None
+            secret = None
+            key = load_pem_private_key(data, None, unsafe_skip_rsa_key_validation=checked)
     except ValueError:
         what = "the password is wrong or the key is damaged" if secret else "the key is damaged or not supported"
         raise ConfigError(f"{source}: cannot read the private key: {what}") from None

@@ -310,3 +310,29 @@ def test_certificate_profile_needs_a_real_tenant() -> None:
 
     with pytest.raises(ConfigError, match="AADSTS9001023"):
         parse_config(PROFILE.replace("contoso.onmicrosoft.com", "common") + 'credential = "certificate"\n', "c", {})
+
+
+def test_damaged_input_is_always_a_config_error(material: CertificateMaterial) -> None:
+    """If PEM or PFX input is cut, spliced or has bytes changed (1500 seeded variants), then loading it either
+    succeeds or fails with a ConfigError: nothing else escapes to crash the CLI or the fetcher."""
+    import random
+
+    samples = [material.pem(), material.pem(b"pw"), material.pfx(), material.pfx(b"pw"), material.certificate_pem]
+    rnd = random.Random(20261130)
+    for _ in range(1500):
+        data = bytearray(rnd.choice(samples))
+        change = rnd.randrange(3)
+        if change == 0:
+            data = data[:rnd.randrange(len(data))]
+        elif change == 1:
+            for _ in range(rnd.randrange(1, 5)):
+                data[rnd.randrange(len(data))] = rnd.randrange(256)
+        else:
+            data = data[:rnd.randrange(len(data))] + data[rnd.randrange(len(data)):]
+        password = rnd.choice([None, Secret("pw"), Secret("other")])
+        try:
+            loaded = load_certificate(bytes(data), password, source="f", checked=rnd.random() < 0.5)
+        except ConfigError:
+            continue
+        repr(loaded)
+        loaded.to_pem()
