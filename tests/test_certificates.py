@@ -85,6 +85,18 @@ def test_the_keyring_form_loads_back_to_the_same_key(certificate: ClientCertific
     assert again.key.private_numbers() == certificate.key.private_numbers()
 
 
+def unknown_key_type(material: CertificateMaterial) -> bytes:
+    """The key and a leaf whose public key algorithm OID (rsaEncryption) was changed to one nobody knows."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = material.chain[0].public_bytes(Encoding.DER)
+    rsa_encryption = bytes.fromhex("06092a864886f70d010101")
+    damaged = der.replace(rsa_encryption, rsa_encryption[:-1] + b"\x7f", 1)
+    assert damaged != der
+    body = base64.encodebytes(damaged).decode()
+    return material.key_pem() + f"-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n".encode()
+
+
 BAD_INPUTS: dict[str, tuple[Callable[[CertificateMaterial], bytes], str | None, str]] = {
     "pem without key": (lambda m: m.certificate_pem, None, "holds no private key"),
     "key not matching": (lambda m: make_client_certificate().key_pem() + m.certificate_pem, None,
@@ -97,6 +109,7 @@ BAD_INPUTS: dict[str, tuple[Callable[[CertificateMaterial], bytes], str | None, 
                                       "the password is wrong"),
     "not a certificate": (lambda m: b"just some text\n", None, "neither PEM nor a PFX"),
     "empty": (lambda m: b"\n", None, "is empty"),
+    "certificate of an unknown key type": (unknown_key_type, None, "damaged or of an unsupported kind"),
 }
 
 
