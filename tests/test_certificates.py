@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from aadhelper.certificates import ClientCertificate, check_validity, load_certificate, read_certificate_file
 from aadhelper.errors import ConfigError
 from aadhelper.grants.assertion import sign_assertion
+from aadhelper.testing.authority import SimulatedAuthority
 from aadhelper.testing.certificates import CertificateMaterial, make_client_certificate
 from aadhelper.testing.client_assertions import CertificateCredentials
 from aadhelper.testing.directory import Directory
@@ -349,3 +351,27 @@ def test_damaged_input_is_always_a_config_error(material: CertificateMaterial) -
             continue
         repr(loaded)
         loaded.to_pem()
+
+
+def test_real_msal_gets_a_token_from_the_simulated_authority(material: CertificateMaterial,
+                                                             server_ssl_context: ssl.SSLContext, ca_pem_file: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the real MSAL (ConfidentialClientApplication with a private key and public certificate, so PS256 with
+    x5t#S256 and an x5c of PEM lines) asks the simulated authority over HTTPS for a token, then it gets one: the
+    simulated checks accept what Entra accepts from MSAL."""
+    import msal  # type: ignore[import-untyped]
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_pem_file))
+    with SimulatedAuthority(ssl_context=server_ssl_context) as authority:
+        authority.add_tenant("contoso.onmicrosoft.com")
+        authority.add_client(APP, tenant="contoso.onmicrosoft.com")
+        authority.add_client_certificate(APP, material.certificate_pem)
+        app = msal.ConfidentialClientApplication(
+            APP, authority=f"{authority.url}/contoso.onmicrosoft.com", instance_discovery=False,
+            client_credential={"private_key": material.key_pem().decode(),
+                               "public_certificate": material.certificate_pem.decode()})
+        result = app.acquire_token_for_client(["https://graph.microsoft.com/.default"])
+        assert "access_token" in result, result.get("error_description")
+        assert authority.validate(result["access_token"])["appid"] == APP
+        (assertion,) = authority.presented_assertions()
+        assert "x5c" in segments(assertion)[0]

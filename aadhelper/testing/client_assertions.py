@@ -131,7 +131,8 @@ class CertificateCredentials:
 
             first = x5c[0] if isinstance(x5c, list) and x5c and isinstance(x5c[0], str) else ""
             try:
-                leaf = base64.b64decode(first, validate=True)
+                # MSAL sends the PEM body with its line breaks (Entra accepts it); RFC 7515 has none.
+                leaf = base64.b64decode("".join(first.split()), validate=True)
             except (binascii.Error, ValueError):
                 leaf = b""
             if leaf != found.certificate.public_bytes(Encoding.DER):
