@@ -28,8 +28,9 @@ MAX_SECRET_CHARS = 16 * 1024
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this verb's subparsers."""
     parser = sub.add_parser(
-        "secret", help="store or delete a profile's client secret in the OS keyring",
-        description="Store or delete the client secret of a profile (credential client_secret) in the OS keyring.")
+        "secret", help="store or delete a profile's client secret or certificate in the OS keyring",
+        description="Store or delete the client secret (credential client_secret) or the certificate (credential "
+                    "certificate) of a profile in the OS keyring.")
     parser.set_defaults(func=help_handler(parser))
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     store = actions.add_parser(
@@ -49,8 +50,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     # Caught so that a secret typed on the command line is refused without argparse echoing it back.
     store.add_argument("stray", nargs="*", help=argparse.SUPPRESS)
     store.set_defaults(func=_set)
-    delete = actions.add_parser("delete", help="delete the stored client secret",
-                                description="Delete the client secret of profile NAME from the OS keyring.")
+    delete = actions.add_parser("delete", help="delete the stored client secret or certificate",
+                                description="Delete the client secret, certificate or certificate file password of "
+                                            "profile NAME from the OS keyring.")
     delete.add_argument("name", metavar="NAME", help="profile name")
     delete.set_defaults(func=_delete)
 
