@@ -283,3 +283,20 @@ def test_certificate_cli_misuse_is_one_line(env: dict[str, str], authority: Simu
     result = cli(env, *args)
     assert result.returncode == code
     assert words in one_error_line(result)
+
+
+@pytest.mark.parametrize("command", [["secret", "delete", "cert"], ["profile", "remove", "cert"]])
+def test_deleting_removes_the_certificate_from_the_keyring(env: dict[str, str], authority: SimulatedAuthority,
+                                                           material: CertificateMaterial, ca_pem_file: Path,
+                                                           tmp_path: Path, keyring_entries: Callable[[], set[str]],
+                                                           command: list[str]) -> None:
+    """If a stored certificate's profile runs `secret delete` or `profile remove`, then its keyring entries are
+    gone and the command says it deleted the certificate."""
+    add_certificate_profile(env, authority, ca_pem_file)
+    pem = tmp_path / "app.pem"
+    pem.write_bytes(material.pem())
+    cli(env, "secret", "set", "cert", "--certificate", str(pem), check=True)
+    assert any(name.startswith("cert/") for name in keyring_entries())
+    result = cli(env, *command, check=True)
+    assert "certificate" in result.stderr and "deleted" in result.stderr
+    assert not any(name.startswith("cert/") for name in keyring_entries())
