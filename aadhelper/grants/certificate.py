@@ -20,6 +20,7 @@ import httpx
 from ..certificates import (
     CertificateSummary,
     ClientCertificate,
+    PasswordNeeded,
     check_validity,
     load_certificate,
     read_certificate_file,
@@ -62,11 +63,23 @@ class CertificateSource(AppCredentialSource):
         profile = self._profile
         path = self._settings.path
         if path is not None:
-            password = await self._secrets.get(profile.name, CERTIFICATE_PASSWORD)
+            source = f"the certificate file {path}"
             try:
-                return load_certificate(read_certificate_file(path), password, source=f"the certificate file {path}")
+                data = read_certificate_file(path)
+                try:
+                    return load_certificate(data, source=source)
+                except PasswordNeeded:
+                    # Only an encrypted file costs a keyring read.
+                    password = await self._secrets.get(profile.name, CERTIFICATE_PASSWORD)
+                    if password is None:
+                        raise
+                    return load_certificate(data, password, source=source)
             except ConfigError as exc:
-                raise exc.copy(f"profile {profile.name!r}: {exc.message}") from None
+                error = exc.copy(f"profile {profile.name!r}: {exc.message}")
+                error.profile = profile.name
+                if isinstance(exc, PasswordNeeded):
+                    error.hint = f"store its password with `aadhelper secret set {profile.name} --certificate-password`"
+                raise error from None
         stored = await self._secrets.get(profile.name, CERTIFICATE)
         if stored is None:
             raise SecretMissing(f"no certificate is stored for profile {profile.name!r}", profile=profile.name,
