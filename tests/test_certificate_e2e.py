@@ -247,20 +247,25 @@ def test_bad_certificate_input_stores_nothing(env: dict[str, str], authority: Si
 def test_encrypted_certificate_file_with_its_password_in_the_keyring(
         env: dict[str, str], authority: SimulatedAuthority, material: CertificateMaterial, ca_pem_file: Path,
         password: str, tmp_path: Path) -> None:
-    """If the profile's certificate file is encrypted, then profile add says to store its password, `secret set
-    --certificate-password` checks and stores it, and the daemon then gets tokens with it."""
+    """If the profile's certificate file is encrypted, then profile add says to store its password, a token request
+    before that says the same in one line without asking the authority, `secret set --certificate-password` checks
+    and stores it, and the running daemon then gets tokens with it."""
     path = key_file(tmp_path, material.pem(password.encode()))
     add = cli(env, "profile", "add", "cert", "--tenant", TENANT, "--client-id", APP, "--scope", GRAPH_SCOPE,
               "--authority", authority.url, "--ca-bundle", str(ca_pem_file), "--credential", "certificate",
               "--certificate-path", str(path), check=True)
     assert "aadhelper secret set cert --certificate-password" in add.stderr
-    wrong = cli(env, "secret", "set", "cert", "--certificate-password", input="not-" + password + "\n")
-    assert wrong.returncode == 3 and "the password is wrong" in one_error_line(wrong)
-    stored = cli(env, "secret", "set", "cert", "--certificate-password", input=password + "\n", check=True)
-    assert "SHA-256 thumbprint" in stored.stderr
     with DaemonProcess(env):
+        missing = cli(env, "token", "cert")
+        assert missing.returncode == 3
+        assert "`aadhelper secret set cert --certificate-password`" in one_error_line(missing)
+        wrong = cli(env, "secret", "set", "cert", "--certificate-password", input="not-" + password + "\n")
+        assert wrong.returncode == 3 and "the password is wrong" in one_error_line(wrong)
+        stored = cli(env, "secret", "set", "cert", "--certificate-password", input=password + "\n", check=True)
+        assert "SHA-256 thumbprint" in stored.stderr and "reloaded" in stored.stderr
         token_of(env, "cert")
         presented(authority)
+        assert authority.count(endpoint="token") == 1
 
 
 @pytest.mark.parametrize("args, code, words", [
