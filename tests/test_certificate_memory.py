@@ -23,9 +23,11 @@ from tests.harness import GRAPH_SCOPE, TENANT, DaemonProcess, cli, sensitive
 
 APP = "55555555-0000-0000-0000-000000000001"
 #: The most copies of one line of the private key's PEM, and of superseded assertions, either process may hold at
-#: any number of refreshes. Measured on this machine at N=10 and 40: key 0 (daemon) and 2 (fetcher: the keyring's
-#: decoded value and the text cryptography parsed, reused by the next read), superseded assertions 0 in both.
-MAX_KEY_COPIES = 3
+#: any number of refreshes. Measured on this machine at N=10 and 40: key 0 (daemon) and 2-4 (fetcher: freed blocks
+#: of the keyring read, the D-Bus reply and its decoded text, which the allocator hands out again for the next read,
+#: so their number depends on its free lists, not on N; the fetcher's own bytes copy is wiped), superseded
+#: assertions 0 in both. Keeping every assertion, or every key read, gives N copies.
+MAX_KEY_COPIES = 5
 MAX_SUPERSEDED_ASSERTIONS = 4
 
 pytestmark = pytest.mark.requires("secret-service", "root")

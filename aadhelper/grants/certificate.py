@@ -28,6 +28,7 @@ from ..certificates import (
 from ..config import CertificateSettings, Profile
 from ..errors import ConfigError, SecretMissing
 from ..secret_chunks import CERTIFICATE, CERTIFICATE_PASSWORD
+from ..tokens import wipe
 from .assertion import sign_assertion
 from .client_credentials import AppCredentialSource, assertion_proof
 
@@ -84,8 +85,11 @@ class CertificateSource(AppCredentialSource):
         if stored is None:
             raise SecretMissing(f"no certificate is stored for profile {profile.name!r}", profile=profile.name,
                                 hint=f"store it with `aadhelper secret set {profile.name} --certificate FILE`")
-        return load_certificate(stored.reveal().encode("ascii"), checked=True,
-                                source=f"the stored certificate of profile {profile.name!r}")
+        data = stored.reveal().encode("ascii")
+        try:
+            return load_certificate(data, checked=True, source=f"the stored certificate of profile {profile.name!r}")
+        finally:
+            wipe(data)  # our own copy of the key's PEM: one less left in freed memory per refresh
 
     async def state(self) -> dict[str, Any]:
         """The certificate's summary for ``status`` (``certificate``), and ``error`` when a fetch would fail on it
