@@ -23,6 +23,10 @@ file (a symlink to one is fine), a file of another user or writable by everyone,
     scopes = ["https://graph.microsoft.com/.default"]   # default scopes, at least one
     authority = "public"                # public, usgov, china, https://host (default: $AZURE_AUTHORITY_HOST or public)
     credential = "client_secret"        # client_secret (secret in the keyring) | user (sign in as a user, no secret)
+                                        # | certificate (key + certificate in the keyring, or certificate_path)
+    certificate_path = "~/app.pem"      # certificate: a PEM/PFX file (mode 0600) instead of the keyring
+    x5c = false                         # certificate: send the chain (subject name + issuer authentication)
+    assertion_alg = "PS256"             # certificate: PS256 (x5t#S256), or RS256 (SHA-1 x5t) for older authorities
     min_valid = 300                     # seconds a served token must still be valid, 0..86400
     ca_bundle = "/etc/ssl/my-ca.pem"    # CA file for the authority's TLS (absolute or ~/...)
 
@@ -53,7 +57,9 @@ from .protocol import MAX_MIN_VALID
 from .proxy import DIRECT, InvalidProxy, ProxySetting, from_environment, parse_no_proxy, parse_proxy_url
 from .urls import InvalidAuthority, match_key, normalize_git_url, resolve_authority_url
 
-CREDENTIALS = ("client_secret", "user")
+CREDENTIALS = ("client_secret", "user", "certificate")
+#: Credential kinds of an application identity (the client credentials grant): no user, so a real tenant.
+APP_CREDENTIALS = ("client_secret", "certificate")
 #: Tenant aliases that are not a tenant: the client credentials grant refuses them (AADSTS9001023).
 TENANT_ALIASES = frozenset({"common", "organizations", "consumers"})
 #: git's username when a user-credential profile's mapping names none; Azure DevOps accepts any non-empty one.
@@ -68,7 +74,10 @@ _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,253}")
 _TOKEN_RE = re.compile(r"[!-~]{1,2000}")
 _TOP_KEYS = ("default_profile", "daemon", "profiles")
 _DAEMON_KEYS = ("autostart", "idle_exit", "proxy", "no_proxy", "proxy_from_environment")
-_PROFILE_KEYS = ("tenant", "client_id", "scopes", "authority", "credential", "min_valid", "ca_bundle", "git")
+_PROFILE_KEYS = ("tenant", "client_id", "scopes", "authority", "credential", "min_valid", "ca_bundle", "git",
+                 "certificate_path", "x5c", "assertion_alg")
+_CERTIFICATE_KEYS = ("certificate_path", "x5c", "assertion_alg")
+_ASSERTION_ALGS = ("PS256", "RS256")
 _GIT_KEYS = ("url", "username")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
@@ -89,6 +98,31 @@ class GitUrl:
 
 
 @dataclass(frozen=True)
+class CertificateSettings:
+    """How a ``credential = "certificate"`` profile signs its client assertions."""
+
+    #: A PEM/PFX file holding the key and certificate; None: they are in the keyring.
+    path: str | None = None
+    #: Send the chain in the assertion's ``x5c`` header (subject name + issuer authentication).
+    x5c: bool = False
+    #: ``PS256`` (header ``x5t#S256``) or ``RS256`` (header ``x5t``, SHA-1).
+    assertion_alg: str = "PS256"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"certificate_path": self.path, "x5c": self.x5c, "assertion_alg": self.assertion_alg}
+
+    @classmethod
+    def from_dict(cls, data: object) -> CertificateSettings:
+        """The inverse of :meth:`as_dict` (the fetcher's channel); ValueError when malformed."""
+        if not isinstance(data, dict):
+            raise ValueError("certificate settings must be an object")
+        path, x5c, alg = data.get("certificate_path"), data.get("x5c"), data.get("assertion_alg")
+        if not isinstance(path, (str, type(None))) or not isinstance(x5c, bool) or alg not in _ASSERTION_ALGS:
+            raise ValueError("malformed certificate settings")
+        return cls(path, x5c, str(alg))
+
+
+@dataclass(frozen=True)
 class Profile:
     """One app registration in one tenant: what the daemon needs to get its tokens."""
 
@@ -103,6 +137,8 @@ class Profile:
     git_urls: tuple[GitUrl, ...] = ()
     #: The daemon-level ``[daemon] proxy`` setting, carried by each profile to the fetcher that applies it.
     proxy: ProxySetting = DIRECT
+    #: Set for ``credential = "certificate"`` only.
+    certificate: CertificateSettings | None = None
 
     @property
     def token_endpoint(self) -> str:
@@ -123,7 +159,7 @@ class Profile:
         """
         if git_url is not None and git_url.username:
             return git_url.username
-        if self.credential == "client_secret":
+        if self.credential in APP_CREDENTIALS:
             return self.client_id
         return account or DEFAULT_GIT_USERNAME
 
@@ -134,6 +170,7 @@ class Profile:
             "authority": self.authority, "credential": self.credential, "min_valid": self.min_valid,
             "ca_bundle": self.ca_bundle, "token_endpoint": self.token_endpoint,
             "git_urls": [{"url": g.url, "username": self.git_username(g)} for g in self.git_urls],
+            **(self.certificate.as_dict() if self.certificate else {}),
         }
 
 
@@ -356,9 +393,9 @@ def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str]
     credential = _get(raw, "credential", str, where, f"must be one of {', '.join(CREDENTIALS)}", "client_secret")
     if credential not in CREDENTIALS:
         raise where.error("credential", f"must be one of {', '.join(CREDENTIALS)}, not {_shown(credential)}")
-    if credential == "client_secret" and tenant.lower() in TENANT_ALIASES:
+    if credential in APP_CREDENTIALS and tenant.lower() in TENANT_ALIASES:
         raise where.error("tenant", f"must name a real tenant (GUID or domain), not {tenant!r}, for credential "
-                                    "'client_secret': the client credentials grant has no user to pick a tenant "
+                                    f"{credential!r}: the client credentials grant has no user to pick a tenant "
                                     "(AADSTS9001023)")
     scopes = _get(raw, "scopes", list, where, "must be a list of scope strings", None)
     if scopes is None:
@@ -370,17 +407,30 @@ def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str]
         authority = resolve_authority_url(authority_value, environ)
     except InvalidAuthority as exc:
         raise where.error(None, f"{exc.source} {exc}") from None
-    ca_bundle = _get(raw, "ca_bundle", str, where, "must be a file path", None)
-    if ca_bundle is not None:
-        if ca_bundle == "~" or ca_bundle.startswith("~/"):
-            ca_bundle = environ.get("HOME", "~") + ca_bundle[1:]
-        if not os.path.isabs(ca_bundle) or "\0" in ca_bundle:
-            raise where.error("ca_bundle", "must be an absolute path (or start with ~/)")
+    ca_bundle = _get_path(raw, "ca_bundle", where, environ)
     return Profile(
         name=name, tenant=tenant, client_id=client_id, scopes=tuple(scopes), authority=authority,
         credential=credential, min_valid=_get_int(raw, "min_valid", where, 0, MAX_MIN_VALID, 300),
         ca_bundle=ca_bundle, git_urls=_parse_git_urls(raw.get("git"), where), proxy=proxy,
+        certificate=_parse_certificate(raw, credential, where, environ),
     )
+
+
+def _parse_certificate(raw: Mapping[str, object], credential: str, where: _Where,
+                       environ: Mapping[str, str]) -> CertificateSettings | None:
+    """The certificate keys; an error when they are set for another credential kind. The file itself is checked
+    (owner, mode, content) when it is read: see :func:`aadhelper.certificates.read_certificate_file`."""
+    if credential != "certificate":
+        stray = next((key for key in _CERTIFICATE_KEYS if key in raw), None)
+        if stray is not None:
+            raise where.error(stray, f"applies to credential 'certificate' only, not {credential!r}")
+        return None
+    path = _get_path(raw, "certificate_path", where, environ)
+    alg = _get(raw, "assertion_alg", str, where, f"must be one of {', '.join(_ASSERTION_ALGS)}", "PS256")
+    if alg not in _ASSERTION_ALGS:
+        raise where.error("assertion_alg", f"must be one of {', '.join(_ASSERTION_ALGS)}, not {_shown(alg)}")
+    x5c = _get(raw, "x5c", bool, where, "must be true or false", False)
+    return CertificateSettings(path, x5c, alg)
 
 
 def _parse_git_urls(raw: object, where: _Where) -> tuple[GitUrl, ...]:
@@ -459,6 +509,18 @@ def _get_str(table: Mapping[str, object], key: str, where: _Where, pattern: re.P
     if not pattern.fullmatch(value):
         raise where.error(key, f"must be {what} without spaces, not {_shown(value)}")
     return str(value)
+
+
+def _get_path(table: Mapping[str, object], key: str, where: _Where, environ: Mapping[str, str]) -> str | None:
+    """An absolute file path (``~/`` expanded with ``$HOME``), or None when the key is absent."""
+    path = _get(table, key, str, where, "must be a file path", None)
+    if path is None:
+        return None
+    if path == "~" or path.startswith("~/"):
+        path = environ.get("HOME", "~") + path[1:]
+    if not os.path.isabs(path) or "\0" in path:
+        raise where.error(key, "must be an absolute path (or start with ~/)")
+    return str(path)
 
 
 def _env_flag(environ: Mapping[str, str], name: str, where: _Where) -> bool:

@@ -42,6 +42,10 @@ def make_source(profile: Profile, *, http: HttpClients, secrets: SecretAccess, c
         from .client_credentials import ClientSecretSource
 
         return ClientSecretSource(profile, client=client, secrets=secrets, clock=clock)
+    if profile.credential == "certificate":
+        from .certificate import CertificateSource
+
+        return CertificateSource(profile, client=client, secrets=secrets, clock=clock)
     if profile.credential == "user":
         from .refresh_token import RefreshTokenSource, SignIns
 
