@@ -31,7 +31,8 @@ def add_profile(path: str | None, name: str, *, tenant: str, client_id: str, sco
                 authority: str | None = None, credential: str = "client_secret", min_valid: int | None = None,
                 ca_bundle: str | None = None, git_urls: Sequence[str] = (), git_username: str | None = None,
                 make_default: bool = False, replace: bool = False,
-                environ: Mapping[str, str] = os.environ) -> Config:
+                environ: Mapping[str, str] = os.environ, token_file: str | None = None,
+                token_command: Sequence[str] | None = None) -> Config:
     """Add profile ``name`` (an error if it exists, unless ``replace``). The first profile becomes the default."""
 
     def change(doc: tomlkit.TOMLDocument, where: str) -> None:
@@ -45,7 +46,9 @@ def add_profile(path: str | None, name: str, *, tenant: str, client_id: str, sco
         table["client_id"] = client_id
         table["scopes"] = list(scopes)
         table["credential"] = credential
-        for key, value in (("authority", authority), ("min_valid", min_valid), ("ca_bundle", ca_bundle)):
+        for key, value in (("authority", authority), ("min_valid", min_valid), ("ca_bundle", ca_bundle),
+                           ("token_file", token_file),
+                           ("token_command", None if token_command is None else list(token_command))):
             if value is not None:
                 table[key] = value
         table.add(tomlkit.nl())

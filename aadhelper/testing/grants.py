@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 from .directory import Client, Directory, Tenant, User, authenticate
 from .entra import EntraError, Trace, entra_error
+from .federation import Federation, is_federated
 from .issuer import TokenIssuer
 from .jwt import b64url_encode
 from .scopes import UserScope, app_scope, user_scope
@@ -28,6 +29,7 @@ class Realm(Protocol):
     directory: Directory
     sessions: Sessions
     issuer: TokenIssuer
+    federation: Federation
     token_lifetime: int
     refresh_in: int | None
     refresh_token_lifetime: float
@@ -67,7 +69,11 @@ def token(realm: Realm, request: TokenRequest) -> dict[str, object]:
 def _client_credentials(realm: Realm, request: TokenRequest, tenant: Tenant | None) -> dict[str, object]:
     if tenant is None:
         raise entra_error(9001023)
-    client = _client(realm, request, tenant, app_only=True)
+    if is_federated(request.form):
+        client = realm.directory.client(_required(request.form, "client_id"), tenant, request.tenant_name)
+        realm.federation.verify(client.client_id, request.form, request.now)
+    else:
+        client = _client(realm, request, tenant, app_only=True)
     return _reply(realm, client, app_scope(client, request.form.get("scope"), request.tenant_name), request.now)
 
 
