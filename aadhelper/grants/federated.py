@@ -216,7 +216,7 @@ def _said(stderr: bytearray) -> str:
 
 def _shown_command(argv: tuple[str, ...] | None) -> str:
     text = shlex.join(argv or ())
-    return repr(text if len(text) <= 80 else text[:76] + "...")
+    return repr(text if len(text) <= 200 else text[:196] + "...")
 
 
 def _unavailable(message: str, profile: str) -> AuthorityUnavailable:
