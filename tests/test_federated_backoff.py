@@ -8,6 +8,7 @@ over their timeouts while they do. Each jump costs that moment, so the tests kee
 
 from __future__ import annotations
 
+import hashlib
 import random
 import ssl
 import sys
@@ -117,6 +118,7 @@ async def test_an_emptied_token_file_backs_off_without_authority_requests(rig: R
         await trio.sleep(301)
         assert await cache.get(profile) is not first
     assert rig.authority.count() == 2
+    assert rig.authority.requests[-1].digests["client_assertion"] == hashlib.sha256(renewed.encode()).hexdigest()
 
 
 async def test_a_failing_then_hanging_token_command_backs_off_and_recovers(rig: Rig, http: HttpClients,
