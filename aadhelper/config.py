@@ -23,7 +23,11 @@ file (a symlink to one is fine), a file of another user or writable by everyone,
     scopes = ["https://graph.microsoft.com/.default"]   # default scopes, at least one
     authority = "public"                # public, usgov, china, https://host (default: $AZURE_AUTHORITY_HOST or public)
     credential = "client_secret"        # client_secret (secret in the keyring) | user (sign in as a user, no secret)
+                                        # | certificate (key + certificate in the keyring, or certificate_path)
                                         # | federated (workload identity federation: an assertion from another issuer)
+    certificate_path = "~/app.pem"      # certificate: a PEM/PFX file (mode 0600) instead of the keyring
+    x5c = false                         # certificate: send the chain (subject name + issuer authentication)
+    assertion_alg = "PS256"             # certificate: PS256 (x5t#S256), or RS256 (SHA-1 x5t) for older authorities
     token_file = "/var/run/secrets/azure/tokens/azure-identity-token"   # federated: file holding the assertion
                                         # (default: $AZURE_FEDERATED_TOKEN_FILE when set), re-read at every exchange
     token_command = ["/usr/local/bin/get-oidc-token", "--audience", "api://AzureADTokenExchange"]
@@ -64,7 +68,9 @@ from .protocol import MAX_MIN_VALID
 from .proxy import DIRECT, InvalidProxy, ProxySetting, from_environment, parse_no_proxy, parse_proxy_url
 from .urls import InvalidAuthority, match_key, normalize_git_url, resolve_authority_url
 
-CREDENTIALS = ("client_secret", "user", "federated")
+CREDENTIALS = ("client_secret", "user", "certificate", "federated")
+#: Credential kinds of an application identity (the client credentials grant): no user, so a real tenant.
+APP_CREDENTIALS = ("client_secret", "certificate", "federated")
 #: Tenant aliases that are not a tenant: the client credentials grant refuses them (AADSTS9001023).
 TENANT_ALIASES = frozenset({"common", "organizations", "consumers"})
 #: git's username when a user-credential profile's mapping names none; Azure DevOps accepts any non-empty one.
@@ -80,7 +86,9 @@ _TOKEN_RE = re.compile(r"[!-~]{1,2000}")
 _TOP_KEYS = ("default_profile", "daemon", "profiles")
 _DAEMON_KEYS = ("autostart", "idle_exit", "proxy", "no_proxy", "proxy_from_environment")
 _PROFILE_KEYS = ("tenant", "client_id", "scopes", "authority", "credential", "min_valid", "ca_bundle", "git",
-                 "token_file", "token_command")
+                 "certificate_path", "x5c", "assertion_alg", "token_file", "token_command")
+_CERTIFICATE_KEYS = ("certificate_path", "x5c", "assertion_alg")
+_ASSERTION_ALGS = ("PS256", "RS256")
 #: The variable azure-identity's WorkloadIdentityCredential reads (set by the Azure Workload Identity webhook).
 FEDERATED_TOKEN_FILE_VARIABLE = "AZURE_FEDERATED_TOKEN_FILE"
 _GIT_KEYS = ("url", "username")
@@ -103,6 +111,31 @@ class GitUrl:
 
 
 @dataclass(frozen=True)
+class CertificateSettings:
+    """How a ``credential = "certificate"`` profile signs its client assertions."""
+
+    #: A PEM/PFX file holding the key and certificate; None: they are in the keyring.
+    path: str | None = None
+    #: Send the chain in the assertion's ``x5c`` header (subject name + issuer authentication).
+    x5c: bool = False
+    #: ``PS256`` (header ``x5t#S256``) or ``RS256`` (header ``x5t``, SHA-1).
+    assertion_alg: str = "PS256"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"certificate_path": self.path, "x5c": self.x5c, "assertion_alg": self.assertion_alg}
+
+    @classmethod
+    def from_dict(cls, data: object) -> CertificateSettings:
+        """The inverse of :meth:`as_dict` (the fetcher's channel); ValueError when malformed."""
+        if not isinstance(data, dict):
+            raise ValueError("certificate settings must be an object")
+        path, x5c, alg = data.get("certificate_path"), data.get("x5c"), data.get("assertion_alg")
+        if not isinstance(path, (str, type(None))) or not isinstance(x5c, bool) or alg not in _ASSERTION_ALGS:
+            raise ValueError("malformed certificate settings")
+        return cls(path, x5c, str(alg))
+
+
+@dataclass(frozen=True)
 class Profile:
     """One app registration in one tenant: what the daemon needs to get its tokens."""
 
@@ -120,6 +153,8 @@ class Profile:
     #: credential "federated": the file holding the assertion (absolute), or the command printing it (argv).
     token_file: str | None = None
     token_command: tuple[str, ...] | None = None
+    #: Set for ``credential = "certificate"`` only.
+    certificate: CertificateSettings | None = None
 
     @property
     def token_endpoint(self) -> str:
@@ -140,7 +175,7 @@ class Profile:
         """
         if git_url is not None and git_url.username:
             return git_url.username
-        if self.credential != "user":
+        if self.credential in APP_CREDENTIALS:
             return self.client_id
         return account or DEFAULT_GIT_USERNAME
 
@@ -153,6 +188,7 @@ class Profile:
             "git_urls": [{"url": g.url, "username": self.git_username(g)} for g in self.git_urls],
             **({"token_file": self.token_file} if self.token_file is not None else {}),
             **({"token_command": list(self.token_command)} if self.token_command is not None else {}),
+            **(self.certificate.as_dict() if self.certificate else {}),
         }
 
 
@@ -375,7 +411,7 @@ def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str]
     credential = _get(raw, "credential", str, where, f"must be one of {', '.join(CREDENTIALS)}", "client_secret")
     if credential not in CREDENTIALS:
         raise where.error("credential", f"must be one of {', '.join(CREDENTIALS)}, not {_shown(credential)}")
-    if credential in ("client_secret", "federated") and tenant.lower() in TENANT_ALIASES:
+    if credential in APP_CREDENTIALS and tenant.lower() in TENANT_ALIASES:
         raise where.error("tenant", f"must name a real tenant (GUID or domain), not {tenant!r}, for credential "
                                     f"{credential!r}: the client credentials grant has no user to pick a tenant "
                                     "(AADSTS9001023)")
@@ -395,8 +431,26 @@ def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str]
         name=name, tenant=tenant, client_id=client_id, scopes=tuple(scopes), authority=authority,
         credential=credential, min_valid=_get_int(raw, "min_valid", where, 0, MAX_MIN_VALID, 300),
         ca_bundle=ca_bundle, git_urls=_parse_git_urls(raw.get("git"), where), proxy=proxy,
-        token_file=token_file, token_command=token_command,
+        certificate=_parse_certificate(raw, credential, where, environ), token_file=token_file,
+        token_command=token_command,
     )
+
+
+def _parse_certificate(raw: Mapping[str, object], credential: str, where: _Where,
+                       environ: Mapping[str, str]) -> CertificateSettings | None:
+    """The certificate keys; an error when they are set for another credential kind. The file itself is checked
+    (owner, mode, content) when it is read: see :func:`aadhelper.certificates.read_certificate_file`."""
+    if credential != "certificate":
+        stray = next((key for key in _CERTIFICATE_KEYS if key in raw), None)
+        if stray is not None:
+            raise where.error(stray, f"applies to credential 'certificate' only, not {credential!r}")
+        return None
+    path = _get_path(raw, "certificate_path", where, environ)
+    alg = _get(raw, "assertion_alg", str, where, f"must be one of {', '.join(_ASSERTION_ALGS)}", "PS256")
+    if alg not in _ASSERTION_ALGS:
+        raise where.error("assertion_alg", f"must be one of {', '.join(_ASSERTION_ALGS)}, not {_shown(alg)}")
+    x5c = _get(raw, "x5c", bool, where, "must be true or false", False)
+    return CertificateSettings(path, x5c, alg)
 
 
 def _parse_federated(raw: Mapping[str, object], credential: str, where: _Where,
@@ -500,18 +554,6 @@ def _get_int(table: Mapping[str, object], key: str, where: _Where, low: int, hig
     return value
 
 
-def _get_path(table: Mapping[str, object], key: str, where: _Where, environ: Mapping[str, str]) -> str | None:
-    """A file path setting: absolute, or ``~/...`` (expanded with ``HOME``)."""
-    value: str | None = _get(table, key, str, where, "must be a file path", None)
-    if value is None:
-        return None
-    if value == "~" or value.startswith("~/"):
-        value = environ.get("HOME", "~") + value[1:]
-    if not os.path.isabs(value) or "\0" in value:
-        raise where.error(key, "must be an absolute path (or start with ~/)")
-    return value
-
-
 def _get_str(table: Mapping[str, object], key: str, where: _Where, pattern: re.Pattern[str], what: str) -> str:
     value = _get(table, key, str, where, f"must be a string: {what}", None)
     if value is None:
@@ -519,6 +561,18 @@ def _get_str(table: Mapping[str, object], key: str, where: _Where, pattern: re.P
     if not pattern.fullmatch(value):
         raise where.error(key, f"must be {what} without spaces, not {_shown(value)}")
     return str(value)
+
+
+def _get_path(table: Mapping[str, object], key: str, where: _Where, environ: Mapping[str, str]) -> str | None:
+    """An absolute file path (``~/`` expanded with ``$HOME``), or None when the key is absent."""
+    path = _get(table, key, str, where, "must be a file path", None)
+    if path is None:
+        return None
+    if path == "~" or path.startswith("~/"):
+        path = environ.get("HOME", "~") + path[1:]
+    if not os.path.isabs(path) or "\0" in path:
+        raise where.error(key, "must be an absolute path (or start with ~/)")
+    return str(path)
 
 
 def _env_flag(environ: Mapping[str, str], name: str, where: _Where) -> bool:

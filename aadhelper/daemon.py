@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from .fetcher import Fetcher, SignInStates
 
 log = logging.getLogger("aadhelper.daemon")
+#: Credential kinds whose state status asks the fetcher for (a client secret has none worth a round trip).
+_STATEFUL = ("certificate",)
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class Daemon:
             daemon["proxy"] = config.proxy.to_status()
         records = self.cache.status()
         logins, unsaved = await self._sign_in_states([p for p in configured.values() if p.credential == "user"])
+        credentials = await self._credential_states([p for p in configured.values() if p.credential in _STATEFUL])
         profiles = []
         for name, profile in sorted(configured.items()):
             tokens = [r for r in records if r["profile"] == name]
@@ -123,7 +126,8 @@ class Daemon:
             if login is not None and not any(r["state"] == "login_required" for r in tokens):
                 # No refresh token, or a dead one: say so for the profile's scopes even before anyone asked.
                 tokens.append(login_required_status(profile, login))
-            record = {"name": name, "credential": profile.credential, "default": name == default, "tokens": tokens}
+            record = {"name": name, "credential": profile.credential, "default": name == default, "tokens": tokens,
+                      **credentials.get(name, {})}
             if name in unsaved:
                 record["unsaved_sign_in"] = True
             profiles.append(record)
@@ -140,6 +144,19 @@ class Daemon:
         except AadhelperError as exc:
             log.info("status: cannot tell whether the user profiles are signed in (%s)", exc.one_line())
             return {}, ()
+
+    async def _credential_states(self, profiles: list[Profile]) -> dict[str, dict[str, Any]]:
+        """Per app profile, what status shows of its credential (a certificate's thumbprint and expiry, and
+        ``credential_error`` when a fetch would fail on it); bounded by the fetcher's deadline like sign-in states."""
+        if self.fetcher is None or not profiles:
+            return {}
+        try:
+            states = await self.fetcher.credential_states(profiles)
+        except AadhelperError as exc:
+            log.info("status: cannot tell the state of the app credentials (%s)", exc.one_line())
+            return {}
+        return {name: {("credential_error" if key == "error" else key): value for key, value in state.items()
+                       if value is not None} for name, state in states.items()}
 
     async def _op_reload(self, message: dict[str, Any]) -> dict[str, Any]:
         name = message.get("profile")

@@ -37,6 +37,8 @@ class EnvProfile:
     tenant: str
     client_id: str
     credential: str
+    #: The credential variable that decided ``credential``.
+    variable: str
     authority: str | None = None
     secret: Secret | None = None
     certificate_path: str | None = None
@@ -72,7 +74,8 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> EnvProfile:
     if not value:
         raise UsageError(f"--from-env: {variable} is set but empty")
     used.append(variable)
-    base = EnvProfile(tenant=tenant, client_id=client_id, credential=kind, authority=authority, ignored=ignored)
+    base = EnvProfile(tenant=tenant, client_id=client_id, credential=kind, variable=variable, authority=authority,
+                      ignored=ignored)
     if kind == "client_secret":
         return replace(base, secret=Secret(value), used=tuple(used), secret_variables=(variable,))
     if kind == "federated":

@@ -10,10 +10,11 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Any
 
 from ..config import CREDENTIALS, Config, Profile, load_config
-from ..errors import SecretStoreError, UsageError
+from ..errors import ConfigError, SecretStoreError, UsageError
 from ..protocol import MAX_MIN_VALID
 from ..secret_chunks import SECRET_KINDS
 from ..urls import normalize_git_url
@@ -48,8 +49,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help=f"seconds a served token must still be valid (0-{MAX_MIN_VALID}, default 300)")
     add.add_argument("--user", action="store_true",
                      help="sign in as a user (public client, no secret) instead of with a client secret")
-    add.add_argument("--credential", choices=CREDENTIALS, help="how the app proves itself (default "
-                     "client_secret; user is --user); federated takes --token-file or --token-command")
+    add.add_argument("--credential", choices=CREDENTIALS,
+                     help="how the app proves itself: client_secret (default), user (= --user), certificate, "
+                          "federated (--token-file or --token-command)")
+    add.add_argument("--certificate-path", metavar="FILE",
+                     help="certificate: read the key and certificate from this PEM/PFX file (mode 0600) instead of "
+                          "the keyring")
+    add.add_argument("--x5c", action="store_true",
+                     help="certificate: send the certificate chain (subject name + issuer authentication)")
+    add.add_argument("--assertion-alg", choices=("PS256", "RS256"),
+                     help="certificate: sign assertions with PS256 (default) or RS256 (SHA-1 x5t)")
     add.add_argument("--token-file", metavar="FILE", help="federated: the file holding the assertion, re-read at "
                      "every exchange (default: $AZURE_FEDERATED_TOKEN_FILE of the daemon)")
     add.add_argument("--token-command", metavar="COMMAND", help="federated: a command printing the assertion, "
@@ -119,32 +128,74 @@ def _add(args: argparse.Namespace) -> int:
         raise UsageError("--keep-path goes with --from-env")
     if args.tenant is None or args.client_id is None:
         raise UsageError("--tenant and --client-id are required (or --from-env)")
-    credential = args.credential or ("user" if args.user else "client_secret")
-    if args.user and credential != "user":
-        raise UsageError(f"--user and --credential {credential} exclude each other")
-    token_command = _split_command(args.token_command)
-    if (args.token_file is not None or token_command is not None) and credential != "federated":
-        raise UsageError("--token-file and --token-command go with --credential federated")
     ca_bundle = None
     if args.ca_bundle is not None:
         ca_bundle = os.path.abspath(os.path.expanduser(args.ca_bundle))
         if not os.path.isfile(ca_bundle):
             raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
+    credential, options = _credential_options(args)
     config = add_profile(
         None, args.name, tenant=args.tenant, client_id=args.client_id, scopes=args.scopes, authority=args.authority,
         credential=credential, min_valid=args.min_valid, ca_bundle=ca_bundle,
         git_urls=args.git_urls, git_username=args.git_username, make_default=args.default, replace=args.replace,
-        token_file=None if args.token_file is None else os.path.abspath(os.path.expanduser(args.token_file)),
-        token_command=token_command)
+        options=options)
     marker = " as the default" if config.default_profile == args.name else ""
     say(f"added profile {args.name!r} to {config.path}{marker}")
     notify_daemon()
     for url in config.profile(args.name).git_urls:
         git_setup_hint(url.url)
+    if credential == "certificate":
+        _certificate_next_step(config.profile(args.name))
+        return 0
     nxt = {"user": f"aadhelper login {args.name}", "client_secret": f"aadhelper secret set {args.name}"}.get(
         credential, f"aadhelper token {args.name}")
     say(f"next: `{nxt}`")
     return 0
+
+
+def _credential_options(args: argparse.Namespace) -> tuple[str, dict[str, object]]:
+    """The credential kind and its keys from ``--credential``/``--user`` and the certificate and federated
+    options."""
+    credential = args.credential or ("user" if args.user else "client_secret")
+    if args.user and credential != "user":
+        raise UsageError(f"--user and --credential {credential} exclude each other")
+    options: dict[str, object] = {}
+    if args.certificate_path is not None:
+        options["certificate_path"] = os.path.abspath(os.path.expanduser(args.certificate_path))
+    if args.x5c:
+        options["x5c"] = True
+    if args.assertion_alg is not None:
+        options["assertion_alg"] = args.assertion_alg
+    if options and credential != "certificate":
+        raise UsageError("--certificate-path, --x5c and --assertion-alg need --credential certificate")
+    if args.token_file is not None:
+        options["token_file"] = os.path.abspath(os.path.expanduser(args.token_file))
+    token_command = _split_command(args.token_command)
+    if token_command is not None:
+        options["token_command"] = token_command
+    if (args.token_file is not None or token_command is not None) and credential != "federated":
+        raise UsageError("--token-file and --token-command go with --credential federated")
+    return credential, options
+
+
+def _certificate_next_step(profile: Profile) -> None:
+    """What a new certificate profile still needs: its certificate stored, or (a file) a check of that file."""
+    from ..certificates import PasswordNeeded, check_validity, load_certificate, read_certificate_file
+
+    path = profile.certificate.path if profile.certificate else None
+    if path is None:
+        say(f"next: `aadhelper secret set {profile.name} --certificate FILE` (PEM with key and chain, or PFX; "
+            "add --password-stdin for an encrypted one)")
+        return
+    try:
+        certificate = load_certificate(read_certificate_file(path), source=f"the certificate file {path}")
+        check_validity(certificate, time.time(), source=f"the certificate file {path}")
+    except PasswordNeeded:
+        say(f"next: `aadhelper secret set {profile.name} --certificate-password` ({path} is encrypted)")
+    except ConfigError as exc:
+        warn(exc.one_line())
+    else:
+        say(f"{path}: {certificate.summary().describe(time.time())}")
 
 
 def _split_command(text: str | None) -> list[str] | None:
@@ -194,7 +245,7 @@ def _show(args: argparse.Namespace) -> int:
     config = load_config()
     profile = config.profile(args.name)
     if args.json:
-        _print_json(_profile_json(config, profile))
+        _print_json({**_profile_json(config, profile), **_certificate_json(profile)})
         return 0
     rows = [("name", profile.name), ("default", "yes" if profile.name == config.default_profile else "no"),
             ("tenant", profile.tenant), ("client_id", profile.client_id), ("credential", profile.credential),
@@ -207,6 +258,7 @@ def _show(args: argparse.Namespace) -> int:
         rows.insert(5, ("token_command", shlex.join(profile.token_command)) if profile.token_command else
                     ("token_file", profile.token_file or "- (AZURE_FEDERATED_TOKEN_FILE is not set: set token_file)"))
     rows += [("git_url", f"{g.url} (username {profile.git_username(g)})") for g in profile.git_urls]
+    rows += _certificate_rows(profile)
     for key, value in rows:
         sys.stdout.write(f"{key:<15} {value}\n")
     return 0
@@ -266,6 +318,47 @@ def _delete_secrets(name: str) -> None:
         return
     if deleted:
         say(f"deleted its {' and '.join(k.replace('_', ' ') for k in deleted)} from the OS keyring")
+
+
+def _certificate_state(profile: Profile) -> tuple[dict[str, object] | None, str]:
+    """A certificate profile's certificate (as ``summary.as_dict()``) and a one-line description, read from the
+    keyring or the file; (None, the reason) when it cannot be read."""
+    from .. import secret_store
+    from ..certificates import load_certificate, read_certificate_file
+    from ..errors import AadhelperError
+    from ..secret_chunks import CERTIFICATE, CERTIFICATE_PASSWORD
+
+    path = profile.certificate.path if profile.certificate else None
+    try:
+        store = secret_store.open_secret_store()
+        if path is not None:
+            certificate = load_certificate(read_certificate_file(path), store.get(profile.name, CERTIFICATE_PASSWORD),
+                                           source=f"the certificate file {path}")
+        else:
+            stored = store.get(profile.name, CERTIFICATE)
+            if stored is None:
+                return None, f"none stored: run `aadhelper secret set {profile.name} --certificate FILE`"
+            certificate = load_certificate(stored.reveal().encode("ascii"), checked=True, source="the stored one")
+    except AadhelperError as exc:
+        return None, exc.one_line()
+    summary = certificate.summary()
+    return summary.as_dict(), summary.describe(time.time())
+
+
+def _certificate_rows(profile: Profile) -> list[tuple[str, str]]:
+    if profile.certificate is None:
+        return []
+    settings = profile.certificate
+    _, line = _certificate_state(profile)
+    return [("certificate", settings.path or "in the OS keyring"), ("  state", line),
+            ("assertion_alg", settings.assertion_alg), ("x5c", "yes" if settings.x5c else "no")]
+
+
+def _certificate_json(profile: Profile) -> dict[str, Any]:
+    if profile.certificate is None:
+        return {}
+    summary, line = _certificate_state(profile)
+    return {"certificate_state": summary if summary is not None else {"error": line}}
 
 
 def _profile_json(config: Config, profile: Profile) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from . import endpoints, grants
+from .client_assertions import CertificateCredentials
 from .directory import GRAPH, Directory
 from .entra import EntraError, Trace
 from .faults import Fault, FaultQueue
@@ -94,6 +95,7 @@ class SimulatedAuthority(LoopbackApp):
         self.consent_denied: bool = False
 
         self.directory = Directory()
+        self.certificates = CertificateCredentials()
         self.sessions = Sessions()
         self.issuer = TokenIssuer()
         self.federation = Federation()
@@ -141,6 +143,18 @@ class SimulatedAuthority(LoopbackApp):
         with self._lock:
             client = self.directory.client_by_id(client_id)
             client.secret, client.secret_expires_at = secret, expires_at
+
+    def add_client_certificate(self, client_id: str, certificate: bytes) -> str:
+        """Upload a public certificate (PEM or DER) to app ``client_id``: assertions signed with its key are accepted.
+        Returns its SHA-1 thumbprint, as the portal shows it."""
+        with self._lock:
+            self.directory.client_by_id(client_id)
+            return self.certificates.add(client_id, certificate).thumbprint
+
+    def presented_assertions(self) -> list[str]:
+        """Every client assertion received so far (to check that none leaked into a log)."""
+        with self._lock:
+            return list(self.certificates.presented)
 
     def add_user(self, username: str, *, tenant: str, display_name: str | None = None) -> str:
         """Register a user who can sign in (device code, authorize); returns the user's object id."""

@@ -39,8 +39,14 @@ CATALOGUE: Mapping[int, tuple[str, str]] = {
               "'client_secret'."),
     700025: ("invalid_client", "Client is public so neither 'client_assertion' nor 'client_secret' should be "
              "presented."),
-    700027: ("invalid_client", "Client assertion failed signature validation. (The simulated authority accepts "
-             "client secrets only.)"),
+    700027: ("invalid_client", "Client assertion failed signature validation. [Reason - {reason}]"),
+    700021: ("invalid_client", "Client assertion application identifier doesn't match 'client_id' parameter. Review "
+             "the documentation at https://learn.microsoft.com/entra/identity-platform/certificate-credentials ."),
+    700024: ("invalid_client", "Client assertion is not within its valid time range. Current time: {now}, assertion "
+             "valid from {nbf}, expiry time of assertion {exp}. Review the documentation at "
+             "https://learn.microsoft.com/entra/identity-platform/certificate-credentials ."),
+    50013: ("invalid_client", "Assertion is invalid. {reason}"),
+    50027: ("invalid_request", "JWT token is invalid or malformed."),
     70011: ("invalid_scope", "The provided value for the input parameter 'scope' is not valid. The scope '{scope}' "
             "is not valid."),
     1002012: ("invalid_scope", "The provided value for scope {scope} is not valid. Client credential flows must have "
@@ -63,9 +69,6 @@ CATALOGUE: Mapping[int, tuple[str, str]] = {
     700212: ("invalid_client", "No matching federated identity record found for presented assertion audience "
              "'{audience}'. Check your federated identity credential Subject, Audience and Issuer against the "
              "presented assertion."),
-    700024: ("invalid_client", "Client assertion is not within its valid time range. Current time: {now}, assertion "
-             "valid from {nbf}, expiry time of assertion {exp}."),
-    50027: ("invalid_request", "JWT token is invalid or malformed."),
     50166: ("invalid_client", "Request to External OIDC endpoint failed. Issuer: '{issuer}'."),
     70000: ("invalid_grant", "The provided value for the '{param}' parameter is not valid."),
     70008: ("invalid_grant", "The provided authorization code or refresh token has expired due to inactivity. Send "

@@ -117,7 +117,7 @@ class Federation:
         if jwks is None:
             raise entra_error(50166, issuer=issuer)
         if header.get("alg") != "RS256" or not _verifies(jwks, header.get("kid"), parts):
-            raise entra_error(700027)
+            raise entra_error(700027, reason="The signature does not verify with any key of the issuer's JWKS.")
         exp, nbf = claims.get("exp"), claims.get("nbf", 0)
         if not isinstance(exp, (int, float)) or not isinstance(nbf, (int, float)) or not nbf <= now < exp:
             raise entra_error(700024, now=_when(now), nbf=_when(nbf), exp=_when(exp))

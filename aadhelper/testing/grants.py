@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 from urllib.parse import urlencode
 
+from .client_assertions import CertificateCredentials
 from .directory import Client, Directory, Tenant, User, authenticate
 from .entra import EntraError, Trace, entra_error
 from .federation import Federation, is_federated
@@ -27,6 +28,7 @@ class Realm(Protocol):
     """The authority's state and its runtime-adjustable settings, as the handlers see them."""
 
     directory: Directory
+    certificates: CertificateCredentials
     sessions: Sessions
     issuer: TokenIssuer
     federation: Federation
@@ -69,11 +71,7 @@ def token(realm: Realm, request: TokenRequest) -> dict[str, object]:
 def _client_credentials(realm: Realm, request: TokenRequest, tenant: Tenant | None) -> dict[str, object]:
     if tenant is None:
         raise entra_error(9001023)
-    if is_federated(request.form):
-        client = realm.directory.client(_required(request.form, "client_id"), tenant, request.tenant_name)
-        realm.federation.verify(client.client_id, request.form, request.now)
-    else:
-        client = _client(realm, request, tenant, app_only=True)
+    client = _client(realm, request, tenant, app_only=True)
     return _reply(realm, client, app_scope(client, request.form.get("scope"), request.tenant_name), request.now)
 
 
@@ -191,8 +189,22 @@ def _client(realm: Realm, request: TokenRequest, tenant: Tenant | None, *, app_o
         raise entra_error(9002313, detail="The client_id in the body differs from the one in the Authorization "
                                           "header.")
     client = realm.directory.client(client_id, tenant, request.tenant_name)
-    authenticate(client, request.form, request.basic, request.now, app_only=app_only)
+    if "client_assertion" in request.form:
+        _authenticate_assertion(realm, client, request)
+    else:
+        authenticate(client, request.form, request.basic, request.now, app_only=app_only)
     return client
+
+
+def _authenticate_assertion(realm: Realm, client: Client, request: TokenRequest) -> None:
+    """A client assertion: a federated one (another issuer's token, :mod:`.federation`), or one signed by one of the
+    app's certificates (:mod:`.client_assertions`)."""
+    if is_federated(request.form):
+        realm.federation.verify(client.client_id, request.form, request.now)
+        return
+    endpoint = f"{realm.url}/{request.tenant_name}/oauth2"
+    realm.certificates.verify(client, request.form, audiences=(f"{endpoint}/v2.0/token", f"{endpoint}/token"),
+                              now=request.now)
 
 
 def _reply(realm: Realm, client: Client, resource: str, now: float, user: User | None = None,
