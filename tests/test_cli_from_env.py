@@ -3,8 +3,10 @@ secret in the real Secret Service and never in the config file, and a token end 
 
 from __future__ import annotations
 
+import secrets
 import ssl
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from aadhelper.cli.from_env import from_environment
 from aadhelper.errors import UsageError
 from aadhelper.secret_store import KeyringSecretStore
 from aadhelper.testing.authority import SimulatedAuthority
+from aadhelper.testing.certificates import CertificateMaterial, make_client_certificate
 from aadhelper.tokens import Secret
 from tests.harness import APP, GRAPH_SCOPE, TENANT, DaemonProcess, cli, one_error_line, sensitive, token_of
 
@@ -134,3 +137,104 @@ def test_from_env_with_conflicting_options_is_one_line(isolated_env: dict[str, s
     assert result.returncode == 2
     assert words in one_error_line(result)
     assert not Path(env["AADHELPER_CONFIG"]).exists()
+
+
+# -- certificates (AZURE_CLIENT_CERTIFICATE_PATH) ---------------------------------------------------------------
+
+CERT_APP = "44444444-0000-0000-0000-000000000002"
+
+
+@pytest.fixture(scope="module")
+def material() -> CertificateMaterial:
+    return make_client_certificate(days=365)
+
+
+@pytest.fixture
+def cert_env(isolated_env: dict[str, str], server_ssl_context: ssl.SSLContext, ca_pem_file: Path,
+             material: CertificateMaterial, secret_service: KeyringSecretStore) -> Iterator[
+                 tuple[dict[str, str], SimulatedAuthority]]:
+    """AZURE_* of CERT_APP (certificate uploaded) against the simulated authority; the key joins the leak check."""
+    sensitive(*(line for line in material.key_pem().decode().splitlines() if not line.startswith("-----")))
+    env = {key: value for key, value in isolated_env.items() if not key.startswith("AZURE_")}
+    with SimulatedAuthority(ssl_context=server_ssl_context) as authority:
+        authority.add_tenant(TENANT)
+        authority.add_client(CERT_APP, tenant=TENANT)
+        authority.add_client_certificate(CERT_APP, material.certificate_pem)
+        env.update(AADHELPER_NO_AUTOSTART="1", AZURE_TENANT_ID=TENANT, AZURE_CLIENT_ID=CERT_APP,
+                   AZURE_AUTHORITY_HOST=authority.url)
+        yield env, authority
+
+
+def add_from_env(env: dict[str, str], ca: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    return cli(env, "profile", "add", "app", "--from-env", "--scope", GRAPH_SCOPE, "--ca-bundle", str(ca), *options)
+
+
+def without_azure(env: dict[str, str]) -> dict[str, str]:
+    return {key: value for key, value in env.items() if not key.startswith("AZURE_")}
+
+
+def test_from_env_certificate_goes_to_the_keyring_with_its_password_used_once(
+        cert_env: tuple[dict[str, str], SimulatedAuthority], material: CertificateMaterial, ca_pem_file: Path,
+        tmp_path: Path, secret_service: KeyringSecretStore) -> None:
+    """If AZURE_CLIENT_CERTIFICATE_PATH names a password-protected PFX (password in
+    AZURE_CLIENT_CERTIFICATE_PASSWORD), then the key and chain go to the Secret Service (the config names neither
+    the file nor the password), both variables may be unset, x5c follows AZURE_CLIENT_SEND_CERTIFICATE_CHAIN, and
+    the daemon gets a token with the certificate."""
+    env, authority = cert_env
+    password = "pfx-pass-" + secrets.token_urlsafe(8)
+    sensitive(password)
+    pfx = tmp_path / "app.pfx"
+    pfx.write_bytes(material.pfx(password.encode()))
+    env.update(AZURE_CLIENT_CERTIFICATE_PATH=str(pfx), AZURE_CLIENT_CERTIFICATE_PASSWORD=password,
+               AZURE_CLIENT_SEND_CERTIFICATE_CHAIN="1")
+    added = add_from_env(env, ca_pem_file)
+    assert added.returncode == 0, added.stderr
+    assert "AZURE_CLIENT_CERTIFICATE_PATH, AZURE_CLIENT_CERTIFICATE_PASSWORD" in added.stderr
+    assert "you may unset AZURE_CLIENT_CERTIFICATE_PATH AZURE_CLIENT_CERTIFICATE_PASSWORD" in added.stderr
+    assert "SHA-1 thumbprint" in added.stderr
+    config = Path(env["AADHELPER_CONFIG"]).read_text()
+    assert password not in config and "certificate_path" not in config and "x5c = true" in config
+    assert secret_service.get("app", "certificate") is not None
+    assert secret_service.get("app", "certificate_password") is None
+    with DaemonProcess(without_azure(env)):
+        assert authority.validate(token_of(without_azure(env), "app"))["appid"] == CERT_APP
+
+
+def test_from_env_keep_path_references_the_file_and_stores_only_its_password(
+        cert_env: tuple[dict[str, str], SimulatedAuthority], material: CertificateMaterial, ca_pem_file: Path,
+        tmp_path: Path, secret_service: KeyringSecretStore) -> None:
+    """If --keep-path is given for an encrypted PEM file, then the profile's certificate_path names the file, only
+    its password goes to the Secret Service, only the password variable may be unset, and tokens work."""
+    env, authority = cert_env
+    password = "pem-pass-" + secrets.token_urlsafe(8)
+    sensitive(password)
+    pem = tmp_path / "app.pem"
+    pem.write_bytes(material.pem(password.encode()))
+    pem.chmod(0o600)
+    env.update(AZURE_CLIENT_CERTIFICATE_PATH=str(pem), AZURE_CLIENT_CERTIFICATE_PASSWORD=password)
+    added = add_from_env(env, ca_pem_file, "--keep-path")
+    assert added.returncode == 0, added.stderr
+    assert "you may unset AZURE_CLIENT_CERTIFICATE_PASSWORD (" in added.stderr
+    config = Path(env["AADHELPER_CONFIG"]).read_text()
+    assert f'certificate_path = "{pem}"' in config and password not in config
+    assert secret_service.get("app", "certificate") is None
+    assert secret_service.get("app", "certificate_password") == Secret(password)
+    with DaemonProcess(without_azure(env)):
+        assert authority.validate(token_of(without_azure(env), "app"))["appid"] == CERT_APP
+
+
+def test_from_env_wrong_certificate_password_stores_nothing(
+        cert_env: tuple[dict[str, str], SimulatedAuthority], material: CertificateMaterial, ca_pem_file: Path,
+        tmp_path: Path, keyring_entries: Callable[[], set[str]]) -> None:
+    """If AZURE_CLIENT_CERTIFICATE_PASSWORD does not open the PFX, then one line says so (exit 3), and neither a
+    profile nor a keyring entry is written."""
+    env, _ = cert_env
+    pfx = tmp_path / "app.pfx"
+    pfx.write_bytes(material.pfx(b"right-password"))
+    env.update(AZURE_CLIENT_CERTIFICATE_PATH=str(pfx), AZURE_CLIENT_CERTIFICATE_PASSWORD="wrong-password")
+    before = keyring_entries()
+    result = add_from_env(env, ca_pem_file)
+    assert result.returncode == 3
+    assert "AZURE_CLIENT_CERTIFICATE_PATH" in one_error_line(result)
+    assert not Path(env["AADHELPER_CONFIG"]).exists()
+    assert keyring_entries() == before
