@@ -234,3 +234,21 @@ def test_the_default_token_file_is_azure_federated_token_file_of_the_daemon(worl
     with DaemonProcess(env):
         token = token_of(world.env, "wi")
     assert world.authority.validate(token)["appid"] == APP
+
+
+def test_status_shows_the_token_files_state_and_a_broken_one_as_an_error(world: World) -> None:
+    """If status is asked, then a federated profile shows its token file, when it was written and whose token it
+    holds until when (never the token); once the file is empty, status says so and exits 7."""
+    assertion = world.token.path.read_text()
+    with DaemonProcess(world.env):
+        status = cli(world.env, "status")
+        assert status.returncode == 0, status.stderr
+        assert assertion not in status.stdout
+        line = next(line for line in status.stdout.splitlines() if "token file" in line)
+        assert line.startswith(f"  token file {world.token.path} (written ")
+        assert f"issuer {ISSUER}, subject {SUBJECT}; valid " in line
+        world.token.write("")
+        broken = cli(world.env, "status")
+    assert broken.returncode == 7
+    assert f"  error: the federated token file {world.token.path} is empty" in broken.stdout
+    assert world.authority.count() == 0

@@ -34,8 +34,10 @@ import shlex
 import signal
 import stat
 import subprocess
+import time
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import httpx
 import trio
@@ -74,12 +76,31 @@ class FederatedSource(AppCredentialSource):
             what = f"the federated token file {profile.token_file}"
             raw = await trio.to_thread.run_sync(read_token_file, profile.token_file, what, profile.name)
         else:
-            raise ConfigError(f"profile {profile.name!r} has credential 'federated' but neither 'token_file' nor "
-                              f"'token_command', and {FEDERATED_TOKEN_FILE_VARIABLE} was not set where the config "
-                              "was read", profile=profile.name,
-                              hint=f"set token_file in the profile (`aadhelper profile show {profile.name}` names the "
-                                   "config file)")
+            raise _no_source(profile)
         return assertion_proof(jwt_assertion(raw, what, profile.name))
+
+    async def state(self) -> dict[str, Any]:
+        """What ``status`` shows (``federated``): the token file, when it was written and whose assertion it holds
+        until when (its claims, never the token), with ``error`` when the next exchange would fail on it; or the
+        token command (not run for a status: it may ask a CI's OIDC endpoint for a token each time)."""
+        profile = self._profile
+        if profile.token_command is not None:
+            return {"federated": {"token_command": shlex.join(profile.token_command)}}
+        if profile.token_file is None:
+            return {"federated": {}, "error": _no_source(profile).to_wire()}
+        what = f"the federated token file {profile.token_file}"
+        shown: dict[str, Any] = {"token_file": profile.token_file}
+        try:
+            raw = await trio.to_thread.run_sync(read_token_file, profile.token_file, what, profile.name)
+            shown["written"] = os.stat(profile.token_file).st_mtime
+            claims = _claims(jwt_assertion(raw, what, profile.name))
+            shown.update({key: claims[key] for key in ("iss", "sub", "exp") if isinstance(claims.get(key), (str, int))})
+            if isinstance(claims.get("exp"), int) and claims["exp"] <= self._clock():
+                raise _unavailable(f"{what} holds a token that expired at {_when(claims['exp'])}", profile.name)
+        except (AuthorityUnavailable, OSError) as exc:
+            error = exc if isinstance(exc, AuthorityUnavailable) else _unavailable(f"cannot read {what}", profile.name)
+            return {"federated": shown, "error": error.to_wire()}
+        return {"federated": shown}
 
     async def acquire(self, scopes: tuple[str, ...]) -> TokenResponse:
         try:
@@ -181,6 +202,20 @@ def jwt_assertion(raw: bytes, what: str, profile: str) -> str:
                        "dots)", profile)
 
 
+def _claims(assertion: str) -> dict[str, Any]:
+    """The (unverified) claims of a JWT already checked by :func:`jwt_assertion`; empty when unreadable."""
+    payload = assertion.split(".")[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except ValueError:
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
 async def _read(stream: trio.abc.ReceiveStream, into: bytearray, limit: int, *, drain: bool = False) -> bool:
     """Read ``stream`` to its end, keeping at most ``limit`` bytes in ``into``; False if it had more. With ``drain``
     the rest is read and dropped (stderr: the command must never block on a full pipe), else reading stops."""
@@ -217,6 +252,13 @@ def _said(stderr: bytearray) -> str:
 def _shown_command(argv: tuple[str, ...] | None) -> str:
     text = shlex.join(argv or ())
     return repr(text if len(text) <= 200 else text[:196] + "...")
+
+
+def _no_source(profile: Profile) -> ConfigError:
+    return ConfigError(f"profile {profile.name!r} has credential 'federated' but neither 'token_file' nor "
+                       f"'token_command', and {FEDERATED_TOKEN_FILE_VARIABLE} was not set where the config was read",
+                       profile=profile.name, hint=f"set token_file in the profile (`aadhelper profile show "
+                                                  f"{profile.name}` names the config file)")
 
 
 def _unavailable(message: str, profile: str) -> AuthorityUnavailable:
