@@ -252,3 +252,25 @@ def test_status_shows_the_token_files_state_and_a_broken_one_as_an_error(world: 
     assert broken.returncode == 7
     assert f"  error: the federated token file {world.token.path} is empty" in broken.stdout
     assert world.authority.count() == 0
+
+
+def test_a_token_command_sees_github_actions_request_variables_of_the_daemons_start(
+        world: World, ca_pem_file: Path, tmp_path: Path) -> None:
+    """If the daemon starts with GitHub Actions' ACTIONS_ID_TOKEN_REQUEST_URL/TOKEN (a job step autostarting it),
+    then its token command sees them (they survive the clean start), as a GitHub OIDC fetch needs."""
+    assertion = world.assertion()
+    (tmp_path / "assertion").write_text(assertion)
+    script = tmp_path / "github-oidc.py"
+    script.write_text("import os, pathlib, sys\n"
+                      "if os.environ.get('ACTIONS_ID_TOKEN_REQUEST_URL') != 'https://pipelines.example/idtoken?x=1'"
+                      " or os.environ.get('ACTIONS_ID_TOKEN_REQUEST_TOKEN') != 'request-token':\n"
+                      "    sys.exit('the request variables are missing')\n"
+                      "sys.stdout.write(pathlib.Path(sys.argv[1]).read_text())\n")
+    cli(world.env, "profile", "add", "gh", "--tenant", TENANT, "--client-id", APP, "--scope", GRAPH_SCOPE,
+        "--authority", world.authority.url, "--ca-bundle", str(ca_pem_file), "--credential", "federated",
+        "--token-command", f"{sys.executable} {script} {tmp_path / 'assertion'}", check=True)
+    env = dict(world.env, ACTIONS_ID_TOKEN_REQUEST_URL="https://pipelines.example/idtoken?x=1",
+               ACTIONS_ID_TOKEN_REQUEST_TOKEN="request-token")
+    with DaemonProcess(env):
+        token = token_of(world.env, "gh")
+    assert world.authority.validate(token)["appid"] == APP
