@@ -44,7 +44,7 @@ import trio
 
 from ..config import FEDERATED_TOKEN_FILE_VARIABLE, Profile
 from ..errors import AuthenticationFailed, AuthorityUnavailable, ConfigError
-from ..tokens import TokenResponse
+from ..tokens import TokenResponse, wipe
 from .client_credentials import AppCredentialSource, assertion_proof
 
 #: Longest a token command may run (seconds): azure-identity gives `az` 10 s; an OIDC endpoint answers in < 1 s.
@@ -77,7 +77,10 @@ class FederatedSource(AppCredentialSource):
             raw = await trio.to_thread.run_sync(read_token_file, profile.token_file, what, profile.name)
         else:
             raise _no_source(profile)
-        return assertion_proof(jwt_assertion(raw, what, profile.name))
+        try:
+            return assertion_proof(jwt_assertion(raw, what, profile.name))
+        finally:
+            wipe(raw)  # these bytes are ours to clear (the str made of them cannot be)
 
     async def state(self) -> dict[str, Any]:
         """What ``status`` shows (``federated``): the token file, when it was written and whose assertion it holds
@@ -93,7 +96,10 @@ class FederatedSource(AppCredentialSource):
         try:
             raw = await trio.to_thread.run_sync(read_token_file, profile.token_file, what, profile.name)
             shown["written"] = os.stat(profile.token_file).st_mtime
-            claims = _claims(jwt_assertion(raw, what, profile.name))
+            try:
+                claims = _claims(jwt_assertion(raw, what, profile.name))
+            finally:
+                wipe(raw)
             shown.update({key: claims[key] for key in ("iss", "sub", "exp") if isinstance(claims.get(key), (str, int))})
             if isinstance(claims.get("exp"), int) and claims["exp"] <= self._clock():
                 raise _unavailable(f"{what} holds a token that expired at {_when(claims['exp'])}", profile.name)
@@ -177,17 +183,20 @@ async def run_token_command(argv: tuple[str, ...], what: str, profile: str) -> b
             if stream is not None:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
-    if deadline.cancelled_caught:
-        raise _unavailable(f"{what} did not finish within {COMMAND_TIMEOUT:.0f} s{_said(stderr)}", profile)
-    if too_much:
-        raise _unavailable(f"{what} printed more than {MAX_ASSERTION_BYTES} bytes: not a token", profile)
-    code = process.returncode or 0
-    if code != 0:
-        status = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        raise _unavailable(f"{what} {status}{_said(stderr)}", profile)
-    if not stdout.strip():
-        raise _unavailable(f"{what} printed nothing{_said(stderr)}", profile)
-    return bytes(stdout)
+    try:
+        if deadline.cancelled_caught:
+            raise _unavailable(f"{what} did not finish within {COMMAND_TIMEOUT:.0f} s{_said(stderr)}", profile)
+        if too_much:
+            raise _unavailable(f"{what} printed more than {MAX_ASSERTION_BYTES} bytes: not a token", profile)
+        code = process.returncode or 0
+        if code != 0:
+            status = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            raise _unavailable(f"{what} {status}{_said(stderr)}", profile)
+        if not stdout.strip():
+            raise _unavailable(f"{what} printed nothing{_said(stderr)}", profile)
+        return bytes(stdout)
+    finally:
+        wipe(stdout)  # whatever it printed, token or not
 
 
 def jwt_assertion(raw: bytes, what: str, profile: str) -> str:
