@@ -91,6 +91,8 @@ _CERTIFICATE_KEYS = ("certificate_path", "x5c", "assertion_alg")
 _ASSERTION_ALGS = ("PS256", "RS256")
 #: The variable azure-identity's WorkloadIdentityCredential reads (set by the Azure Workload Identity webhook).
 FEDERATED_TOKEN_FILE_VARIABLE = "AZURE_FEDERATED_TOKEN_FILE"
+#: The audience Entra expects of a federated token (what the portal fills in for a federated credential).
+FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
 _GIT_KEYS = ("url", "username")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})

@@ -22,7 +22,7 @@ import trio.testing
 
 from aadhelper.cache import TokenCache
 from aadhelper.config import Profile
-from aadhelper.errors import AuthorityUnavailable
+from aadhelper.errors import AuthorityUnavailable, FederationRefused
 from aadhelper.grants import HttpClients
 from aadhelper.grants.federated import COMMAND_TIMEOUT, FederatedSource
 from aadhelper.testing.authority import SimulatedAuthority
@@ -176,3 +176,34 @@ async def test_a_failing_then_hanging_token_command_backs_off_and_recovers(rig: 
         await trio.sleep(301)
         await cache.get(profile)
     assert rig.authority.count() == 2
+
+
+async def test_a_refused_federated_token_is_retried_with_backoff_until_entra_is_fixed(
+        rig: Rig, http: HttpClients, clock: trio.testing.MockClock) -> None:
+    """If Entra refuses the token (no federated credential for its issuer: AADSTS70021), then the user sees one
+    line with the fix, requests over a simulated hour reach the authority only at the backoff's pace (not once, as
+    a wrong client secret would: the fix is made in Entra, which no profile change signals), and once the
+    credential is added the next attempt gets a token."""
+    stranger = OidcIssuer("https://token.actions.githubusercontent.com")
+    rig.authority.publish_issuer(stranger.url, stranger.jwks())
+    token_file = rig.folder / "token"
+    assertion = stranger.token("repo:contoso/payments:ref:refs/heads/main")
+    sensitive(assertion)
+    token_file.write_text(assertion)
+    profile = rig.profile(token_file=token_file)
+    async with open_cache(profile, http) as cache:
+        with pytest.raises(FederationRefused) as refused:
+            await cache.get(profile)
+        line = refused.value.one_line()
+        assert "AADSTS70021" in line and "add one with the token's issuer" in line and "\n" not in line
+        for _ in range(30):  # a client asking every two minutes for an hour
+            await trio.sleep(120)
+            with pytest.raises(FederationRefused):
+                await cache.get(profile)
+        assert 4 <= rig.authority.count() <= 3 + 30
+        asked = rig.authority.count()
+        rig.authority.add_federated_credential(APP, issuer=stranger.url,
+                                               subject="repo:contoso/payments:ref:refs/heads/main")
+        await trio.sleep(301)
+        assert rig.authority.validate((await cache.get(profile)).access_token.reveal())["appid"] == APP
+    assert rig.authority.count() == asked + 1

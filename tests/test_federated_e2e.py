@@ -118,6 +118,7 @@ def test_an_assertion_from_another_issuer_is_refused_with_aadsts70021(world: Wor
     assert result.returncode == 5
     line = one_error_line(result)
     assert "AADSTS70021" in line and "No matching federated identity record" in line
+    assert "add one with the token's issuer, subject and audience api://AzureADTokenExchange" in line
     assert world.authority.requests[0].error == "invalid_request"
 
 
@@ -212,15 +213,16 @@ def test_a_token_command_gets_a_token_and_runs_without_a_shell(world: World, ca_
 
 def test_an_expired_federated_token_is_refused_with_aadsts700024(world: World) -> None:
     """If the file holds a trusted assertion whose time is up, then the authority refuses it with AADSTS700024 and
-    the user sees one line with that code (retried with backoff, exit 7: the writer renews the file)."""
+    the user sees one line with that code and who should renew the token."""
     expired = world.issuer.token(SUBJECT, now=time.time() - 7200, lifetime=3600)
     sensitive(expired)
     world.token.write(expired)
     with DaemonProcess(world.env):
         result = cli(world.env, "token", "fed")
-    assert result.returncode == 7
+    assert result.returncode == 5
     line = one_error_line(result)
-    assert "AADSTS700024" in line and "expired token" in line
+    assert "the authority refused the federated token" in line and "AADSTS700024" in line
+    assert "its issuer (the kubelet, the token command) should renew it" in line
 
 
 def test_the_default_token_file_is_azure_federated_token_file_of_the_daemon(world: World, ca_pem_file: Path) -> None:

@@ -18,9 +18,11 @@ getting one (no such file, an empty one, a command that fails or hangs, somethin
 naming the file or the command, never the token, raised as :class:`~aadhelper.errors.AuthorityUnavailable`:
 the assertion's issuer (the kubelet, the CI's OIDC endpoint) is an authority too, and what it failed to provide
 may be there a moment later, so the cache retries with its backoff and requests in between fail fast with this
-line. So is Entra's "assertion expired" (AADSTS700024) for this credential: the file's writer renews it, which
-no profile change would signal. A profile with neither setting (``AZURE_FEDERATED_TOKEN_FILE`` unset where the
-config was parsed) is a :class:`~aadhelper.errors.ConfigError`.
+line. Entra's refusals of the token itself (no matching federated credential, expired, bad signature: see
+:data:`_REFUSALS`) are :class:`~aadhelper.errors.FederationRefused`, retried with backoff too: they are fixed in
+the app registration or at the token's issuer, which no profile change would signal (a wrong client secret, by
+contrast, sticks until ``secret set``). A profile with neither setting (``AZURE_FEDERATED_TOKEN_FILE`` unset
+where the config was parsed) is a :class:`~aadhelper.errors.ConfigError`.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ from typing import Any
 import httpx
 import trio
 
-from ..config import FEDERATED_TOKEN_FILE_VARIABLE, Profile
-from ..errors import AuthenticationFailed, AuthorityUnavailable, ConfigError
+from ..config import FEDERATED_TOKEN_FILE_VARIABLE, FEDERATION_AUDIENCE, Profile
+from ..errors import AuthenticationFailed, AuthorityUnavailable, ConfigError, FederationRefused
 from ..tokens import TokenResponse, wipe
 from .client_credentials import AppCredentialSource, assertion_proof
 
@@ -55,8 +57,20 @@ MAX_ASSERTION_BYTES = 64 * 1024
 #: Bytes of a failed command's stderr kept (the rest is drained unread), and characters of it shown.
 _STDERR_KEPT = 4096
 _STDERR_SHOWN = 200
-#: Entra's refusals that a newer assertion cures: retried with backoff instead of sticking (module docstring).
-_RENEWABLE = frozenset({700024})
+#: Entra's refusals of a federated token, and what fixes each: all are fixed outside aadhelper (module docstring).
+_REFUSALS: dict[int, str] = {
+    70021: "no federated credential of the app registration matches the token's issuer: add one with the token's "
+           f"issuer, subject and audience {FEDERATION_AUDIENCE}",
+    700211: "no federated credential of the app registration matches the token's issuer: add one with the token's "
+            f"issuer, subject and audience {FEDERATION_AUDIENCE}",
+    700212: f"the token's audience must be {FEDERATION_AUDIENCE} (or one the federated credential lists)",
+    700213: "the federated credential's subject must match the token's exactly (case-sensitive)",
+    7002137: "the federated credential's subject must match the token's exactly (case-sensitive)",
+    7002138: "the federated credential's subject must match the token's exactly (case-sensitive)",
+    700024: "the token has expired: its issuer (the kubelet, the token command) should renew it",
+    700027: "the token's signature does not verify with the keys its issuer publishes: is it from that issuer?",
+    50166: "Entra cannot reach the token issuer's discovery document or keys: check the issuer URL",
+}
 _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _RETRY = "aadhelper retries with backoff"
 
@@ -112,12 +126,12 @@ class FederatedSource(AppCredentialSource):
         try:
             return await super().acquire(scopes)
         except AuthenticationFailed as exc:
-            if exc.aadsts not in _RENEWABLE:
+            fix = _REFUSALS.get(exc.aadsts or 0)
+            if fix is None:
                 raise
-            source = "the token file" if self._profile.token_command is None else "the token command"
-            raise AuthorityUnavailable(f"{exc.message}: {source} gave an expired token", profile=exc.profile,
-                                       error=exc.error, aadsts=exc.aadsts, reason=exc.reason,
-                                       hint=f"its issuer should renew it; {_RETRY}") from None
+            raise FederationRefused(exc.message.replace("the token request", "the federated token", 1),
+                                    profile=exc.profile, error=exc.error, aadsts=exc.aadsts, reason=exc.reason,
+                                    hint=f"{fix}; {_RETRY}") from None
 
     def __repr__(self) -> str:
         where = (f"token_command={_shown_command(self._profile.token_command)}" if self._profile.token_command

@@ -20,12 +20,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from ..config import FEDERATION_AUDIENCE
 from . import endpoints, grants
 from .client_assertions import CertificateCredentials
 from .directory import GRAPH, Directory
 from .entra import EntraError, Trace
 from .faults import Fault, FaultQueue
-from .federation import FEDERATION_AUDIENCE, FederatedCredential, Federation
+from .federation import FederatedCredential, Federation
 from .issuer import TokenIssuer
 from .jwt import InvalidToken
 from .server import BodyWriter, HttpRequest, LoopbackApp, Response

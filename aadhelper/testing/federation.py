@@ -27,11 +27,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..config import FEDERATION_AUDIENCE
 from .entra import entra_error
 from .jwt import InvalidToken, b64url_decode, b64url_encode
 
-#: The audience Entra expects of a federated assertion (what the Azure portal fills in).
-FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
 _JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
