@@ -24,15 +24,26 @@ file (a symlink to one is fine), a file of another user or writable by everyone,
     authority = "public"                # public, usgov, china, https://host (default: $AZURE_AUTHORITY_HOST or public)
     credential = "client_secret"        # client_secret (secret in the keyring) | user (sign in as a user, no secret)
                                         # | certificate (key + certificate in the keyring, or certificate_path)
+                                        # | federated (workload identity federation: an assertion from another issuer)
     certificate_path = "~/app.pem"      # certificate: a PEM/PFX file (mode 0600) instead of the keyring
     x5c = false                         # certificate: send the chain (subject name + issuer authentication)
     assertion_alg = "PS256"             # certificate: PS256 (x5t#S256), or RS256 (SHA-1 x5t) for older authorities
+    token_file = "/var/run/secrets/azure/tokens/azure-identity-token"   # federated: file holding the assertion
+                                        # (default: $AZURE_FEDERATED_TOKEN_FILE when set), re-read at every exchange
+    token_command = ["/usr/local/bin/get-oidc-token", "--audience", "api://AzureADTokenExchange"]
+                                        # federated, instead of token_file: its stdout is the assertion (no shell)
     min_valid = 300                     # seconds a served token must still be valid, 0..86400
     ca_bundle = "/etc/ssl/my-ca.pem"    # CA file for the authority's TLS (absolute or ~/...)
 
     [[profiles.ado.git]]                # git remotes served by profile "ado" (longest matching prefix wins)
     url = "https://dev.azure.com/contoso/"
     username = "me@contoso.com"         # optional; default: the client id (client_secret) or "aadhelper"
+
+A federated profile's ``token_file`` default is resolved when the file is parsed, from the environment of the process
+parsing it: in the daemon that is its start environment (``AZURE_FEDERATED_TOKEN_FILE`` survives the clean start,
+see :mod:`aadhelper.process_setup`), so the daemon a Kubernetes pod's first client autostarts finds the pod's file,
+and a daemon started by systemd (whose environment has no such variable) needs ``token_file`` written out. The
+file's *content* is read again at every exchange (:mod:`aadhelper.grants.federated`).
 
 Plain ``http://`` authorities are accepted only on a loopback host (tests, the demo). Unknown keys are errors,
 so a typo never silently falls back to a default. Every :class:`ConfigError` names the file, the profile and
@@ -57,9 +68,9 @@ from .protocol import MAX_MIN_VALID
 from .proxy import DIRECT, InvalidProxy, ProxySetting, from_environment, parse_no_proxy, parse_proxy_url
 from .urls import InvalidAuthority, match_key, normalize_git_url, resolve_authority_url
 
-CREDENTIALS = ("client_secret", "user", "certificate")
+CREDENTIALS = ("client_secret", "user", "certificate", "federated")
 #: Credential kinds of an application identity (the client credentials grant): no user, so a real tenant.
-APP_CREDENTIALS = ("client_secret", "certificate")
+APP_CREDENTIALS = ("client_secret", "certificate", "federated")
 #: Tenant aliases that are not a tenant: the client credentials grant refuses them (AADSTS9001023).
 TENANT_ALIASES = frozenset({"common", "organizations", "consumers"})
 #: git's username when a user-credential profile's mapping names none; Azure DevOps accepts any non-empty one.
@@ -75,9 +86,13 @@ _TOKEN_RE = re.compile(r"[!-~]{1,2000}")
 _TOP_KEYS = ("default_profile", "daemon", "profiles")
 _DAEMON_KEYS = ("autostart", "idle_exit", "proxy", "no_proxy", "proxy_from_environment")
 _PROFILE_KEYS = ("tenant", "client_id", "scopes", "authority", "credential", "min_valid", "ca_bundle", "git",
-                 "certificate_path", "x5c", "assertion_alg")
+                 "certificate_path", "x5c", "assertion_alg", "token_file", "token_command")
 _CERTIFICATE_KEYS = ("certificate_path", "x5c", "assertion_alg")
 _ASSERTION_ALGS = ("PS256", "RS256")
+#: The variable azure-identity's WorkloadIdentityCredential reads (set by the Azure Workload Identity webhook).
+FEDERATED_TOKEN_FILE_VARIABLE = "AZURE_FEDERATED_TOKEN_FILE"
+#: The audience Entra expects of a federated token (what the portal fills in for a federated credential).
+FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
 _GIT_KEYS = ("url", "username")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
@@ -137,6 +152,9 @@ class Profile:
     git_urls: tuple[GitUrl, ...] = ()
     #: The daemon-level ``[daemon] proxy`` setting, carried by each profile to the fetcher that applies it.
     proxy: ProxySetting = DIRECT
+    #: credential "federated": the file holding the assertion (absolute), or the command printing it (argv).
+    token_file: str | None = None
+    token_command: tuple[str, ...] | None = None
     #: Set for ``credential = "certificate"`` only.
     certificate: CertificateSettings | None = None
 
@@ -170,6 +188,8 @@ class Profile:
             "authority": self.authority, "credential": self.credential, "min_valid": self.min_valid,
             "ca_bundle": self.ca_bundle, "token_endpoint": self.token_endpoint,
             "git_urls": [{"url": g.url, "username": self.git_username(g)} for g in self.git_urls],
+            **({"token_file": self.token_file} if self.token_file is not None else {}),
+            **({"token_command": list(self.token_command)} if self.token_command is not None else {}),
             **(self.certificate.as_dict() if self.certificate else {}),
         }
 
@@ -408,11 +428,13 @@ def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str]
     except InvalidAuthority as exc:
         raise where.error(None, f"{exc.source} {exc}") from None
     ca_bundle = _get_path(raw, "ca_bundle", where, environ)
+    token_file, token_command = _parse_federated(raw, credential, where, environ)
     return Profile(
         name=name, tenant=tenant, client_id=client_id, scopes=tuple(scopes), authority=authority,
         credential=credential, min_valid=_get_int(raw, "min_valid", where, 0, MAX_MIN_VALID, 300),
         ca_bundle=ca_bundle, git_urls=_parse_git_urls(raw.get("git"), where), proxy=proxy,
-        certificate=_parse_certificate(raw, credential, where, environ),
+        certificate=_parse_certificate(raw, credential, where, environ), token_file=token_file,
+        token_command=token_command,
     )
 
 
@@ -431,6 +453,38 @@ def _parse_certificate(raw: Mapping[str, object], credential: str, where: _Where
         raise where.error("assertion_alg", f"must be one of {', '.join(_ASSERTION_ALGS)}, not {_shown(alg)}")
     x5c = _get(raw, "x5c", bool, where, "must be true or false", False)
     return CertificateSettings(path, x5c, alg)
+
+
+def _parse_federated(raw: Mapping[str, object], credential: str, where: _Where,
+                     environ: Mapping[str, str]) -> tuple[str | None, tuple[str, ...] | None]:
+    """A federated profile's assertion source: at most one of ``token_file`` (default
+    ``$AZURE_FEDERATED_TOKEN_FILE``, resolved now: see the module docstring) and ``token_command``; neither (the
+    variable unset) is an error of that profile's token requests, not of the whole file."""
+    token_file = _get_path(raw, "token_file", where, environ)
+    command = _get(raw, "token_command", list, where, "must be a list of strings: the program and its arguments",
+                   None)
+    if credential != "federated":
+        for key, value in (("token_file", token_file), ("token_command", command)):
+            if value is not None:
+                raise where.error(key, f"is only for credential 'federated' (this profile's is {credential!r})")
+        return None, None
+    if token_file is not None and command is not None:
+        raise where.error("token_file", "and key 'token_command' exclude each other: set one of them")
+    if command is not None:
+        # No shell: the list is the argv (a program found on the daemon's PATH, or an absolute path).
+        if not command or not all(isinstance(arg, str) and arg and "\0" not in arg for arg in command):
+            raise where.error("token_command", "must be a non-empty list of non-empty strings: the program and its "
+                                               "arguments (no shell)")
+        return None, tuple(command)
+    if token_file is None:
+        # azure-identity treats an empty variable as unset; so do we. Unset: the profile has no source, and its
+        # token requests say so (grants/federated.py) while the file's other profiles keep working.
+        token_file = environ.get(FEDERATED_TOKEN_FILE_VARIABLE) or None
+        if token_file is not None and (not os.path.isabs(token_file) or "\0" in token_file):
+            raise where.error(None, f"credential 'federated' without 'token_file' takes "
+                                    f"{FEDERATED_TOKEN_FILE_VARIABLE}, which must be an absolute path, not "
+                                    f"{_shown(token_file)}")
+    return token_file, None
 
 
 def _parse_git_urls(raw: object, where: _Where) -> tuple[GitUrl, ...]:

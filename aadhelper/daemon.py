@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aadhelper.daemon")
 #: Credential kinds whose state status asks the fetcher for (a client secret has none worth a round trip).
-_STATEFUL = ("certificate",)
+_STATEFUL = ("certificate", "federated")
 
 
 @dataclass(frozen=True)

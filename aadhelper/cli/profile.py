@@ -36,8 +36,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                              "default. Then store its secret (`aadhelper secret set NAME`) or sign in "
                              "(`aadhelper login NAME`, with --user).")
     add.add_argument("name", metavar="NAME", help="profile name: letters, digits, '-', '_', '.'; at most 64")
-    add.add_argument("--tenant", required=True, help="tenant GUID or domain (common/organizations: --user only)")
-    add.add_argument("--client-id", required=True, help="application (client) id of the app registration")
+    add.add_argument("--tenant", help="tenant GUID or domain (common/organizations: --user only); required "
+                                      "unless --from-env")
+    add.add_argument("--client-id", help="application (client) id of the app registration; required unless "
+                                         "--from-env")
     add.add_argument("--scope", dest="scopes", action="append", required=True, metavar="SCOPE",
                      help="default scope, e.g. https://graph.microsoft.com/.default; repeat for several")
     add.add_argument("--authority", help="public, usgov, china or an https:// URL "
@@ -48,7 +50,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add.add_argument("--user", action="store_true",
                      help="sign in as a user (public client, no secret) instead of with a client secret")
     add.add_argument("--credential", choices=CREDENTIALS,
-                     help="how the app proves itself: client_secret (default), user (= --user), certificate")
+                     help="how the app proves itself: client_secret (default), user (= --user), certificate, "
+                          "federated (--token-file or --token-command)")
     add.add_argument("--certificate-path", metavar="FILE",
                      help="certificate: read the key and certificate from this PEM/PFX file (mode 0600) instead of "
                           "the keyring")
@@ -56,6 +59,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="certificate: send the certificate chain (subject name + issuer authentication)")
     add.add_argument("--assertion-alg", choices=("PS256", "RS256"),
                      help="certificate: sign assertions with PS256 (default) or RS256 (SHA-1 x5t)")
+    add.add_argument("--token-file", metavar="FILE", help="federated: the file holding the assertion, re-read at "
+                     "every exchange (default: $AZURE_FEDERATED_TOKEN_FILE of the daemon)")
+    add.add_argument("--token-command", metavar="COMMAND", help="federated: a command printing the assertion, "
+                     "split like a shell would but run without one, e.g. '/usr/local/bin/ci-oidc-token --audience "
+                     "api://AzureADTokenExchange'")
+    add.add_argument("--from-env", action="store_true", help="take tenant, client id, authority and the "
+                     "credential from AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_AUTHORITY_HOST and one of "
+                     "AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH, AZURE_FEDERATED_TOKEN_FILE (azure-identity's "
+                     "order); secrets go to the OS keyring")
+    add.add_argument("--keep-path", action="store_true", help="with --from-env and a certificate: reference "
+                     "AZURE_CLIENT_CERTIFICATE_PATH from the profile instead of storing the certificate in the keyring")
     add.add_argument("--git-url", dest="git_urls", action="append", default=[], metavar="URL",
                      help="serve git remotes under this URL prefix with this profile; repeatable")
     add.add_argument("--git-username", metavar="USER", help="username git gets for --git-url "
@@ -106,6 +120,14 @@ def _add(args: argparse.Namespace) -> int:
 
     if args.git_username is not None and not args.git_urls:
         raise UsageError("--git-username needs at least one --git-url")
+    if args.from_env:
+        from .profile_env import add_from_env
+
+        return add_from_env(args)
+    if args.keep_path:
+        raise UsageError("--keep-path goes with --from-env")
+    if args.tenant is None or args.client_id is None:
+        raise UsageError("--tenant and --client-id are required (or --from-env)")
     ca_bundle = None
     if args.ca_bundle is not None:
         ca_bundle = os.path.abspath(os.path.expanduser(args.ca_bundle))
@@ -126,13 +148,15 @@ def _add(args: argparse.Namespace) -> int:
     if credential == "certificate":
         _certificate_next_step(config.profile(args.name), password_needed)
         return 0
-    nxt = f"aadhelper login {args.name}" if args.user else f"aadhelper secret set {args.name}"
+    nxt = {"user": f"aadhelper login {args.name}", "client_secret": f"aadhelper secret set {args.name}"}.get(
+        credential, f"aadhelper token {args.name}")
     say(f"next: `{nxt}`")
     return 0
 
 
 def _credential_options(args: argparse.Namespace) -> tuple[str, dict[str, object]]:
-    """The credential kind and its keys from ``--credential``/``--user`` and the certificate options."""
+    """The credential kind and its keys from ``--credential``/``--user`` and the certificate and federated
+    options."""
     credential = args.credential or ("user" if args.user else "client_secret")
     if args.user and credential != "user":
         raise UsageError(f"--user and --credential {credential} exclude each other")
@@ -145,6 +169,13 @@ def _credential_options(args: argparse.Namespace) -> tuple[str, dict[str, object
         options["assertion_alg"] = args.assertion_alg
     if options and credential != "certificate":
         raise UsageError("--certificate-path, --x5c and --assertion-alg need --credential certificate")
+    if args.token_file is not None:
+        options["token_file"] = os.path.abspath(os.path.expanduser(args.token_file))
+    token_command = _split_command(args.token_command)
+    if token_command is not None:
+        options["token_command"] = token_command
+    if (args.token_file is not None or token_command is not None) and credential != "federated":
+        raise UsageError("--token-file and --token-command go with --credential federated")
     return credential, options
 
 
@@ -173,6 +204,20 @@ def _certificate_next_step(profile: Profile, password_needed: bool) -> None:
             "add --password-stdin for an encrypted one)")
     elif password_needed:
         say(f"next: `aadhelper secret set {profile.name} --certificate-password` ({path} is encrypted)")
+
+
+def _split_command(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    import shlex
+
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        raise UsageError(f"--token-command: {exc}") from None
+    if not argv:
+        raise UsageError("--token-command is empty")
+    return argv
 
 
 def git_setup_hint(prefix: str) -> None:
@@ -215,6 +260,11 @@ def _show(args: argparse.Namespace) -> int:
             ("scopes", " ".join(profile.scopes)), ("authority", profile.authority),
             ("token_endpoint", profile.token_endpoint), ("min_valid", str(profile.min_valid)),
             ("ca_bundle", profile.ca_bundle or "-"), ("config", config.path)]
+    if profile.credential == "federated":
+        import shlex
+
+        rows.insert(5, ("token_command", shlex.join(profile.token_command)) if profile.token_command else
+                    ("token_file", profile.token_file or "- (AZURE_FEDERATED_TOKEN_FILE is not set: set token_file)"))
     rows += [("git_url", f"{g.url} (username {profile.git_username(g)})") for g in profile.git_urls]
     rows += _certificate_rows(profile)
     for key, value in rows:

@@ -11,8 +11,8 @@ op                  request fields                                            re
 ``hello``           (none: the fetcher's first line, sent unasked, no id)      ``version``, ``build``; or ``ok: false``
                                                                               and the error that stops it
 ``acquire``         ``profile`` {name, tenant, client_id, authority,           ``token`` {access_token, token_type,
-                    credential, ca_bundle, proxy, certificate},               expires_on, refresh_on, scopes,
-                    ``scopes`` [...]                                          obtained_at, account}
+                    credential, ca_bundle, proxy, certificate,                expires_on, refresh_on, scopes,
+                    token_file, token_command}, ``scopes`` [...]             obtained_at, account}
 ``sign_in_states``  ``profiles`` [names of user profiles]                     ``login_required`` {name: error | null},
                                                                               ``unsaved`` [names whose rotated
                                                                               refresh token the keyring refused]
@@ -123,7 +123,9 @@ _PROFILE_FIELDS = ("name", "tenant", "client_id", "authority", "credential", "ca
 
 def profile_to_wire(profile: Profile) -> dict[str, Any]:
     return {**{key: getattr(profile, key) for key in _PROFILE_FIELDS}, "proxy": profile.proxy.to_wire(),
-            "certificate": profile.certificate.as_dict() if profile.certificate else None}
+            "certificate": profile.certificate.as_dict() if profile.certificate else None,
+            "token_file": profile.token_file,
+            "token_command": None if profile.token_command is None else list(profile.token_command)}
 
 
 def profile_from_wire(wire: object, scopes: tuple[str, ...]) -> Profile:
@@ -141,9 +143,13 @@ def profile_from_wire(wire: object, scopes: tuple[str, ...]) -> Profile:
         certificate = None if wire.get("certificate") is None else CertificateSettings.from_dict(wire["certificate"])
     except ValueError:
         raise ProtocolError("fetch request with malformed certificate settings") from None
+    token_file, token_command = wire.get("token_file"), wire.get("token_command")
+    if not isinstance(token_file, (str, type(None))):
+        raise ProtocolError("fetch request with a malformed profile")
     return Profile(name=str(text["name"]), tenant=str(text["tenant"]), client_id=str(text["client_id"]),
                    scopes=scopes, authority=str(text["authority"]), credential=str(text["credential"]),
-                   ca_bundle=ca_bundle, proxy=proxy, certificate=certificate)
+                   ca_bundle=ca_bundle, proxy=proxy, certificate=certificate, token_file=token_file,
+                   token_command=None if token_command is None else strings_from_wire(token_command, "token command"))
 
 
 def scopes_from_wire(wire: object) -> tuple[str, ...]:

@@ -42,6 +42,10 @@ def make_source(profile: Profile, *, http: HttpClients, secrets: SecretAccess, c
         from .client_credentials import ClientSecretSource
 
         return ClientSecretSource(profile, client=client, secrets=secrets, clock=clock)
+    if profile.credential == "federated":
+        from .federated import FederatedSource
+
+        return FederatedSource(profile, client=client, clock=clock)
     if profile.credential == "certificate":
         from .certificate import CertificateSource
 

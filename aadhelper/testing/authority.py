@@ -16,15 +16,17 @@ import hashlib
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from ..config import FEDERATION_AUDIENCE
 from . import endpoints, grants
 from .client_assertions import CertificateCredentials
 from .directory import GRAPH, Directory
 from .entra import EntraError, Trace
 from .faults import Fault, FaultQueue
+from .federation import FederatedCredential, Federation
 from .issuer import TokenIssuer
 from .jwt import InvalidToken
 from .server import BodyWriter, HttpRequest, LoopbackApp, Response
@@ -97,6 +99,7 @@ class SimulatedAuthority(LoopbackApp):
         self.certificates = CertificateCredentials()
         self.sessions = Sessions()
         self.issuer = TokenIssuer()
+        self.federation = Federation()
         self._faults = FaultQueue()
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -163,6 +166,19 @@ class SimulatedAuthority(LoopbackApp):
         """Revoke refresh-token grants (as a password reset does): their next refresh gets AADSTS50173."""
         with self._lock:
             return self.sessions.revoke(username=user, client_id=client_id)
+
+    def add_federated_credential(self, client_id: str, *, issuer: str, subject: str,
+                                 audiences: Iterable[str] = (FEDERATION_AUDIENCE,)) -> None:
+        """Let tokens of ``issuer`` for ``subject`` (and one of ``audiences``) stand for the app, as a federated
+        identity credential on its registration does (the issuer's keys: :meth:`publish_issuer`)."""
+        with self._lock:
+            self.directory.client_by_id(client_id)
+            self.federation.add(client_id, FederatedCredential(issuer, subject, tuple(audiences)))
+
+    def publish_issuer(self, issuer: str, jwks: Mapping[str, object]) -> None:
+        """Make an OIDC issuer's JWKS reachable (e.g. ``OidcIssuer.jwks()`` from :mod:`.federation`)."""
+        with self._lock:
+            self.federation.publish(issuer, jwks)
 
     # faults and records ---------------------------------------------------------------------------------------
 

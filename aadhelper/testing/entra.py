@@ -60,6 +60,16 @@ CATALOGUE: Mapping[int, tuple[str, str]] = {
     65001: ("interaction_required", "The user or administrator has not consented to use the application with ID "
             "'{client_id}'. Send an interactive authorization request for this user and resource."),
     65004: ("access_denied", "User declined to consent to access the app."),
+    # Workload identity federation (testing/federation.py).
+    70021: ("invalid_request", "No matching federated identity record found for presented assertion. Assertion "
+            "Issuer: '{issuer}'. Assertion Subject: '{subject}'. Assertion Audience: '{audience}'."),
+    700213: ("invalid_client", "No matching federated identity record found for presented assertion subject "
+             "'{subject}'. Check your federated identity credential Subject, Audience and Issuer against the "
+             "presented assertion."),
+    700212: ("invalid_client", "No matching federated identity record found for presented assertion audience "
+             "'{audience}'. Check your federated identity credential Subject, Audience and Issuer against the "
+             "presented assertion."),
+    50166: ("invalid_client", "Request to External OIDC endpoint failed. Issuer: '{issuer}'."),
     70000: ("invalid_grant", "The provided value for the '{param}' parameter is not valid."),
     70008: ("invalid_grant", "The provided authorization code or refresh token has expired due to inactivity. Send "
             "a new interactive authorization request for this user and resource."),

@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 from .client_assertions import CertificateCredentials
 from .directory import Client, Directory, Tenant, User, authenticate
 from .entra import EntraError, Trace, entra_error
+from .federation import Federation, is_federated
 from .issuer import TokenIssuer
 from .jwt import b64url_encode
 from .scopes import UserScope, app_scope, user_scope
@@ -30,6 +31,7 @@ class Realm(Protocol):
     certificates: CertificateCredentials
     sessions: Sessions
     issuer: TokenIssuer
+    federation: Federation
     token_lifetime: int
     refresh_in: int | None
     refresh_token_lifetime: float
@@ -195,7 +197,11 @@ def _client(realm: Realm, request: TokenRequest, tenant: Tenant | None, *, app_o
 
 
 def _authenticate_assertion(realm: Realm, client: Client, request: TokenRequest) -> None:
-    """A client assertion: signed by one of the app's certificates (:mod:`.client_assertions`)."""
+    """A client assertion: a federated one (another issuer's token, :mod:`.federation`), or one signed by one of the
+    app's certificates (:mod:`.client_assertions`)."""
+    if is_federated(request.form):
+        realm.federation.verify(client.client_id, request.form, request.now)
+        return
     endpoint = f"{realm.url}/{request.tenant_name}/oauth2"
     realm.certificates.verify(client, request.form, audiences=(f"{endpoint}/v2.0/token", f"{endpoint}/token"),
                               now=request.now)
