@@ -11,8 +11,8 @@ op                  request fields                                            re
 ``hello``           (none: the fetcher's first line, sent unasked, no id)      ``version``, ``build``; or ``ok: false``
                                                                               and the error that stops it
 ``acquire``         ``profile`` {name, tenant, client_id, authority,           ``token`` {access_token, token_type,
-                    credential, ca_bundle, proxy}, ``scopes`` [...]           expires_on, refresh_on, scopes,
-                                                                              obtained_at, account}
+                    credential, ca_bundle, proxy, managed_identity},          expires_on, refresh_on, scopes,
+                    ``scopes`` [...]                                          obtained_at, account}
 ``sign_in_states``  ``profiles`` [names of user profiles]                     ``login_required`` {name: error | null},
                                                                               ``unsaved`` [names whose rotated
                                                                               refresh token the keyring refused]
@@ -39,7 +39,7 @@ from typing import Any
 import trio
 
 from .. import __version__, protocol
-from ..config import Profile
+from ..config import ManagedIdentity, Profile
 from ..errors import AadhelperError, LoginRequired, ProtocolError, error_from_wire
 from ..proxy import ProxySetting
 from ..tokens import Secret, Token, wipe
@@ -108,7 +108,10 @@ _PROFILE_FIELDS = ("name", "tenant", "client_id", "authority", "credential", "ca
 
 
 def profile_to_wire(profile: Profile) -> dict[str, Any]:
-    return {**{key: getattr(profile, key) for key in _PROFILE_FIELDS}, "proxy": profile.proxy.to_wire()}
+    wire = {**{key: getattr(profile, key) for key in _PROFILE_FIELDS}, "proxy": profile.proxy.to_wire()}
+    if profile.managed_identity is not None:
+        wire["managed_identity"] = profile.managed_identity.to_wire()
+    return wire
 
 
 def profile_from_wire(wire: object, scopes: tuple[str, ...]) -> Profile:
@@ -122,9 +125,14 @@ def profile_from_wire(wire: object, scopes: tuple[str, ...]) -> Profile:
         proxy = ProxySetting.from_wire(wire.get("proxy"))
     except ValueError:
         raise ProtocolError("fetch request with a malformed proxy setting") from None
+    try:
+        managed = wire.get("managed_identity")
+        managed_identity = None if managed is None else ManagedIdentity.from_wire(managed)
+    except ValueError:
+        raise ProtocolError("fetch request with a malformed managed identity") from None
     return Profile(name=str(text["name"]), tenant=str(text["tenant"]), client_id=str(text["client_id"]),
                    scopes=scopes, authority=str(text["authority"]), credential=str(text["credential"]),
-                   ca_bundle=ca_bundle, proxy=proxy)
+                   ca_bundle=ca_bundle, proxy=proxy, managed_identity=managed_identity)
 
 
 def scopes_from_wire(wire: object) -> tuple[str, ...]:
