@@ -555,17 +555,6 @@ class ManagedIdentity:
     #: The directory an Arc challenge file must be in.
     arc_key_dir: str = ARC_KEY_DIR
 
-    def identity(self) -> str:
-        """The identity in words, for ``status`` and ``profile show``."""
-        if self.user_assigned is None:
-            return "system-assigned identity"
-        return f"user-assigned identity {self.user_assigned[0]} {self.user_assigned[1]}"
-
-    def describe(self) -> str:
-        """One line: the source (and how it was chosen), the identity and the endpoint."""
-        how = "detected from the environment" if self.detected else "set in the profile"
-        return f"{self.source} ({how}), {self.identity()}, endpoint {self.endpoint}"
-
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, nothing secret: the header only says whether it is set."""
         data: dict[str, Any] = {"source": self.source, "detected": self.detected, "endpoint": self.endpoint,
@@ -596,6 +585,19 @@ class ManagedIdentity:
             raise ValueError("malformed managed identity")
         return cls(str(source), bool(wire["detected"]), endpoint, (user[0], user[1]) if user else None,
                    Secret(header) if header is not None else None, key_dir)
+
+
+def describe_managed_identity(data: Mapping[str, Any]) -> str:
+    """One line from :meth:`ManagedIdentity.as_dict` (``profile show``, and ``status`` from the daemon's reply): the
+    source and how it was chosen, the identity, the endpoint, and what an App Service source is missing."""
+    how = "detected from the environment" if data.get("detected") else "set in the profile"
+    user = data.get("user_assigned")
+    identity = "system-assigned identity" if not isinstance(user, dict) or not user else \
+        "user-assigned identity " + " ".join(f"{key} {value}" for key, value in user.items())
+    line = f"{data.get('source')} ({how}), {identity}, endpoint {data.get('endpoint') or '(none)'}"
+    if data.get("identity_header") == "missing":
+        line += ", IDENTITY_HEADER missing"
+    return line
 
 
 def detect_identity_source(environ: Mapping[str, str]) -> str:

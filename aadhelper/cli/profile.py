@@ -156,6 +156,12 @@ def _show(args: argparse.Namespace) -> int:
             ("token_endpoint", profile.token_endpoint), ("min_valid", str(profile.min_valid)),
             ("ca_bundle", profile.ca_bundle or "-"), ("config", config.path)]
     rows += [("git_url", f"{g.url} (username {profile.git_username(g)})") for g in profile.git_urls]
+    if profile.managed_identity is not None:
+        from ..config import describe_managed_identity
+
+        # Detected here from this shell's environment; the daemon detects from its own (see `aadhelper status`).
+        rows = [row for row in rows if row[0] not in ("tenant", "client_id", "authority", "token_endpoint")]
+        rows.append(("managed_identity", describe_managed_identity(profile.managed_identity.as_dict())))
     for key, value in rows:
         sys.stdout.write(f"{key:<15} {value}\n")
     return 0
