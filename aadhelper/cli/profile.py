@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-from ..config import Config, Profile, load_config
+from ..config import CREDENTIALS, MANAGED_IDENTITY_SOURCES, Config, Profile, load_config
 from ..errors import SecretStoreError, UsageError
 from ..protocol import MAX_MIN_VALID
 from ..secret_chunks import SECRET_KINDS
@@ -35,8 +35,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                              "default. Then store its secret (`aadhelper secret set NAME`) or sign in "
                              "(`aadhelper login NAME`, with --user).")
     add.add_argument("name", metavar="NAME", help="profile name: letters, digits, '-', '_', '.'; at most 64")
-    add.add_argument("--tenant", required=True, help="tenant GUID or domain (common/organizations: --user only)")
-    add.add_argument("--client-id", required=True, help="application (client) id of the app registration")
+    add.add_argument("--tenant", help="tenant GUID or domain (common/organizations: --user only; "
+                                      "not for a managed identity)")
+    add.add_argument("--client-id", help="application (client) id of the app registration; with "
+                                         "--credential managed_identity, the client id of a user-assigned identity")
     add.add_argument("--scope", dest="scopes", action="append", required=True, metavar="SCOPE",
                      help="default scope, e.g. https://graph.microsoft.com/.default; repeat for several")
     add.add_argument("--authority", help="public, usgov, china or an https:// URL "
@@ -50,6 +52,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="serve git remotes under this URL prefix with this profile; repeatable")
     add.add_argument("--git-username", metavar="USER", help="username git gets for --git-url "
                      "(default: the client id, or 'aadhelper' with --user)")
+    add.add_argument("--credential", choices=CREDENTIALS, help="how the profile proves itself (default "
+                     "client_secret, or user with --user)")
+    managed = add.add_argument_group("managed identity (--credential managed_identity)")
+    managed.add_argument("--source", choices=MANAGED_IDENTITY_SOURCES,
+                         help="where the identity's tokens come from (default: detected from the daemon's environment)")
+    managed.add_argument("--object-id", help="object (principal) id of a user-assigned identity")
+    managed.add_argument("--msi-res-id", metavar="RESOURCE_ID", help="Azure resource id of a user-assigned identity")
+    managed.add_argument("--endpoint", metavar="URL", help="the identity endpoint's token URL (tests)")
     add.add_argument("--default", action="store_true", help="make it the default profile")
     add.add_argument("--replace", action="store_true", help="overwrite an existing profile of that name")
     add.set_defaults(func=_add)
@@ -101,15 +111,35 @@ def _add(args: argparse.Namespace) -> int:
         ca_bundle = os.path.abspath(os.path.expanduser(args.ca_bundle))
         if not os.path.isfile(ca_bundle):
             raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
+    credential = args.credential or ("user" if args.user else "client_secret")
+    if args.user and credential != "user":
+        raise UsageError(f"--user and --credential {credential} exclude each other")
+    options = {key: value for key, value in (("source", args.source), ("object_id", args.object_id),
+                                             ("msi_res_id", args.msi_res_id), ("endpoint", args.endpoint))
+               if value is not None}
+    if credential == "managed_identity":
+        if args.tenant is not None:
+            raise UsageError("a managed identity takes no --tenant: the machine's identity has its own")
+    else:
+        if options:
+            raise UsageError(f"--{next(iter(options)).replace('_', '-')} is an option of --credential "
+                             "managed_identity only")
+        for flag, value in (("--tenant", args.tenant), ("--client-id", args.client_id)):
+            if value is None:
+                raise UsageError(f"{flag} is required for --credential {credential}")
     config = add_profile(
         None, args.name, tenant=args.tenant, client_id=args.client_id, scopes=args.scopes, authority=args.authority,
-        credential="user" if args.user else "client_secret", min_valid=args.min_valid, ca_bundle=ca_bundle,
-        git_urls=args.git_urls, git_username=args.git_username, make_default=args.default, replace=args.replace)
+        credential=credential, min_valid=args.min_valid, ca_bundle=ca_bundle,
+        git_urls=args.git_urls, git_username=args.git_username, make_default=args.default, replace=args.replace,
+        options=options)
     marker = " as the default" if config.default_profile == args.name else ""
     say(f"added profile {args.name!r} to {config.path}{marker}")
     notify_daemon()
     for url in config.profile(args.name).git_urls:
         git_setup_hint(url.url)
+    if credential == "managed_identity":
+        say(f"next: `aadhelper token {args.name}` (no secret to store: the machine's identity is used)")
+        return 0
     nxt = f"aadhelper login {args.name}" if args.user else f"aadhelper secret set {args.name}"
     say(f"next: `{nxt}`")
     return 0
