@@ -138,6 +138,9 @@ class SimulatedManagedIdentity(LoopbackApp):
             raise ValueError(f"make the fault with endpoint={ENDPOINT!r}")
         self._faults.push(fault, times)
 
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
     @property
     def requests(self) -> list[IdentityRequest]:
         with self._lock:
