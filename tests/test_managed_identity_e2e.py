@@ -9,8 +9,11 @@ simulated authority's tokens, which the simulated protected API then accepts ove
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,3 +223,33 @@ def test_bad_replies_give_one_clear_line(env: dict[str, str], authority: Simulat
             assert 1 <= tried <= FLIGHT_ATTEMPTS
             assert one_error_line(cli(env, "token", "vm")).startswith("aadhelper: the Azure instance metadata")
             assert imds.count() == tried
+
+
+_SDK_SCRIPT = """
+import sys
+from azure.identity import ManagedIdentityCredential
+credential = ManagedIdentityCredential(client_id=sys.argv[1]) if sys.argv[1] else ManagedIdentityCredential()
+print(credential.get_token(sys.argv[2]).token)
+"""
+
+
+@pytest.mark.parametrize("source", ["imds", "app_service"])
+def test_the_simulated_endpoints_serve_azure_identity_itself(authority: SimulatedAuthority, source: str) -> None:
+    """If azure-identity's ManagedIdentityCredential (the peer these endpoints imitate) is pointed at the simulated
+    IMDS (AZURE_POD_IDENTITY_AUTHORITY_HOST) or App Service endpoint (IDENTITY_ENDPOINT + IDENTITY_HEADER), then
+    it gets the user-assigned identity's token: the simulation speaks the protocol the real SDK speaks."""
+    with identity(authority, source) as endpoint:
+        user = endpoint.add_user_assigned("sdk")
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith(("AZURE_", "IDENTITY_", "IMDS_", "MSI_"))}
+        if source == "imds":
+            env["AZURE_POD_IDENTITY_AUTHORITY_HOST"] = endpoint.url
+        else:
+            env.update(IDENTITY_ENDPOINT=endpoint.endpoint, IDENTITY_HEADER=endpoint.header)
+        result = subprocess.run([sys.executable, "-c", _SDK_SCRIPT, user.client_id, SCOPE], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr[-2000:]
+        token = result.stdout.strip()
+        sensitive(token)
+        assert authority.validate(token, audience=GRAPH)["appid"] == user.client_id
+        assert endpoint.requests[-1].identity == ("client_id", user.client_id)
