@@ -32,7 +32,7 @@ from aadhelper.testing import GRAPH, Fault, SimulatedAuthority
 from aadhelper.testing.managed_identity import ENDPOINT, SimulatedManagedIdentity
 from aadhelper.testing.server import DROP, HttpRequest
 
-from .harness import TENANT, wall
+from .harness import TENANT, cli_env, run, wall
 
 HOUR = 3600.0
 SCOPE = f"{GRAPH}/.default"
@@ -364,3 +364,21 @@ async def test_throttling_imds_is_asked_only_after_retry_after(authority: Simula
         assert len(times) <= 3 * HOUR / 120 + 1
         assert errors and all("HTTP 429" in e.one_line() for e in errors)
 
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["--credential", "managed_identity", "--tenant", "t.example"], "a managed identity takes no --tenant"),
+    (["--tenant", "t.example", "--client-id", "c", "--object-id", "o"],
+     "--object-id is an option of --credential managed_identity only"),
+    (["--client-id", "c"], "--tenant is required for --credential client_secret"),
+    (["--credential", "managed_identity", "--source", "vm"], "invalid choice: 'vm'"),
+])
+def test_profile_add_refuses_options_of_the_wrong_kind(isolated_env: dict[str, str], args: list[str],
+                                                       said: str) -> None:
+    """If `profile add` gets a tenant for a managed identity, a managed-identity option for another kind, no tenant
+    for a client secret or an unknown source, then it exits 2 with one line and writes no config."""
+    env = cli_env(isolated_env)
+    result = run(env, "profile", "add", "p", "--scope", SCOPE, *args)
+    assert result.returncode == 2
+    assert said in result.stderr.strip().splitlines()[-1]
+    assert not Path(env["AADHELPER_CONFIG"]).exists()

@@ -90,7 +90,8 @@ def test_imds_profile_added_by_the_cli_serves_the_vms_token_from_cache(
         cli(env, "profile", "add", "vm", "--credential", "managed_identity", "--source", "imds", "--endpoint",
             imds.endpoint, "--scope", SCOPE, check=True)
         shown = cli(env, "profile", "show", "vm", check=True).stdout
-        assert f"imds (set in the profile), system-assigned identity, endpoint {imds.endpoint}" in shown
+        assert f"identity        imds (set in the profile), system-assigned identity, endpoint {imds.endpoint}" \
+            in shown
         assert "tenant" not in shown
         with DaemonProcess(env):
             first, second = token_of(env, "vm"), token_of(env, "vm")

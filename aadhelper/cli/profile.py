@@ -191,7 +191,10 @@ def _show(args: argparse.Namespace) -> int:
 
         # Detected here from this shell's environment; the daemon detects from its own (see `aadhelper status`).
         rows = [row for row in rows if row[0] not in ("tenant", "client_id", "authority", "token_endpoint")]
-        rows.append(("managed_identity", describe_managed_identity(profile.managed_identity.as_dict())))
+        line = describe_managed_identity(profile.managed_identity.as_dict())
+        if profile.managed_identity.detected:
+            line += " (this shell's environment; the daemon detects from its own: `aadhelper status`)"
+        rows.append(("identity", line))
     for key, value in rows:
         sys.stdout.write(f"{key:<15} {value}\n")
     return 0
