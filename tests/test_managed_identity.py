@@ -382,3 +382,15 @@ def test_profile_add_refuses_options_of_the_wrong_kind(isolated_env: dict[str, s
     assert result.returncode == 2
     assert said in result.stderr.strip().splitlines()[-1]
     assert not Path(env["AADHELPER_CONFIG"]).exists()
+
+
+@pytest.mark.parametrize("verb", [["secret", "set"], ["login"]])
+def test_secret_set_and_login_explain_a_managed_identity(isolated_env: dict[str, str], verb: list[str]) -> None:
+    """If `secret set` or `login` is run for a managed-identity profile, then it exits 3 with one line saying the
+    profile uses the machine's identity and needs neither (no traceback)."""
+    env = cli_env(isolated_env)
+    run(env, "profile", "add", "vm", "--credential", "managed_identity", "--scope", SCOPE)
+    result = run(env, *verb, "vm", stdin="not-a-secret\n")
+    assert result.returncode == 3
+    assert "Traceback" not in result.stderr
+    assert "uses the machine's managed identity: no secret and no sign-in" in result.stderr.strip().splitlines()[-1]

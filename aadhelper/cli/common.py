@@ -15,6 +15,8 @@ _CREDENTIAL_USE = {
     "client_secret": ("uses a client secret, not a user sign-in",
                       "store the secret with `aadhelper secret set {name}`, or add the profile again with --user"),
     "user": ("signs in as a user and uses no client secret", "sign in with `aadhelper login {name}`"),
+    "managed_identity": ("uses the machine's managed identity: no secret and no sign-in",
+                         "there is nothing to set up here: `aadhelper token {name}` asks the machine's identity"),
 }
 
 
