@@ -120,7 +120,7 @@ def test_the_daemon_keeps_the_identity_variables_out_of_its_environment() -> Non
     (no child inherits the header), and managed-identity profiles still detect App Service from the start
     environment kept aside."""
     environ = {"HOME": "/root", "IDENTITY_ENDPOINT": "http://127.0.0.1:1/msi/token", "IDENTITY_HEADER": "s3cr3t"}
-    before = process_setup._start_identity
+    before = process_setup._start_identity, process_setup._start_proxies
     cwd = os.getcwd()
     try:
         process_setup.clean_start_environment(environ)
@@ -129,7 +129,7 @@ def test_the_daemon_keeps_the_identity_variables_out_of_its_environment() -> Non
         mi = parse_config(text, "c", environ).profile("web").managed_identity
         assert mi is not None and mi.source == "app_service" and mi.header is not None
     finally:
-        process_setup._start_identity = before
+        process_setup._start_identity, process_setup._start_proxies = before
         os.chdir(cwd)
 
 
