@@ -31,9 +31,8 @@ class SecretAccess(Protocol):
     async def set(self, profile: str, kind: str, value: Secret) -> None: ...
 
 
-def make_source(profile: Profile, *, http: HttpClients, secrets: SecretAccess,
-                clock: Callable[[], float], sign_ins: SignIns | None = None,
-                ) -> AppCredentialSource | RefreshTokenSource | ManagedIdentitySource:
+def make_source(profile: Profile, *, http: HttpClients, secrets: SecretAccess, clock: Callable[[], float],
+                sign_ins: SignIns | None = None) -> AppCredentialSource | RefreshTokenSource | ManagedIdentitySource:
     """The token source for a profile's credential kind.
 
     ``sign_ins`` is the fetcher's per-profile refresh state for user profiles; it must outlive the sources (one
