@@ -25,6 +25,7 @@ file (a symlink to one is fine), a file of another user or writable by everyone,
     credential = "client_secret"        # client_secret (secret in the keyring) | user (sign in as a user, no secret)
                                         # | certificate (key + certificate in the keyring, or certificate_path)
                                         # | federated (workload identity federation: an assertion from another issuer)
+                                        # | managed_identity (the machine's identity, see below)
     certificate_path = "~/app.pem"      # certificate: a PEM/PFX file (mode 0600) instead of the keyring
     x5c = false                         # certificate: send the chain (subject name + issuer authentication)
     assertion_alg = "PS256"             # certificate: PS256 (x5t#S256), or RS256 (SHA-1 x5t) for older authorities
@@ -38,6 +39,13 @@ file (a symlink to one is fine), a file of another user or writable by everyone,
     [[profiles.ado.git]]                # git remotes served by profile "ado" (longest matching prefix wins)
     url = "https://dev.azure.com/contoso/"
     username = "me@contoso.com"         # optional; default: the client id (client_secret) or "aadhelper"
+
+    [profiles.vm]                       # credential "managed_identity": no tenant, no secret
+    credential = "managed_identity"
+    scopes = ["https://management.azure.com/.default"]  # exactly one resource/.default
+    source = "imds"                     # imds | app_service | arc (default: detected from the daemon's environment)
+    client_id = "..."                   # a user-assigned identity: one of client_id, object_id, msi_res_id
+    endpoint = "http://127.0.0.1:8080/metadata/identity/oauth2/token"  # override the token URL (tests)
 
 A federated profile's ``token_file`` default is resolved when the file is parsed, from the environment of the process
 parsing it: in the daemon that is its start environment (``AZURE_FEDERATED_TOKEN_FILE`` survives the clean start,
@@ -66,9 +74,10 @@ from . import paths
 from .errors import ConfigError, UnknownProfile
 from .protocol import MAX_MIN_VALID
 from .proxy import DIRECT, InvalidProxy, ProxySetting, from_environment, parse_no_proxy, parse_proxy_url
+from .tokens import Secret
 from .urls import InvalidAuthority, match_key, normalize_git_url, resolve_authority_url
 
-CREDENTIALS = ("client_secret", "user", "certificate", "federated")
+CREDENTIALS = ("client_secret", "user", "certificate", "federated", "managed_identity")
 #: Credential kinds of an application identity (the client credentials grant): no user, so a real tenant.
 APP_CREDENTIALS = ("client_secret", "certificate", "federated")
 #: Tenant aliases that are not a tenant: the client credentials grant refuses them (AADSTS9001023).
@@ -85,14 +94,18 @@ _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,253}")
 _TOKEN_RE = re.compile(r"[!-~]{1,2000}")
 _TOP_KEYS = ("default_profile", "daemon", "profiles")
 _DAEMON_KEYS = ("autostart", "idle_exit", "proxy", "no_proxy", "proxy_from_environment")
-_PROFILE_KEYS = ("tenant", "client_id", "scopes", "authority", "credential", "min_valid", "ca_bundle", "git",
-                 "certificate_path", "x5c", "assertion_alg", "token_file", "token_command")
+_PROFILE_KEYS: tuple[str, ...] = ("tenant", "client_id", "scopes", "authority", "credential", "min_valid",
+                                   "ca_bundle", "git", "certificate_path", "x5c", "assertion_alg", "token_file",
+                                   "token_command")
 _CERTIFICATE_KEYS = ("certificate_path", "x5c", "assertion_alg")
 _ASSERTION_ALGS = ("PS256", "RS256")
 #: The variable azure-identity's WorkloadIdentityCredential reads (set by the Azure Workload Identity webhook).
 FEDERATED_TOKEN_FILE_VARIABLE = "AZURE_FEDERATED_TOKEN_FILE"
 #: The audience Entra expects of a federated token (what the portal fills in for a federated credential).
 FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
+#: Keys only a managed_identity profile takes (``client_id`` there names a user-assigned identity).
+_MANAGED_IDENTITY_KEYS = ("source", "endpoint", "object_id", "msi_res_id", "arc_key_dir")
+_PROFILE_KEYS += _MANAGED_IDENTITY_KEYS
 _GIT_KEYS = ("url", "username")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
@@ -157,6 +170,8 @@ class Profile:
     token_command: tuple[str, ...] | None = None
     #: Set for ``credential = "certificate"`` only.
     certificate: CertificateSettings | None = None
+    #: Where a ``managed_identity`` profile gets its tokens (None for every other kind).
+    managed_identity: ManagedIdentity | None = None
 
     @property
     def token_endpoint(self) -> str:
@@ -191,6 +206,9 @@ class Profile:
             **({"token_file": self.token_file} if self.token_file is not None else {}),
             **({"token_command": list(self.token_command)} if self.token_command is not None else {}),
             **(self.certificate.as_dict() if self.certificate else {}),
+            # A managed identity's tokens come from its own endpoint, not the authority's.
+            **({"managed_identity": self.managed_identity.as_dict(), "token_endpoint": self.managed_identity.endpoint}
+               if self.managed_identity else {}),
         }
 
 
@@ -256,10 +274,12 @@ class _Where:
 
 
 def parse_config(text: str, path: str, environ: Mapping[str, str] = os.environ,
-                 proxy_environ: Mapping[str, str] | None = None) -> Config:
+                 proxy_environ: Mapping[str, str] | None = None,
+                 identity_environ: Mapping[str, str] | None = None) -> Config:
     """Parse and validate a config file's text; ``path`` is only for messages. ``proxy_environ``: the proxy
     variables ``proxy_from_environment`` reads (default: the start environment, see
-    :func:`aadhelper.process_setup.start_proxy_environment`)."""
+    :func:`aadhelper.process_setup.start_proxy_environment`); ``identity_environ``: the variables managed-identity
+    profiles detect their source from (default: :func:`aadhelper.process_setup.start_identity_environment`)."""
     data = parse_toml(text, path)
     top = _Where(path)
     _check_keys(data, _TOP_KEYS, top)
@@ -271,7 +291,7 @@ def parse_config(text: str, path: str, environ: Mapping[str, str] = os.environ,
     if _env_flag(environ, "AADHELPER_NO_AUTOSTART", top):
         autostart = False
     proxy = _parse_proxy(daemon, where, proxy_environ)
-    profiles = {name: _parse_profile(name, raw, path, environ, proxy)
+    profiles = {name: _parse_profile(name, raw, path, environ, proxy, identity_environ)
                 for name, raw in _table(data, "profiles", top).items()}
     _check_git_url_conflicts(profiles, path)
     default = _get(data, "default_profile", str, top, "must be a profile name", None)
@@ -400,7 +420,8 @@ def _parse_proxy(daemon: Mapping[str, object], where: _Where, proxy_environ: Map
     return ProxySetting(url, parse_no_proxy(hosts or ""), "config")
 
 
-def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str], proxy: ProxySetting) -> Profile:
+def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str], proxy: ProxySetting,
+                   identity_environ: Mapping[str, str] | None = None) -> Profile:
     if not _NAME_RE.fullmatch(name):
         # No profile=name: the message shows the name, cut short (it may be anything, of any length).
         raise ConfigError(f"{path}: profile name {_shown(name)} must be 1 to 64 letters, digits, '-', '_' or '.'")
@@ -408,11 +429,16 @@ def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str]
     if not isinstance(raw, dict):
         raise where.error(None, "must be a table ([profiles.NAME])")
     _check_keys(raw, _PROFILE_KEYS, where)
-    tenant = _get_str(raw, "tenant", where, _TENANT_RE, "a tenant GUID or domain")
-    client_id = _get_str(raw, "client_id", where, _TOKEN_RE, "the application (client) id")
     credential = _get(raw, "credential", str, where, f"must be one of {', '.join(CREDENTIALS)}", "client_secret")
     if credential not in CREDENTIALS:
         raise where.error("credential", f"must be one of {', '.join(CREDENTIALS)}, not {_shown(credential)}")
+    # A managed identity needs neither: the machine's identity has its tenant, and client_id (optional) names a
+    # user-assigned identity.
+    optional = credential == "managed_identity"
+    tenant = _get_str(raw, "tenant", where, _TENANT_RE, "a tenant GUID or domain") \
+        if not optional or "tenant" in raw else ""
+    client_id = _get_str(raw, "client_id", where, _TOKEN_RE, "the application (client) id") \
+        if not optional or "client_id" in raw else ""
     if credential in APP_CREDENTIALS and tenant.lower() in TENANT_ALIASES:
         raise where.error("tenant", f"must name a real tenant (GUID or domain), not {tenant!r}, for credential "
                                     f"{credential!r}: the client credentials grant has no user to pick a tenant "
@@ -429,12 +455,19 @@ def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str]
         raise where.error(None, f"{exc.source} {exc}") from None
     ca_bundle = _get_path(raw, "ca_bundle", where, environ)
     token_file, token_command = _parse_federated(raw, credential, where, environ)
+    managed_identity = None
+    if credential == "managed_identity":
+        managed_identity = _parse_managed_identity(raw, where, scopes, identity_environ)
+    else:
+        for key in _MANAGED_IDENTITY_KEYS:
+            if key in raw:
+                raise where.error(key, "is a setting of credential 'managed_identity' only")
     return Profile(
         name=name, tenant=tenant, client_id=client_id, scopes=tuple(scopes), authority=authority,
         credential=credential, min_valid=_get_int(raw, "min_valid", where, 0, MAX_MIN_VALID, 300),
         ca_bundle=ca_bundle, git_urls=_parse_git_urls(raw.get("git"), where), proxy=proxy,
         certificate=_parse_certificate(raw, credential, where, environ), token_file=token_file,
-        token_command=token_command,
+        token_command=token_command, managed_identity=managed_identity,
     )
 
 
@@ -599,3 +632,136 @@ def _check_file_owner(path: str, info: os.stat_result) -> None:
     if info.st_mode & stat.S_IWOTH:
         raise ConfigError(f"{path}: the config file is writable by everyone; refusing to use it",
                           hint=f"run `chmod o-w {path}`")
+
+
+# -- credential "managed_identity" --------------------------------------------------------------------------------
+
+#: Where a managed identity's tokens come from: the VM's instance metadata service, the App Service (Functions,
+#: Container Apps) identity endpoint, or the Azure Arc agent (a challenge file).
+MANAGED_IDENTITY_SOURCES = ("imds", "app_service", "arc")
+#: The endpoints each source calls unless the profile's ``endpoint`` or the environment says otherwise.
+IMDS_TOKEN_URL = "http://169.254.169.254/metadata/identity/oauth2/token"
+ARC_TOKEN_URL = "http://localhost:40342/metadata/identity/oauth2/token"
+#: The only directory an Arc challenge may point into (the agent's, on Linux; msal and azure-identity check it too).
+ARC_KEY_DIR = "/var/opt/azcmagent/tokens"
+#: The Arc agent's binary: msal takes Arc from its presence when the variables are not set (a systemd user unit
+#: does not see the agent's system-wide environment).
+_ARC_AGENT = "/opt/azcmagent/bin/himds"
+#: How a user-assigned identity is named; at most one per profile (none: the system-assigned identity).
+USER_ASSIGNED_KEYS = ("client_id", "object_id", "msi_res_id")
+_URL_RE = re.compile(r"https?://[^\s/?#@]+(/[!-~]*)?")
+_ARM_ID_RE = re.compile(r"/subscriptions/[!-~]{1,1500}", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ManagedIdentity:
+    """Where a ``managed_identity`` profile gets its tokens, resolved when the config is read (in the daemon, from
+    the environment the daemon was started with)."""
+
+    source: str  # one of MANAGED_IDENTITY_SOURCES
+    #: True when ``source`` was detected from the environment, False when the profile set it.
+    detected: bool
+    #: The token URL called (GET).
+    endpoint: str
+    #: ``client_id``, ``object_id`` or ``msi_res_id`` of a user-assigned identity, with its value; None: system.
+    user_assigned: tuple[str, str] | None = None
+    #: App Service's ``IDENTITY_HEADER``: the endpoint's secret (masked in every repr); None when not set.
+    header: Secret | None = None
+    #: The directory an Arc challenge file must be in.
+    arc_key_dir: str = ARC_KEY_DIR
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, nothing secret: the header only says whether it is set."""
+        data: dict[str, Any] = {"source": self.source, "detected": self.detected, "endpoint": self.endpoint,
+                                "user_assigned": dict([self.user_assigned]) if self.user_assigned else None}
+        if self.source == "app_service":
+            data["identity_header"] = "set" if self.header else "missing"
+        if self.source == "arc":
+            data["arc_key_dir"] = self.arc_key_dir
+        return data
+
+    def to_wire(self) -> dict[str, Any]:
+        """For the daemon -> fetcher link (private to the user's own processes): the header itself."""
+        return {"source": self.source, "detected": self.detected, "endpoint": self.endpoint,
+                "user_assigned": list(self.user_assigned) if self.user_assigned else None,
+                "header": self.header.reveal() if self.header is not None else None, "arc_key_dir": self.arc_key_dir}
+
+    @classmethod
+    def from_wire(cls, wire: object) -> ManagedIdentity:
+        """The inverse of :meth:`to_wire`; a malformed value is a ValueError."""
+        if not isinstance(wire, dict):
+            raise ValueError("malformed managed identity")
+        source, endpoint, key_dir, header = (wire.get(k) for k in ("source", "endpoint", "arc_key_dir", "header"))
+        user = wire.get("user_assigned")
+        if (source not in MANAGED_IDENTITY_SOURCES or not isinstance(endpoint, str) or not isinstance(key_dir, str)
+                or not isinstance(header, (str, type(None))) or not isinstance(wire.get("detected"), bool)
+                or not (user is None or (isinstance(user, list) and len(user) == 2
+                                         and all(isinstance(part, str) for part in user)))):
+            raise ValueError("malformed managed identity")
+        return cls(str(source), bool(wire["detected"]), endpoint, (user[0], user[1]) if user else None,
+                   Secret(header) if header is not None else None, key_dir)
+
+
+def describe_managed_identity(data: Mapping[str, Any]) -> str:
+    """One line from :meth:`ManagedIdentity.as_dict` (``profile show``, and ``status`` from the daemon's reply): the
+    source and how it was chosen, the identity, the endpoint, and what an App Service source is missing."""
+    how = "detected from the environment" if data.get("detected") else "set in the profile"
+    user = data.get("user_assigned")
+    identity = "system-assigned identity" if not isinstance(user, dict) or not user else \
+        "user-assigned identity " + " ".join(f"{key} {value}" for key, value in user.items())
+    line = f"{data.get('source')} ({how}), {identity}, endpoint {data.get('endpoint') or '(none)'}"
+    if data.get("identity_header") == "missing":
+        line += ", IDENTITY_HEADER missing"
+    return line
+
+
+def detect_identity_source(environ: Mapping[str, str]) -> str:
+    """The managed-identity source of an environment, as azure-identity and msal pick it: ``IDENTITY_ENDPOINT``
+    with ``IDENTITY_HEADER`` is App Service, with ``IMDS_ENDPOINT`` (or the Arc agent installed) Azure Arc, else
+    IMDS. An empty variable counts as unset (azure-identity's rule; msal differs, see PROTOCOLS.md)."""
+    if environ.get("IDENTITY_ENDPOINT") and environ.get("IDENTITY_HEADER"):
+        return "app_service"
+    if (environ.get("IDENTITY_ENDPOINT") and environ.get("IMDS_ENDPOINT")) or os.path.exists(_ARC_AGENT):
+        return "arc"
+    return "imds"
+
+
+def _parse_managed_identity(raw: Mapping[str, object], where: _Where, scopes: list[str],
+                            identity_environ: Mapping[str, str] | None) -> ManagedIdentity:
+    if len(scopes) != 1 or not scopes[0].endswith("/.default") or scopes[0] == "/.default":
+        raise where.error("scopes", "must be exactly one scope of the form <resource>/.default for credential "
+                                    "'managed_identity' (a managed identity gets tokens for one resource at a time)")
+    if identity_environ is None:
+        from .process_setup import start_identity_environment
+
+        identity_environ = start_identity_environment()
+    source = _get(raw, "source", str, where, f"must be one of {', '.join(MANAGED_IDENTITY_SOURCES)}", None)
+    if source is not None and source not in MANAGED_IDENTITY_SOURCES:
+        raise where.error("source", f"must be one of {', '.join(MANAGED_IDENTITY_SOURCES)}, not {_shown(source)}")
+    detected = source is None
+    source = source or detect_identity_source(identity_environ)
+    endpoint = _get(raw, "endpoint", str, where, "must be a URL string", None)
+    if endpoint is not None and not _URL_RE.fullmatch(endpoint):
+        raise where.error("endpoint", f"must be an http:// or https:// URL without spaces, not {_shown(endpoint)}")
+    if endpoint is None:
+        # Checked by the token source when it is used: a bad variable must not stop the daemon reading its config.
+        if source == "imds":
+            host = identity_environ.get("AZURE_POD_IDENTITY_AUTHORITY_HOST", "").strip().rstrip("/")
+            endpoint = host + "/metadata/identity/oauth2/token" if host else IMDS_TOKEN_URL
+        else:
+            endpoint = identity_environ.get("IDENTITY_ENDPOINT") or (ARC_TOKEN_URL if source == "arc" else "")
+    named = [key for key in USER_ASSIGNED_KEYS if key in raw]
+    if len(named) > 1:
+        raise where.error(named[1], f"and key {named[0]!r} exclude each other: a profile uses one identity")
+    user_assigned = None
+    if named:
+        key = named[0]
+        pattern = _ARM_ID_RE if key == "msi_res_id" else _TOKEN_RE
+        what = "an Azure resource id (/subscriptions/...)" if key == "msi_res_id" else "an id"
+        user_assigned = (key, _get_str(raw, key, where, pattern, what))
+    key_dir = _get(raw, "arc_key_dir", str, where, "must be a directory path", ARC_KEY_DIR)
+    if not os.path.isabs(key_dir) or "\0" in key_dir:
+        raise where.error("arc_key_dir", "must be an absolute path")
+    header = identity_environ.get("IDENTITY_HEADER") if source == "app_service" else None
+    return ManagedIdentity(source, detected, endpoint, user_assigned, Secret(header) if header else None,
+                           os.path.normpath(key_dir))

@@ -27,15 +27,16 @@ from .urls import normalize_git_url
 _Table = MutableMapping[str, Any]
 
 
-def add_profile(path: str | None, name: str, *, tenant: str, client_id: str, scopes: Sequence[str],
+def add_profile(path: str | None, name: str, *, tenant: str | None, client_id: str | None, scopes: Sequence[str],
                 authority: str | None = None, credential: str = "client_secret", min_valid: int | None = None,
                 ca_bundle: str | None = None, git_urls: Sequence[str] = (), git_username: str | None = None,
                 make_default: bool = False, replace: bool = False,
                 environ: Mapping[str, str] = os.environ, options: Mapping[str, object] | None = None) -> Config:
     """Add profile ``name`` (an error if it exists, unless ``replace``). The first profile becomes the default.
 
-    ``options``: more keys of the credential kind (e.g. ``certificate_path``), written as given (None: left out) and
-    checked like the rest when the result is parsed."""
+    ``tenant`` and ``client_id`` may be None for the kinds that need none (managed identity). ``options``: more keys
+    of the credential kind (e.g. ``certificate_path``), written as given (None: left out) and checked like the rest
+    when the result is parsed."""
 
     def change(doc: tomlkit.TOMLDocument, where: str) -> None:
         profiles = _profiles(doc, where, create=True)
@@ -44,8 +45,9 @@ def add_profile(path: str | None, name: str, *, tenant: str, client_id: str, sco
                               hint="pass --replace to overwrite it, or choose another name")
         before = list(profiles)
         table = tomlkit.table()
-        table["tenant"] = tenant
-        table["client_id"] = client_id
+        for key, text in (("tenant", tenant), ("client_id", client_id)):
+            if text is not None:
+                table[key] = text
         table["scopes"] = list(scopes)
         table["credential"] = credential
         for key, value in (("authority", authority), ("min_valid", min_valid), ("ca_bundle", ca_bundle),

@@ -130,6 +130,8 @@ class Daemon:
                       **credentials.get(name, {})}
             if name in unsaved:
                 record["unsaved_sign_in"] = True
+            if profile.managed_identity is not None:
+                record["managed_identity"] = profile.managed_identity.as_dict()
             profiles.append(record)
         return protocol.ok_reply(daemon=daemon, profiles=profiles)
 

@@ -60,6 +60,12 @@ KEPT_PREFIXES = ("LC_", "XDG_", "AADHELPER_", "KEYRING_PROPERTY_")
 # libraries nor a child process see them) for the opt-in `[daemon] proxy_from_environment`. None in a process
 # that did not clean its environment (a CLI command): there the process's own environment is the start one.
 _start_proxies: Mapping[str, str] | None = None
+#: The variables that say where the machine's managed identity answers (App Service, Azure Arc, the IMDS host
+#: override azure-identity and msal honour), read by ``credential = "managed_identity"`` profiles to detect their
+#: source. IDENTITY_HEADER is the App Service endpoint's secret: like the proxy variables they are kept aside in
+#: memory (:func:`start_identity_environment`), never in os.environ, so no child process inherits the secret.
+IDENTITY_VARIABLES = ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "IMDS_ENDPOINT", "AZURE_POD_IDENTITY_AUTHORITY_HOST")
+_start_identity: Mapping[str, str] | None = None
 
 
 def clean_start_environment(environ: MutableMapping[str, str] = os.environ) -> list[str]:
@@ -77,9 +83,10 @@ def clean_start_environment(environ: MutableMapping[str, str] = os.environ) -> l
     The kernel's copy of the environment the process was started with (``/proc/PID/environ``) cannot be changed;
     the daemon is not dumpable (:func:`harden_process`), so only root can read it.
     """
-    global _start_proxies
+    global _start_proxies, _start_identity
     os.chdir("/")
     _start_proxies = MappingProxyType({name: environ[name] for name in PROXY_VARIABLES if name in environ})
+    _start_identity = MappingProxyType({name: environ[name] for name in IDENTITY_VARIABLES if name in environ})
     for name in [name for name in environ if name not in KEPT_VARIABLES and not name.startswith(KEPT_PREFIXES)]:
         del environ[name]
     return sorted(environ)
@@ -91,6 +98,14 @@ def start_proxy_environment() -> Mapping[str, str]:
     if _start_proxies is not None:
         return _start_proxies
     return {name: os.environ[name] for name in PROXY_VARIABLES if name in os.environ}
+
+
+def start_identity_environment() -> Mapping[str, str]:
+    """The managed-identity variables (:data:`IDENTITY_VARIABLES`) this process was started with: kept aside by
+    :func:`clean_start_environment` in the daemon (and the fetcher it forks), else its own environment's."""
+    if _start_identity is not None:
+        return _start_identity
+    return {name: os.environ[name] for name in IDENTITY_VARIABLES if name in os.environ}
 
 
 def configure_logging(verbose: bool) -> None:

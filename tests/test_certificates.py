@@ -128,10 +128,11 @@ def test_bad_input_is_one_clear_line(material: CertificateMaterial, case: str) -
     assert PASSWORD not in line and "PRIVATE KEY" not in line
 
 
+# ids: xdist workers must collect the same test names, and the times differ between them.
 @pytest.mark.parametrize("days, not_before, expected", [
     (-1, time.time() - 86400 * 30, "expired on"),
     (365, time.time() + 86400, "is not valid before"),
-])
+], ids=["expired", "not-yet-valid"])
 def test_certificate_outside_its_validity_is_refused(days: float, not_before: float, expected: str) -> None:
     """If a certificate has expired or is not valid yet, then checking it fails with one line saying which."""
     loaded = load_certificate(make_client_certificate(days=days, not_before=not_before).pem(), source="test")

@@ -17,6 +17,10 @@ _CREDENTIAL_USE = {
     "user": ("signs in as a user and uses no client secret", "sign in with `aadhelper login {name}`"),
     "certificate": ("proves itself with a certificate, not a client secret",
                     "store it with `aadhelper secret set {name} --certificate FILE`"),
+    "federated": ("proves itself with a federated token (token_file or token_command), no secret to store",
+                  "there is nothing to store: `aadhelper token {name}` exchanges the federated token"),
+    "managed_identity": ("uses the machine's managed identity: no secret and no sign-in",
+                         "there is nothing to set up here: `aadhelper token {name}` asks the machine's identity"),
 }
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from ..config import CREDENTIALS, Config, Profile, load_config
+from ..config import CREDENTIALS, MANAGED_IDENTITY_SOURCES, Config, Profile, load_config
 from ..errors import SecretStoreError, UsageError
 from ..protocol import MAX_MIN_VALID
 from ..secret_chunks import SECRET_KINDS
@@ -36,10 +36,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                              "default. Then store its secret (`aadhelper secret set NAME`) or sign in "
                              "(`aadhelper login NAME`, with --user).")
     add.add_argument("name", metavar="NAME", help="profile name: letters, digits, '-', '_', '.'; at most 64")
-    add.add_argument("--tenant", help="tenant GUID or domain (common/organizations: --user only); required "
-                                      "unless --from-env")
-    add.add_argument("--client-id", help="application (client) id of the app registration; required unless "
-                                         "--from-env")
+    add.add_argument("--tenant", help="tenant GUID or domain (common/organizations: --user only; not for a "
+                                      "managed identity); required unless --from-env or a managed identity")
+    add.add_argument("--client-id", help="application (client) id of the app registration (required unless "
+                                         "--from-env); with --credential managed_identity, the optional client id "
+                                         "of a user-assigned identity")
     add.add_argument("--scope", dest="scopes", action="append", required=True, metavar="SCOPE",
                      help="default scope, e.g. https://graph.microsoft.com/.default; repeat for several")
     add.add_argument("--authority", help="public, usgov, china or an https:// URL "
@@ -51,7 +52,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="sign in as a user (public client, no secret) instead of with a client secret")
     add.add_argument("--credential", choices=CREDENTIALS,
                      help="how the app proves itself: client_secret (default), user (= --user), certificate, "
-                          "federated (--token-file or --token-command)")
+                          "federated (--token-file or --token-command), managed_identity (the machine's identity)")
     add.add_argument("--certificate-path", metavar="FILE",
                      help="certificate: read the key and certificate from this PEM/PFX file (mode 0600) instead of "
                           "the keyring")
@@ -74,6 +75,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="serve git remotes under this URL prefix with this profile; repeatable")
     add.add_argument("--git-username", metavar="USER", help="username git gets for --git-url "
                      "(default: the client id, or 'aadhelper' with --user)")
+    managed = add.add_argument_group("managed identity (--credential managed_identity)")
+    managed.add_argument("--source", choices=MANAGED_IDENTITY_SOURCES,
+                         help="where the identity's tokens come from (default: detected from the daemon's environment)")
+    managed.add_argument("--object-id", help="object (principal) id of a user-assigned identity")
+    managed.add_argument("--msi-res-id", metavar="RESOURCE_ID", help="Azure resource id of a user-assigned identity")
+    managed.add_argument("--endpoint", metavar="URL", help="the identity endpoint's token URL (tests)")
     add.add_argument("--default", action="store_true", help="make it the default profile")
     add.add_argument("--replace", action="store_true", help="overwrite an existing profile of that name")
     add.set_defaults(func=_add)
@@ -126,8 +133,6 @@ def _add(args: argparse.Namespace) -> int:
         return add_from_env(args)
     if args.keep_path:
         raise UsageError("--keep-path goes with --from-env")
-    if args.tenant is None or args.client_id is None:
-        raise UsageError("--tenant and --client-id are required (or --from-env)")
     ca_bundle = None
     if args.ca_bundle is not None:
         ca_bundle = os.path.abspath(os.path.expanduser(args.ca_bundle))
@@ -147,6 +152,9 @@ def _add(args: argparse.Namespace) -> int:
         git_setup_hint(url.url)
     if credential == "certificate":
         _certificate_next_step(config.profile(args.name), password_needed)
+        return 0
+    if credential == "managed_identity":
+        say(f"next: `aadhelper token {args.name}` (no secret to store: the machine's identity is used)")
         return 0
     nxt = {"user": f"aadhelper login {args.name}", "client_secret": f"aadhelper secret set {args.name}"}.get(
         credential, f"aadhelper token {args.name}")
@@ -176,6 +184,20 @@ def _credential_options(args: argparse.Namespace) -> tuple[str, dict[str, object
         options["token_command"] = token_command
     if (args.token_file is not None or token_command is not None) and credential != "federated":
         raise UsageError("--token-file and --token-command go with --credential federated")
+    managed = {key: value for key, value in (("source", args.source), ("object_id", args.object_id),
+                                             ("msi_res_id", args.msi_res_id), ("endpoint", args.endpoint))
+               if value is not None}
+    if credential == "managed_identity":
+        if args.tenant is not None:
+            raise UsageError("a managed identity takes no --tenant: the machine's identity has its own")
+    else:
+        if managed:
+            raise UsageError(f"--{next(iter(managed)).replace('_', '-')} is an option of --credential "
+                             "managed_identity only")
+        for flag, value in (("--tenant", args.tenant), ("--client-id", args.client_id)):
+            if value is None:
+                raise UsageError(f"{flag} is required for --credential {credential} (or --from-env)")
+    options.update(managed)
     return credential, options
 
 
@@ -267,6 +289,15 @@ def _show(args: argparse.Namespace) -> int:
                     ("token_file", profile.token_file or "- (AZURE_FEDERATED_TOKEN_FILE is not set: set token_file)"))
     rows += [("git_url", f"{g.url} (username {profile.git_username(g)})") for g in profile.git_urls]
     rows += _certificate_rows(profile)
+    if profile.managed_identity is not None:
+        from ..config import describe_managed_identity
+
+        # Detected here from this shell's environment; the daemon detects from its own (see `aadhelper status`).
+        rows = [row for row in rows if row[0] not in ("tenant", "client_id", "authority", "token_endpoint")]
+        line = describe_managed_identity(profile.managed_identity.as_dict())
+        if profile.managed_identity.detected:
+            line += " (this shell's environment; the daemon detects from its own: `aadhelper status`)"
+        rows.append(("identity", line))
     for key, value in rows:
         sys.stdout.write(f"{key:<15} {value}\n")
     return 0

@@ -66,6 +66,10 @@ def render(reply: dict[str, Any], *, now: float) -> str:
     for profile in profiles:
         default = " (default)" if profile.get("default") else ""
         lines.append(f"{profile.get('name')}{default}  {profile.get('credential')}")
+        if isinstance(profile.get("managed_identity"), dict):
+            from ..config import describe_managed_identity
+
+            lines.append(f"  managed identity: {describe_managed_identity(profile['managed_identity'])}")
         if profile.get("unsaved_sign_in"):
             lines.append("  a new sign-in is not yet saved to the keyring (retrying; unlock the keyring, or it is lost "
                          "when the daemon stops)")

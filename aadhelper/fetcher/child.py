@@ -56,7 +56,7 @@ def preload() -> None:
     """Import what fetching needs. The daemon does this before it forks the fetcher, which then starts with every
     module loaded (instead of spending ~0.2 s importing them after the daemon's own imports)."""
     from .. import grants  # noqa: F401  (httpx)
-    from ..grants import certificate, client_credentials, refresh_token  # noqa: F401
+    from ..grants import certificate, client_credentials, managed_identity, refresh_token  # noqa: F401
 
 
 def run(sock: socket.socket, *, secret_store: str | None, verbose: bool, daemon_build: str | None = None) -> int:

@@ -12,7 +12,8 @@ op                  request fields                                            re
                                                                               and the error that stops it
 ``acquire``         ``profile`` {name, tenant, client_id, authority,           ``token`` {access_token, token_type,
                     credential, ca_bundle, proxy, certificate,                expires_on, refresh_on, scopes,
-                    token_file, token_command}, ``scopes`` [...]             obtained_at, account}
+                    token_file, token_command, managed_identity},             obtained_at, account}
+                    ``scopes`` [...]
 ``sign_in_states``  ``profiles`` [names of user profiles]                     ``login_required`` {name: error | null},
                                                                               ``unsaved`` [names whose rotated
                                                                               refresh token the keyring refused]
@@ -41,7 +42,7 @@ from typing import Any
 import trio
 
 from .. import __version__, protocol
-from ..config import CertificateSettings, Profile
+from ..config import CertificateSettings, ManagedIdentity, Profile
 from ..errors import AadhelperError, LoginRequired, ProtocolError, error_from_wire
 from ..proxy import ProxySetting
 from ..tokens import Secret, Token, wipe
@@ -122,10 +123,13 @@ _PROFILE_FIELDS = ("name", "tenant", "client_id", "authority", "credential", "ca
 
 
 def profile_to_wire(profile: Profile) -> dict[str, Any]:
-    return {**{key: getattr(profile, key) for key in _PROFILE_FIELDS}, "proxy": profile.proxy.to_wire(),
+    wire = {**{key: getattr(profile, key) for key in _PROFILE_FIELDS}, "proxy": profile.proxy.to_wire(),
             "certificate": profile.certificate.as_dict() if profile.certificate else None,
             "token_file": profile.token_file,
             "token_command": None if profile.token_command is None else list(profile.token_command)}
+    if profile.managed_identity is not None:
+        wire["managed_identity"] = profile.managed_identity.to_wire()
+    return wire
 
 
 def profile_from_wire(wire: object, scopes: tuple[str, ...]) -> Profile:
@@ -143,13 +147,19 @@ def profile_from_wire(wire: object, scopes: tuple[str, ...]) -> Profile:
         certificate = None if wire.get("certificate") is None else CertificateSettings.from_dict(wire["certificate"])
     except ValueError:
         raise ProtocolError("fetch request with malformed certificate settings") from None
+    try:
+        managed = wire.get("managed_identity")
+        managed_identity = None if managed is None else ManagedIdentity.from_wire(managed)
+    except ValueError:
+        raise ProtocolError("fetch request with a malformed managed identity") from None
     token_file, token_command = wire.get("token_file"), wire.get("token_command")
     if not isinstance(token_file, (str, type(None))):
         raise ProtocolError("fetch request with a malformed profile")
     return Profile(name=str(text["name"]), tenant=str(text["tenant"]), client_id=str(text["client_id"]),
                    scopes=scopes, authority=str(text["authority"]), credential=str(text["credential"]),
                    ca_bundle=ca_bundle, proxy=proxy, certificate=certificate, token_file=token_file,
-                   token_command=None if token_command is None else strings_from_wire(token_command, "token command"))
+                   token_command=None if token_command is None else strings_from_wire(token_command, "token command"),
+                   managed_identity=managed_identity)
 
 
 def scopes_from_wire(wire: object) -> tuple[str, ...]:

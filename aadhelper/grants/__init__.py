@@ -19,6 +19,7 @@ from .http import HttpClients
 
 if TYPE_CHECKING:
     from .client_credentials import AppCredentialSource
+    from .managed_identity import ManagedIdentitySource
     from .refresh_token import RefreshTokenSource, SignIns
 
 
@@ -31,12 +32,18 @@ class SecretAccess(Protocol):
 
 
 def make_source(profile: Profile, *, http: HttpClients, secrets: SecretAccess, clock: Callable[[], float],
-                sign_ins: SignIns | None = None) -> AppCredentialSource | RefreshTokenSource:
+                sign_ins: SignIns | None = None) -> AppCredentialSource | RefreshTokenSource | ManagedIdentitySource:
     """The token source for a profile's credential kind.
 
     ``sign_ins`` is the fetcher's per-profile refresh state for user profiles; it must outlive the sources (one
     per fetcher), or refreshes of one profile could overlap. None gives the source its own (tests, one-off use).
     """
+    if profile.credential == "managed_identity":
+        from .managed_identity import ManagedIdentitySource
+
+        # Never through the proxy: the endpoint is on this machine or link-local, and App Service's header is a
+        # secret.
+        return ManagedIdentitySource(profile, client=http.get(profile.ca_bundle), clock=clock)
     client = http.get(profile.ca_bundle, profile.proxy)
     if profile.credential == "client_secret":
         from .client_credentials import ClientSecretSource

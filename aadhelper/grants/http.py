@@ -192,24 +192,65 @@ async def post_form(client: httpx.AsyncClient, url: str, form: Mapping[str, str]
     (:func:`encode_form`) rather than by httpx, and both it and the reply's bytes are wiped once the exchange is
     over (:func:`~aadhelper.tokens.wipe`), so a refresh leaves no copy of them in freed memory.
     """
-    deadline = REQUEST_TIMEOUT
-    replied = False
     body = encode_form(form)
-    content: bytearray | None = None
     try:
-        with trio.fail_after(deadline):
-            async with client.stream("POST", url, content=body, headers=_FORM_HEADERS) as response:
-                replied = True
-                content = await _read_limited(response, profile)
-        return response.status_code, response.headers, _json_object(content)
-    except (trio.TooSlowError, httpx.TimeoutException):
-        raise AuthorityUnavailable(f"the authority at {_host(url)} did not answer within {deadline:g} s",
-                                   profile=profile, hint=f"check the network; {_RETRY_HINT}") from None
-    except httpx.HTTPError as exc:
-        raise _transport_error(exc, url, profile, replied=replied, proxy=_PROXIES.get(client)) from None
+        return await _exchange(client, "POST", url, profile=profile, content=body, headers=_FORM_HEADERS)
     finally:
         # httpx sends this very object (h11 joins a single bytes into itself) and never sends it again.
-        wipe(body, content)
+        wipe(body)
+
+
+async def get_json(client: httpx.AsyncClient, url: str, *, params: Mapping[str, str], headers: Mapping[str, str],
+                   profile: str, peer: str, connect_timeout: float | None = None,
+                   unreachable: str | None = None) -> tuple[int, Mapping[str, str], dict[str, Any] | None]:
+    """GET ``url`` with a query (a managed identity's endpoint); return (status, headers, JSON object or None).
+
+    Bounded and mapped as :func:`post_form`, with messages naming ``peer`` instead of the authority.
+    ``connect_timeout`` shortens the wait for the connection alone (IMDS: nothing answering means no managed
+    identity here); ``unreachable`` is then the message when no connection could be made at all.
+    """
+    return await _exchange(client, "GET", url, profile=profile, params=params,
+                           headers={**_REQUEST_HEADERS, **headers}, peer=peer, connect_timeout=connect_timeout,
+                           unreachable=unreachable)
+
+
+async def _exchange(client: httpx.AsyncClient, method: str, url: str, *, profile: str, headers: Mapping[str, str],
+                    content: bytes | None = None, params: Mapping[str, str] | None = None,
+                    peer: str = "the authority", connect_timeout: float | None = None,
+                    unreachable: str | None = None) -> tuple[int, Mapping[str, str], dict[str, Any] | None]:
+    deadline = REQUEST_TIMEOUT
+    replied = False
+    content_read: bytearray | None = None
+    timeout = httpx.Timeout(REQUEST_TIMEOUT, connect=connect_timeout) if connect_timeout is not None else None
+    options: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
+    try:
+        with trio.fail_after(deadline):
+            async with client.stream(method, url, content=content, params=params, headers=headers,
+                                     **options) as response:
+                replied = True
+                content_read = await _read_limited(response, profile)
+        return response.status_code, response.headers, _json_object(content_read)
+    except httpx.ConnectTimeout:
+        if unreachable is not None:
+            raise AuthorityUnavailable(f"{unreachable} (no connection within {connect_timeout:g} s)",
+                                       profile=profile, hint=_RETRY_HINT) from None
+        raise AuthorityUnavailable(f"{peer} at {_host(url)} did not answer within {deadline:g} s", profile=profile,
+                                   hint=f"check the network; {_RETRY_HINT}") from None
+    except (trio.TooSlowError, httpx.TimeoutException):
+        raise AuthorityUnavailable(f"{peer} at {_host(url)} did not answer within {deadline:g} s",
+                                   profile=profile, hint=f"check the network; {_RETRY_HINT}") from None
+    except httpx.ConnectError as exc:
+        if unreachable is not None and not _tls_failure(exc):
+            raise AuthorityUnavailable(f"{unreachable} ({_reason(exc)})", profile=profile, hint=_RETRY_HINT) from None
+        raise _transport_error(exc, url, profile, replied=replied, proxy=_PROXIES.get(client), peer=peer) from None
+    except httpx.HTTPError as exc:
+        raise _transport_error(exc, url, profile, replied=replied, proxy=_PROXIES.get(client), peer=peer) from None
+    finally:
+        wipe(content_read)
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    return any(isinstance(cause, ssl.SSLError) for cause in _causes(exc))
 
 
 #: quote_plus's characters that stand for themselves in a form (RFC 3986 unreserved).
@@ -301,7 +342,7 @@ def _host(url: str) -> str:
 
 
 def _transport_error(exc: httpx.HTTPError, url: str, profile: str, *, replied: bool,
-                     proxy: ProxySetting | None = None) -> AadhelperError:
+                     proxy: ProxySetting | None = None, peer: str = "the authority") -> AadhelperError:
     """The error for a failed exchange: ConfigError for a certificate that does not verify, else
     AuthorityUnavailable saying where it broke (``replied``: the status line and headers had arrived) and through
     which proxy, if any."""
@@ -314,19 +355,20 @@ def _transport_error(exc: httpx.HTTPError, url: str, profile: str, *, replied: b
     for cause in _causes(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):
             reason = _printable(cause.verify_message or str(cause), 200)
-            return ConfigError(f"the TLS certificate of the authority at {host} does not verify ({reason})",
+            return ConfigError(f"the TLS certificate of {peer} at {host} does not verify ({reason})",
                                profile=profile, hint=_TLS_HINT)
     reason = _reason(exc)
     if replied:
-        message = f"the connection to the authority at {host} broke in the middle of the reply ({reason})"
+        message = f"the connection to {peer} at {host} broke in the middle of the reply ({reason})"
     elif isinstance(exc, httpx.ConnectError):
-        message = f"cannot reach the authority at {host}: {reason}"
+        message = f"cannot reach {peer} at {host}: {reason}"
     elif isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
-        message = f"the authority at {host} closed the connection without a reply ({reason})"
+        message = f"{peer} at {host} closed the connection without a reply ({reason})"
     else:
-        message = f"the exchange with the authority at {host} failed: {reason}"
+        message = f"the exchange with {peer} at {host} failed: {reason}"
+    setting = "authority" if peer == "the authority" else "endpoint"
     return AuthorityUnavailable(message, profile=profile,
-                                hint=f"check the network and the profile's authority; {_RETRY_HINT}")
+                                hint=f"check the network and the profile's {setting}; {_RETRY_HINT}")
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -444,7 +486,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def parse_token_reply(body: Mapping[str, Any] | None, *, scopes: tuple[str, ...], now: float,
-                      profile: str) -> TokenResponse:
+                      profile: str, peer: str = "the authority") -> TokenResponse:
     """A successful token reply as a :class:`TokenResponse`; anything malformed is AuthorityUnavailable.
 
     ``expires_in`` must be a finite number of seconds, at least :data:`MIN_TOKEN_LIFETIME` (a number or a numeric
@@ -452,7 +494,7 @@ def parse_token_reply(body: Mapping[str, Any] | None, *, scopes: tuple[str, ...]
     the same test and comes before expiry.
     """
     def malformed(what: str) -> AuthorityUnavailable:
-        return AuthorityUnavailable(f"the authority sent a malformed token reply ({what})", profile=profile,
+        return AuthorityUnavailable(f"{peer} sent a malformed token reply ({what})", profile=profile,
                                     hint=_RETRY_HINT)
 
     if body is None:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # `X as X`: re-exported names, for type checkers and readers
     from .faults import Fault as Fault
     from .grants import DEVICE_CODE_GRANT as DEVICE_CODE_GRANT
     from .jwt import InvalidToken as InvalidToken
+    from .managed_identity import SimulatedManagedIdentity as SimulatedManagedIdentity
     from .recording_api import RecordingApi as RecordingApi
     from .resource import ProtectedResource as ProtectedResource
     from .resource import ResourceRequest as ResourceRequest
@@ -50,6 +51,7 @@ _EXPORTS = {
     "RecordingApi": "recording_api",
     "ResourceRequest": "resource",
     "SimulatedAuthority": "authority",
+    "SimulatedManagedIdentity": "managed_identity",
     "device_sign_in": "signin",
     "error_answer": "fake_daemon",
     "pkce_challenge": "sessions",
