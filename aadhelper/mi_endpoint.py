@@ -245,12 +245,14 @@ class Endpoint:
                     head = self._read_head(conn, buffer)
                 except Refusal as refusal:
                     self._send(conn, refusal.status, _refusal_body(refusal), keep_alive=False)
+                    _drain(conn)
                     return
                 if head is None:
                     return
                 keep_alive, status, body = self._answer(head)
                 self._send(conn, status, body, keep_alive=keep_alive)
                 if not keep_alive:
+                    _drain(conn)
                     return
         except OSError:
             return  # the client went away, or close() cut the connection
@@ -435,6 +437,22 @@ def _scope_base(scope: str) -> str:
     """A scope compared without a trailing ``/`` before ``/.default`` (``https://x/`` and ``https://x`` agree)."""
     base = scope.removesuffix("/.default")
     return base.rstrip("/") + "/.default"
+
+
+#: Bytes and seconds a closing connection's unread input is drained for: closing a socket with input unread sends
+#: a reset, which can destroy the refusal before the client reads it.
+_DRAIN_BYTES = 65536
+_DRAIN_SECONDS = 1.0
+
+
+def _drain(conn: socket.socket) -> None:
+    """End our side, then read (and drop) what the client still sends, so the reply reaches it before the close."""
+    conn.shutdown(socket.SHUT_WR)
+    conn.settimeout(_DRAIN_SECONDS)
+    left = _DRAIN_BYTES
+    with contextlib.suppress(OSError):
+        while left > 0 and (chunk := conn.recv(min(left, 4096))):
+            left -= len(chunk)
 
 
 def _too_large() -> Refusal:
