@@ -62,8 +62,7 @@ def read_reply(conn: socket.socket) -> tuple[int, dict[str, str], dict[str, Any]
 
 
 def connect(endpoint: Endpoint) -> socket.socket:
-    conn = socket.create_connection(("127.0.0.1", endpoint.port), timeout=30)
-    return conn
+    return socket.create_connection(("127.0.0.1", endpoint.port), timeout=30)
 
 
 def ask(endpoint: Endpoint, data: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
@@ -250,11 +249,11 @@ def test_slowloris_head_is_cut_off_at_its_deadline_while_others_are_served(daemo
 
 def test_idle_keep_alive_connection_is_closed_quietly(daemon: FakeDaemon) -> None:
     """If a keep-alive connection sends nothing for the idle timeout, then it is closed without a reply."""
-    with Endpoint("graph", socket_path=daemon.socket_path, secret=SECRET, idle_timeout=0.05) as served:
-        with connect(served) as conn:
-            conn.sendall(request())
-            assert read_reply(conn)[0] == 200
-            assert conn.recv(100) == b""
+    with (Endpoint("graph", socket_path=daemon.socket_path, secret=SECRET, idle_timeout=0.05) as served,
+          connect(served) as conn):
+        conn.sendall(request())
+        assert read_reply(conn)[0] == 200
+        assert conn.recv(100) == b""
 
 
 def test_connections_beyond_the_limit_are_closed_and_others_still_served(daemon: FakeDaemon) -> None:
