@@ -66,12 +66,14 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from . import client
+from . import client, protocol
 from .errors import (
     AadhelperError,
     AuthorityError,
     AuthorityUnavailable,
     ConfigError,
+    DaemonNotRunning,
+    ProtocolError,
     SecretStoreError,
 )
 
@@ -183,6 +185,8 @@ class Endpoint:
         self.port: int = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}{PATH}"
         self._lock = threading.Lock()
+        #: Each connection thread's daemon connection (:meth:`_from_daemon`).
+        self._local = threading.local()
         self._connections: set[socket.socket] = set()
         self._closed = False
         self._acceptor = threading.Thread(target=self._accept_loop, name="mi-endpoint", daemon=True)
@@ -261,6 +265,9 @@ class Endpoint:
                 self._connections.discard(conn)
             conn.close()
             buffer[:] = bytes(len(buffer))
+            session: client.Session | None = getattr(self._local, "session", None)
+            if session is not None:
+                session.close()
 
     def _read_head(self, conn: socket.socket, buffer: bytearray) -> bytes | None:
         """The next request head (without its blank line); None when the client closed or idled out between
@@ -382,8 +389,20 @@ class Endpoint:
         return resource
 
     def _from_daemon(self, scope: str) -> dict[str, Any]:
-        return client.get_token(self.profile, scopes=[scope], min_valid=MIN_VALID, socket_path=self._socket_path,
-                                autostart=True)
+        """The daemon's token reply, over this connection thread's own daemon connection (kept open: an SDK makes a
+        new HTTP connection per credential object, and a new daemon connection for each would double the cost);
+        a daemon that is not running is started as ``aadhelper token`` would."""
+        message = protocol.request("token", profile=self.profile, scopes=[scope], min_valid=MIN_VALID)
+        session: client.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = client.Session(self._socket_path)
+        try:
+            reply = session.call(message)
+        except DaemonNotRunning:
+            reply = client.call(message, socket_path=self._socket_path, autostart=True)
+        if not isinstance(reply.get("access_token"), str) or not isinstance(reply.get("expires_on"), int):
+            raise ProtocolError("malformed token reply from the daemon")
+        return reply
 
 
 # -- HTTP parsing (pure) ---------------------------------------------------------------------------------------
