@@ -31,7 +31,7 @@ import argparse
 import contextlib
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .. import client, protocol
 from ..config import load_config
@@ -65,11 +65,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(func=lambda args: _missing_command())
 
 
-def run_exec(argv: Sequence[str]) -> int:
-    """``aadhelper exec ARGV``: the options before ``--`` are parsed by the argparse application (usage errors,
-    ``--help``), the words after it are CMD, untouched (argparse would take CMD's own options for exec's)."""
-    from .app import build_parser
-
+def run_exec(argv: Sequence[str], build_parser: Callable[[], argparse.ArgumentParser]) -> int:
+    """``aadhelper exec ARGV``: the options before ``--`` are parsed by the argparse application ``build_parser``
+    makes (usage errors, ``--help``), the words after it are CMD, untouched (argparse would take CMD's own options
+    for exec's). The dispatcher passes ``build_parser`` in: this verb importing the application would be a cycle."""
     argv = list(argv)
     if "--" in argv:
         split = argv.index("--")
