@@ -190,8 +190,6 @@ class Endpoint:
         self._connections: set[socket.socket] = set()
         self._closed = False
         self._acceptor = threading.Thread(target=self._accept_loop, name="mi-endpoint", daemon=True)
-        #: Requests answered, by status (for tests and the bench).
-        self.answered: dict[int, int] = {}
 
     def __repr__(self) -> str:  # the secret stays out of every repr and log line
         return f"Endpoint(profile={self.profile!r}, url={self.url!r})"
@@ -308,8 +306,6 @@ class Endpoint:
         head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(data)}\r\nCache-Control: no-store\r\n"
                 f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n").encode()
-        with self._lock:
-            self.answered[status] = self.answered.get(status, 0) + 1
         conn.settimeout(self._head_deadline)  # a client that does not read its reply is cut off too
         conn.sendall(head + data)
 
@@ -325,6 +321,10 @@ class Endpoint:
             return keep_alive, 200, self.handle(method, target, headers)
         except Refusal as refusal:
             return keep_alive and not refusal.close, refusal.status, _refusal_body(refusal)
+        except Exception as exc:  # a bug here must not print a traceback on CMD's terminal or kill the connection
+            failed = Refusal(424, f"aadhelper exec's endpoint failed ({type(exc).__name__}); see "
+                                  "`aadhelper status` and the daemon's log")
+            return False, failed.status, _refusal_body(failed)
 
     def handle(self, method: str, target: str, headers: Mapping[str, str]) -> dict[str, Any]:
         """The token reply for one parsed request; a refusal raises :class:`Refusal`. The secret is checked first:

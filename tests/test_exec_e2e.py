@@ -276,17 +276,17 @@ SIGNAL_SCRIPT = """
         got.append(number)
         print(f"got {signal.Signals(number).name}", flush=True)
         sys.exit(40 + len(got))
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, note)
     print("ready", flush=True)
     signal.pause()
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT], ids=lambda s: s.name)
 def test_signals_to_exec_are_forwarded_to_the_command(env: dict[str, str], sig: signal.Signals) -> None:
-    """If SIGINT, SIGTERM or SIGHUP is sent to the exec process, then CMD receives it once and exec exits with CMD's
-    status (exec itself does not die of it)."""
+    """If SIGINT, SIGTERM, SIGHUP or SIGQUIT is sent to the exec process, then CMD receives it once and exec exits
+    with CMD's status (exec itself does not die of it)."""
     with DaemonProcess(env):
         process = subprocess.Popen([AADHELPER, "exec", "graph", "--", PYTHON, "-c", textwrap.dedent(SIGNAL_SCRIPT)],
                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -179,6 +179,18 @@ def test_daemon_errors_become_4xx_with_the_one_line_error(tmp_path: Path) -> Non
     assert mi_endpoint.status_of(AuthenticationFailed("x")) == mi_endpoint.status_of(LoginRequired("x")) == 403
 
 
+def test_a_failure_inside_the_endpoint_is_a_424_not_a_traceback(capfd: pytest.CaptureFixture[str]) -> None:
+    """If getting the token fails in an unexpected way, then the reply is a 424 JSON refusal naming the failure, and
+    nothing is printed (no traceback on CMD's terminal)."""
+    def broken(scope: str) -> dict[str, Any]:
+        raise RuntimeError("a bug")
+
+    with Endpoint("graph", fetch=broken, secret=SECRET) as served:
+        assert_refusal(ask(served, request()), 424, "endpoint failed (RuntimeError)")
+        assert ask(served, request())[0] == 424  # and it goes on serving
+    assert capfd.readouterr() == ("", "")
+
+
 def test_scope_allow_list_refuses_other_resources(daemon: FakeDaemon) -> None:
     """If exec was given --scope, then resources outside it are refused with 403 without asking the daemon, and the
     listed ones are served (with or without a trailing slash)."""

@@ -9,8 +9,8 @@ The process around CMD behaves as a shell running a foreground command would (or
 
 * CMD stays in exec's process group, so it keeps the terminal: it can read it, Ctrl-C and Ctrl-Z reach it (and
   exec) straight from the terminal, and job control (``fg``, ``bg``) moves both together.
-* SIGINT, SIGTERM and SIGHUP sent to exec are forwarded to CMD; exec itself does not die of them but waits for CMD.
-  A signal the terminal sent (``si_code`` SI_KERNEL: Ctrl-C, a hang-up) already reached CMD, which shares exec's
+* SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to exec are forwarded to CMD; exec does not die of them but waits for
+  CMD. A signal the terminal sent (``si_code`` SI_KERNEL: Ctrl-C, a hang-up) already reached CMD, which shares exec's
   process group, so it is not sent a second time; nor is one CMD sent to exec.
 * exec exits with CMD's exit status, or 128 + N when CMD died of signal N (a shell's ``$?``); 127 when CMD is not
   found, 126 when it cannot be run. The endpoint stops answering when CMD exits (its port then refuses).
@@ -40,8 +40,9 @@ from ..mi_endpoint import Endpoint, child_environment
 from .common import say
 
 USAGE = "aadhelper exec PROFILE [--scope SCOPE ...] -- CMD [ARG ...]"
-#: Signals forwarded to CMD; SIGCHLD only wakes the wait.
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Signals forwarded to CMD (SIGQUIT too: a Ctrl-backslash that CMD handles, e.g. a JVM's thread dump, must not
+#: kill exec and its endpoint under CMD); SIGCHLD only wakes the wait.
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 #: Signals Python ignores in itself that CMD must get with their default action again (subprocess's restore_signals).
 RESTORED = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
 #: ``si_code`` of a signal the kernel sent (the terminal's Ctrl-C, hang-up): CMD, in our process group, got it too.
@@ -114,6 +115,10 @@ def execute(profile_name: str, scopes: list[str] | None, command: list[str]) -> 
             status = _wait(pid, wanted)
         # The endpoint is closed here: the port refuses before exec reports CMD's status.
     finally:
+        # Consume what arrived after CMD's end: unblocked, a pending SIGINT would become a KeyboardInterrupt and
+        # replace CMD's status by "cancelled".
+        while signal.sigtimedwait(wanted, 0) is not None:
+            pass
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return _exit_status(status)
 
