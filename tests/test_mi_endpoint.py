@@ -5,6 +5,7 @@ does to it and to the other connections. The real SDKs and the real daemon meet 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -322,3 +323,63 @@ def test_child_environment_removes_other_sources_and_sets_the_endpoint() -> None
 def test_repr_hides_the_secret(endpoint: Endpoint) -> None:
     """If an endpoint is shown (repr, logs), then its secret is not."""
     assert SECRET not in repr(endpoint) and endpoint.url in repr(endpoint)
+
+
+
+class CountingDaemon:
+    """A daemon stand-in on a Unix socket that counts its connections and, with ``close_after_reply``, hangs up after
+    each reply (as the daemon does with a connection left idle past its read timeout)."""
+
+    def __init__(self, path: Path, *, close_after_reply: bool) -> None:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen(8)
+        self.close_after_reply = close_after_reply
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        from aadhelper import protocol
+
+        with conn, conn.makefile("rb") as lines:
+            for line in lines:
+                request = protocol.decode(line)
+                conn.sendall(protocol.encode(protocol.ok_reply(
+                    access_token=f"token-{self.connections}", token_type="Bearer",
+                    expires_on=int(time.time()) + 3600, profile=request.get("profile"), scopes=request["scopes"])))
+                if self.close_after_reply:
+                    return
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+
+
+@pytest.mark.parametrize("close_after_reply", [False, True], ids=["kept", "dropped"])
+def test_daemon_connection_is_kept_and_replaced_when_the_daemon_dropped_it(tmp_path: Path,
+                                                                           close_after_reply: bool) -> None:
+    """If one HTTP connection asks three times, then the three token requests share one daemon connection; and if the
+    daemon drops that connection after each reply (as it does with idle ones), then each next request reconnects
+    and is served."""
+    daemon = CountingDaemon(tmp_path / "run" / "daemon.sock", close_after_reply=close_after_reply)
+    try:
+        with (Endpoint("graph", socket_path=str(tmp_path / "run" / "daemon.sock"), secret=SECRET) as served,
+              connect(served) as conn):
+            for _ in range(3):
+                conn.sendall(request())
+                status, _, body = read_reply(conn)
+                assert status == 200 and body["access_token"].startswith("token-")
+    finally:
+        daemon.close()
+    assert daemon.connections == (3 if close_after_reply else 1)
