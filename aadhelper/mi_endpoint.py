@@ -29,12 +29,11 @@ Design, with the reasons:
   300 s plus 300 s, so a token the SDK caches is good in its eyes for at least five more minutes. It travels as an
   explicit ``min_valid``, which the daemon's schedule honours (an ask above the profile's keeps the entry refreshed
   early enough that such requests are served from memory, see :mod:`aadhelper.refresh_policy`).
-* **A small HTTP/1.1 server of its own**, a thread per connection: SDK processes keep several connections open at
-  once (one per credential object), so a one-at-a-time server would deadlock them. ``http.server`` bounds a line,
-  not a request head, and its timeout is per ``recv``, so a client sending one byte every few seconds (slowloris)
-  would hold a thread for ever; here a request head is at most :data:`MAX_HEAD` bytes and must arrive within
-  :data:`HEAD_DEADLINE` seconds of its first byte, an idle keep-alive connection is closed after
-  :data:`IDLE_TIMEOUT`, and at most :data:`MAX_CONNECTIONS` are served at once. Only ``GET`` without a body.
+* **A small HTTP/1.1 server of its own** (:mod:`aadhelper.loopback_http`): a thread per keep-alive connection (SDK
+  processes hold several at once), bounded request heads, a deadline per head (slowloris), idle and connection
+  limits; ``http.server`` bounds neither the head nor its arrival time. Each connection thread keeps its own
+  connection to the daemon (:class:`aadhelper.client.Session`): an SDK makes a new HTTP connection per credential
+  object, and a new daemon connection per request as well would double what the endpoint adds to a call.
 * **Who can reach it.** It binds 127.0.0.1 only, on a port the kernel picks; every local user can connect to it,
   so each request must carry the secret (:func:`new_secret`: 256 random bits, fresh per exec, compared with
   :func:`hmac.compare_digest`) before anything else about it is looked at. The secret goes only into the child's
@@ -55,16 +54,13 @@ Design, with the reasons:
 
 from __future__ import annotations
 
-import contextlib
 import hmac
-import json
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 from . import client, protocol
 from .errors import (
@@ -76,6 +72,7 @@ from .errors import (
     ProtocolError,
     SecretStoreError,
 )
+from .loopback_http import HEAD_DEADLINE, IDLE_TIMEOUT, MAX_CONNECTIONS, JsonHttpServer, Refusal, split_target
 
 #: Where the endpoint answers (App Service's own is ``/msi/token`` too); the query carries the request.
 PATH = "/msi/token"
@@ -85,21 +82,10 @@ API_VERSION = "2019-08-01"
 SECRET_HEADER = "x-identity-header"
 #: Seconds of validity a served token has at least: the SDKs' 300 s expiry margin plus 300 s (module docstring).
 MIN_VALID = 600
-#: Largest request head (request line and headers) accepted; an SDK's is about 400 bytes.
-MAX_HEAD = 8192
-#: Most header lines in one request.
-MAX_HEADERS = 64
 #: Most query parameters in one request (the SDKs send two or three).
 MAX_QUERY_FIELDS = 16
 #: Longest resource accepted (the daemon's own limit on a scope, less "/.default").
 MAX_RESOURCE = 2000 - len("/.default")
-#: Seconds a request head may take to arrive once its first byte has (against slowloris).
-HEAD_DEADLINE = 10.0
-#: Seconds a keep-alive connection may stay idle between requests before it is closed.
-IDLE_TIMEOUT = 60.0
-#: Connections served at once; one more is closed at once (each holds a thread).
-MAX_CONNECTIONS = 64
-
 #: The variables the child gets, and those it must not inherit: each would make an SDK pick another managed-identity
 #: source (msal picks Service Fabric when IDENTITY_SERVER_THUMBPRINT merely exists, even empty) or make
 #: DefaultAzureCredential use another credential before managed identity (environment, workload identity).
@@ -110,10 +96,6 @@ REMOVED_VARIABLES = (
     "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_CLIENT_CERTIFICATE_PASSWORD",
     "AZURE_FEDERATED_TOKEN_FILE", "AZURE_USERNAME", "AZURE_PASSWORD",
 )
-
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 424: "Failed Dependency", 431: "Request Header Fields Too Large",
-            503: "Service Unavailable"}
 
 #: The status of a daemon error: the request or the configuration is refused (403), or something the answer
 #: depends on failed (424: the authority unreachable, the daemon gone). Never 408, 429 or 5xx (module docstring).
@@ -144,16 +126,6 @@ def child_environment(base: Mapping[str, str], url: str, secret: str) -> dict[st
     return env
 
 
-class Refusal(Exception):
-    """A request the endpoint answers with a 4xx; ``close`` ends the connection after the reply."""
-
-    def __init__(self, status: int, message: str, *, close: bool = False) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.close = close
-
-
 #: How the endpoint gets a token for a scope: the daemon's token reply (``access_token``, ``token_type``,
 #: ``expires_on``), or an :class:`AadhelperError`.
 Fetch = Callable[[str], dict[str, Any]]
@@ -177,19 +149,13 @@ class Endpoint:
         self._fetch = fetch or self._from_daemon
         self._socket_path = socket_path
         self._secret = (secret or new_secret()).encode()
-        self._clock = clock
-        self._head_deadline = head_deadline
-        self._idle_timeout = idle_timeout
-        self._max_connections = max_connections
-        self._listener = socket.create_server(("127.0.0.1", 0), backlog=64)
-        self.port: int = self._listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}{PATH}"
-        self._lock = threading.Lock()
-        #: Each connection thread's daemon connection (:meth:`_from_daemon`).
+        #: Each connection thread's daemon connection (:meth:`_from_daemon`), closed when its connection ends.
         self._local = threading.local()
-        self._connections: set[socket.socket] = set()
-        self._closed = False
-        self._acceptor = threading.Thread(target=self._accept_loop, name="mi-endpoint", daemon=True)
+        self._server = JsonHttpServer(self.handle, name="mi-endpoint", clock=clock, head_deadline=head_deadline,
+                                      idle_timeout=idle_timeout, max_connections=max_connections,
+                                      on_connection_end=self._connection_ended, unique_headers=(SECRET_HEADER,))
+        self.port = self._server.port
+        self.url = f"http://127.0.0.1:{self.port}{PATH}"
 
     def __repr__(self) -> str:  # the secret stays out of every repr and log line
         return f"Endpoint(profile={self.profile!r}, url={self.url!r})"
@@ -200,22 +166,12 @@ class Endpoint:
         return self._secret.decode()
 
     def start(self) -> Endpoint:
-        self._acceptor.start()
+        self._server.start()
         return self
 
     def close(self) -> None:
         """Stop answering: the port is closed (new connections are refused) and open connections are cut."""
-        with self._lock:
-            self._closed = True
-            connections = list(self._connections)
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (closing alone does not, on Linux)
-        self._listener.close()
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        if self._acceptor.is_alive():
-            self._acceptor.join(5)
+        self._server.close()
 
     def __enter__(self) -> Endpoint:
         return self.start()
@@ -223,108 +179,7 @@ class Endpoint:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- connections ----------------------------------------------------------------------------------------
-
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return  # closed
-            with self._lock:
-                if self._closed or len(self._connections) >= self._max_connections:
-                    conn.close()
-                    continue
-                self._connections.add(conn)
-            threading.Thread(target=self._serve, args=(conn,), name="mi-endpoint-conn", daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        """Answer requests on one connection until the client closes it, a refusal ends it or it idles out."""
-        buffer = bytearray()
-        try:
-            while True:
-                try:
-                    head = self._read_head(conn, buffer)
-                except Refusal as refusal:
-                    self._send(conn, refusal.status, _refusal_body(refusal), keep_alive=False)
-                    _drain(conn)
-                    return
-                if head is None:
-                    return
-                keep_alive, status, body = self._answer(head)
-                self._send(conn, status, body, keep_alive=keep_alive)
-                if not keep_alive:
-                    _drain(conn)
-                    return
-        except OSError:
-            return  # the client went away, or close() cut the connection
-        finally:
-            with self._lock:
-                self._connections.discard(conn)
-            conn.close()
-            buffer[:] = bytes(len(buffer))
-            session: client.Session | None = getattr(self._local, "session", None)
-            if session is not None:
-                session.close()
-
-    def _read_head(self, conn: socket.socket, buffer: bytearray) -> bytes | None:
-        """The next request head (without its blank line); None when the client closed or idled out between
-        requests. Raises :class:`Refusal` for a head over :data:`MAX_HEAD` or later than its deadline."""
-        deadline: float | None = None
-        while True:
-            end = buffer.find(b"\r\n\r\n")
-            if end >= 0:
-                if end > MAX_HEAD:
-                    raise _too_large()
-                head = bytes(buffer[:end])
-                del buffer[:end + 4]
-                return head
-            if len(buffer) > MAX_HEAD:
-                raise _too_large()
-            if deadline is None and buffer:
-                deadline = self._clock() + self._head_deadline
-            if deadline is None:
-                conn.settimeout(self._idle_timeout)
-            else:
-                left = deadline - self._clock()
-                if left <= 0:
-                    raise Refusal(400, f"the request head did not arrive within {self._head_deadline:g} s",
-                                  close=True)
-                conn.settimeout(left)
-            try:
-                chunk = conn.recv(4096)
-            except TimeoutError:
-                if deadline is None:
-                    return None  # idle keep-alive connection: close it quietly
-                continue  # the deadline check above refuses it
-            if not chunk:
-                return None
-            buffer += chunk
-
-    def _send(self, conn: socket.socket, status: int, body: dict[str, Any], *, keep_alive: bool) -> None:
-        data = json.dumps(body).encode()
-        head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(data)}\r\nCache-Control: no-store\r\n"
-                f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n").encode()
-        conn.settimeout(self._head_deadline)  # a client that does not read its reply is cut off too
-        conn.sendall(head + data)
-
     # -- requests -------------------------------------------------------------------------------------------
-
-    def _answer(self, head: bytes) -> tuple[bool, int, dict[str, Any]]:
-        """(keep the connection?, status, JSON body) for one request head."""
-        try:
-            method, target, headers, keep_alive = parse_head(head)
-        except Refusal as refusal:
-            return False, refusal.status, _refusal_body(refusal)
-        try:
-            return keep_alive, 200, self.handle(method, target, headers)
-        except Refusal as refusal:
-            return keep_alive and not refusal.close, refusal.status, _refusal_body(refusal)
-        except Exception as exc:  # a bug here must not print a traceback on CMD's terminal or kill the connection
-            failed = Refusal(424, f"aadhelper exec's endpoint failed ({type(exc).__name__}); see "
-                                  "`aadhelper status` and the daemon's log")
-            return False, failed.status, _refusal_body(failed)
 
     def handle(self, method: str, target: str, headers: Mapping[str, str]) -> dict[str, Any]:
         """The token reply for one parsed request; a refusal raises :class:`Refusal`. The secret is checked first:
@@ -337,7 +192,7 @@ class Endpoint:
                                "of this aadhelper exec")
         if method != "GET":
             raise Refusal(405, f"method {method} is not supported: GET {PATH}?api-version={API_VERSION}&resource=R")
-        path, query = _split_target(target)
+        path, query = split_target(target, f"{PATH}?api-version={API_VERSION}&resource=R")
         if path.rstrip("/") != PATH:
             raise Refusal(404, f"no endpoint at {path[:100]!r}: use {PATH}")
         resource = self._resource(query)
@@ -388,6 +243,12 @@ class Endpoint:
                                f"at most {MAX_RESOURCE} characters")
         return resource
 
+    def _connection_ended(self) -> None:
+        session: client.Session | None = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+            self._local.session = None
+
     def _from_daemon(self, scope: str) -> dict[str, Any]:
         """The daemon's token reply, over this connection thread's own daemon connection (kept open: an SDK makes a
         new HTTP connection per credential object, and a new daemon connection for each would double the cost);
@@ -405,81 +266,10 @@ class Endpoint:
         return reply
 
 
-# -- HTTP parsing (pure) ---------------------------------------------------------------------------------------
-
-def parse_head(head: bytes) -> tuple[str, str, dict[str, str], bool]:
-    """(method, target, headers by lower-case name, keep-alive?) of a request head; :class:`Refusal` (closing the
-    connection: framing is lost) for anything malformed or carrying a body."""
-    try:
-        text = head.decode("ascii")
-    except UnicodeDecodeError:
-        raise Refusal(400, "the request head is not ASCII", close=True) from None
-    request_line, *lines = text.split("\r\n")
-    parts = request_line.split(" ")
-    if len(parts) != 3 or not parts[0].isalpha() or not parts[1] or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
-        raise Refusal(400, f"malformed request line {request_line[:80]!r}", close=True)
-    method, target, version = parts
-    if len(lines) > MAX_HEADERS:
-        raise Refusal(431, f"more than {MAX_HEADERS} header lines", close=True)
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip() or not _is_token(name):
-            raise Refusal(400, f"malformed header line {line[:60]!r}", close=True)
-        key = name.lower()
-        if key in headers and key in (SECRET_HEADER, "content-length", "host"):
-            raise Refusal(400, f"header {name} is given more than once", close=True)
-        headers[key] = value.strip(" \t")
-    if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
-        raise Refusal(400, "a request body is not supported (GET without a body)", close=True)
-    connection = headers.get("connection", "").lower()
-    keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
-    return method, target, headers, keep_alive
-
-
-_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-
-
-def _is_token(name: str) -> bool:
-    return all(c in _TOKEN_CHARS for c in name)
-
-
-def _split_target(target: str) -> tuple[str, str]:
-    if not target.startswith("/"):
-        raise Refusal(400, "the request target must be a path (origin form), like "
-                           f"{PATH}?api-version={API_VERSION}&resource=R")
-    split = urlsplit(target)
-    return split.path, split.query
-
-
 def _scope_base(scope: str) -> str:
     """A scope compared without a trailing ``/`` before ``/.default`` (``https://x/`` and ``https://x`` agree)."""
     base = scope.removesuffix("/.default")
     return base.rstrip("/") + "/.default"
-
-
-#: Bytes and seconds a closing connection's unread input is drained for: closing a socket with input unread sends
-#: a reset, which can destroy the refusal before the client reads it.
-_DRAIN_BYTES = 65536
-_DRAIN_SECONDS = 1.0
-
-
-def _drain(conn: socket.socket) -> None:
-    """End our side, then read (and drop) what the client still sends, so the reply reaches it before the close."""
-    conn.shutdown(socket.SHUT_WR)
-    conn.settimeout(_DRAIN_SECONDS)
-    left = _DRAIN_BYTES
-    with contextlib.suppress(OSError):
-        while left > 0 and (chunk := conn.recv(min(left, 4096))):
-            left -= len(chunk)
-
-
-def _too_large() -> Refusal:
-    return Refusal(431, f"the request head exceeds {MAX_HEAD} bytes", close=True)
-
-
-def _refusal_body(refusal: Refusal) -> dict[str, Any]:
-    return {"statusCode": refusal.status, "message": f"aadhelper: {refusal.message}"}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -487,4 +277,4 @@ def _first_line(exc: BaseException) -> str:
 
 
 __all__ = ["API_VERSION", "MIN_VALID", "PATH", "REMOVED_VARIABLES", "Endpoint", "Refusal", "child_environment",
-           "new_secret", "parse_head", "status_of"]
+           "new_secret", "status_of"]

@@ -1,7 +1,8 @@
-"""The managed-identity endpoint of ``aadhelper exec`` (:mod:`aadhelper.mi_endpoint`) in this process, in front of
-the test kit's FakeDaemon (a real Unix socket and the real client): the protocol's replies, every refusal's JSON
-shape and status, and what bad input (malformed heads and queries, oversize heads, slowloris, too many connections)
-does to it and to the other connections. The real SDKs and the real daemon meet it in tests/test_exec_e2e.py."""
+"""The managed-identity endpoint of ``aadhelper exec`` (:mod:`aadhelper.mi_endpoint`, served by
+:mod:`aadhelper.loopback_http`) in this process, in front of the test kit's FakeDaemon (a real Unix socket and the
+real client): the protocol's replies, every refusal's JSON shape and status, and what bad input (malformed heads and
+queries, oversize heads, slowloris, too many connections) does to it and to the other connections. The real SDKs
+and the real daemon meet it in tests/test_exec_e2e.py."""
 
 from __future__ import annotations
 
