@@ -64,6 +64,11 @@ def call(message: dict[str, Any], *, socket_path: str | None = None, timeout: fl
     if not line:
         raise DaemonNotRunning(f"the daemon on {path} closed the connection without a reply",
                                hint="check its log, or restart it")
+    return _fields(line)
+
+
+def _fields(line: bytes) -> dict[str, Any]:
+    """The fields of a reply line; an error reply is raised as its exception class."""
     reply = protocol.decode(line)
     if reply.get("ok") is True:
         return reply
@@ -71,6 +76,44 @@ def call(message: dict[str, Any], *, socket_path: str | None = None, timeout: fl
     if not isinstance(error, dict):
         raise ProtocolError("malformed reply from the daemon: neither ok nor an error object")
     raise error_from_wire(error)
+
+
+class Session:
+    """One connection to the daemon kept open for requests in turn (the daemon answers each in order), for a
+    caller that asks often, such as one connection of ``aadhelper exec``'s endpoint: no connect, directory check and
+    peer check per request. A connection the daemon closed meanwhile (it drops idle ones) is replaced once; no
+    autostart (use :func:`call` for that). Not thread-safe: one per thread."""
+
+    def __init__(self, socket_path: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.path = socket_path or paths.socket_path()
+        self.timeout = timeout
+        self._sock: _socket.socket | None = None
+
+    def call(self, message: dict[str, Any]) -> dict[str, Any]:
+        data = protocol.encode(message)
+        for fresh in (self._sock is None, True):
+            if self._sock is None:
+                check_socket_dir(self.path)
+                self._sock = _connect(self.path, self.timeout)
+                if self._sock is None:
+                    raise DaemonNotRunning(f"no aadhelper daemon answers on {self.path}", hint=START_HINT)
+            try:
+                self._sock.sendall(data)
+                line = _read_line(self._sock, protocol.MAX_REPLY_BYTES)
+            except OSError:
+                line = b""
+            if line:
+                return _fields(line)
+            self.close()
+            if fresh:
+                break
+        raise DaemonNotRunning(f"the daemon on {self.path} closed the connection without a reply",
+                               hint="check its log, or restart it")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 #: Seconds between two pings while waiting for a daemon to answer, and how long a daemon that exited may take to be
@@ -229,4 +272,4 @@ def reload(profile: str | None = None, *, socket_path: str | None = None) -> boo
     return True
 
 
-__all__ = ["AadhelperError", "call", "get_token", "invalidate", "ping", "reload", "status"]
+__all__ = ["AadhelperError", "Session", "call", "get_token", "invalidate", "ping", "reload", "status"]

@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "config": 2, "config_edit": 2, "config_watch": 2, "secret_store": 2, "certificates": 2,
     "grants": 3, "login": 3,
     "cache": 4, "fetcher": 4, "listener": 4, "autostart": 4, "client": 4,
+    "mi_endpoint": 4, "loopback_http": 1,
     "daemon": 5, "demo": 5, "daemon_start": 5,
     "cli": 6, "__main__": 6,
     "": 0,  # the package itself: __version__

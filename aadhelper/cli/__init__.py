@@ -28,6 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = run_fast(args)
             if code is not None:
                 return code
+        if args and args[0] == "exec":  # CMD's own words after `--` must not reach argparse
+            from .app import build_parser
+            from .exec import run_exec
+
+            return run_exec(args[1:], build_parser)
         from .app import run
 
         return run(args)

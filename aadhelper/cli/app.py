@@ -8,8 +8,10 @@ from collections.abc import Callable, Sequence
 from .. import __version__
 from ..errors import EXIT_CODES, UsageError
 from . import daemon, demo, git, login, profile, secret, service, status, token
+from . import exec as exec_verb
 
-VERB_MODULES = (profile, secret, daemon, token, status, login, git, service, demo)
+VERB_MODULES = (profile, secret, daemon, token, status, login, git, service, demo,
+                exec_verb)
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -23,6 +23,7 @@ from .plan import COLD, GIT, GIT_URL, MAIN, SOAK, START, START_CERT, Bench, Plan
 from .report import document, exit_status, table, write
 from .rows_client import git_row, git_spec, header_row, header_spec
 from .rows_daemon import single_flight_row, single_flight_spec, throughput_row, throughput_spec
+from .rows_exec import exec_row, exec_spec
 from .rows_process import many_profiles, memory_row, memory_spec, start_row, start_spec
 from .rows_soak import soak_row, soak_spec
 from .timing import BenchError, Row
@@ -37,6 +38,7 @@ ROWS: tuple[tuple[Callable[[Plan], Row], Callable[[Bench, Row], None]], ...] = (
     (soak_spec, soak_row),
     (memory_spec, memory_row),
     (start_spec, start_row),
+    (exec_spec, exec_row),
 )
 
 
@@ -55,7 +57,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     plan = Plan.brief() if args.quick else Plan.full()
-    wanted = {int(n) for n in args.rows.split(",")} if args.rows else set(range(1, len(ROWS) + 1))
+    wanted = {int(n) for n in args.rows.split(",")} if args.rows else {spec(plan).id for spec, _ in ROWS}
     started, clock = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.monotonic()
     machine = machine_info()
     rows: list[Row] = []
