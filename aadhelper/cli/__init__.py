@@ -28,6 +28,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = run_fast(args)
             if code is not None:
                 return code
+        if args and args[0] == "kubectl-credential":
+            from .kubectl import run_credential_fast
+
+            code = run_credential_fast(args[1:])
+            if code is not None:
+                return code
+        if args and args[0] == "az":  # az's own command line, never argparse's
+            from .az import run as run_az
+
+            return run_az(args[1:])
         from .app import run
 
         return run(args)
