@@ -68,6 +68,19 @@ def test_kubectl_reaches_the_api_with_the_daemons_token(tools: ToolsWorld, stub:
     assert stub.tokens == [tools.token(AKS_SCOPE)]
 
 
+def test_the_plugin_expires_the_credential_min_valid_before_the_token(tools: ToolsWorld) -> None:
+    """If the real daemon serves the plugin a token against the profile's minimum validity (300 s by default), then
+    the ExecCredential expires that long before the token does: when the daemon would hand out a fresh one."""
+    env = dict(tools.env, KUBERNETES_EXEC_INFO=exec_info(kube_exec.API_V1))
+    result = subprocess.run([*paths.console_script(), "kubectl-credential", PROFILE, "--scope", AKS_SCOPE], env=env,
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)["status"]
+    reply = json.loads(tools.home.aadhelper("token", PROFILE, "--scope", AKS_SCOPE, "--json").stdout)
+    assert status["token"] == reply["access_token"]
+    assert status["expirationTimestamp"] == kube_exec.rfc3339(reply["expires_on"] - 300)
+
+
 def test_a_token_the_api_server_refuses_takes_kubectls_401_path(tools: ToolsWorld, stub: StubApiServer,
                                                                 merged: Path) -> None:
     """If the API server refuses the daemon's token, then kubectl fails with its Unauthorized error after running

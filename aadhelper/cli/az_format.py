@@ -149,7 +149,12 @@ def token_tenant(token: str) -> str | None:
         return None
     payload = parts[1].replace("-", "+").replace("_", "/")
     try:
-        claims = loads(binascii.a2b_base64(payload + "=" * (-len(payload) % 4)))
+        data = binascii.a2b_base64(payload + "=" * (-len(payload) % 4))
+        # Not even an object (an opaque token that happens to hold two dots): no parse, whose error path would
+        # import the json package on this thin path.
+        if not (data.startswith(b"{") and data.rstrip().endswith(b"}")):
+            return None
+        claims = loads(data)
     except (ValueError, RecursionError):  # binascii.Error is a ValueError
         return None
     tid = claims.get("tid") if isinstance(claims, dict) else None
