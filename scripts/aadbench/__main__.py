@@ -25,6 +25,7 @@ from .rows_client import git_row, git_spec, header_row, header_spec
 from .rows_daemon import single_flight_row, single_flight_spec, throughput_row, throughput_spec
 from .rows_process import many_profiles, memory_row, memory_spec, start_row, start_spec
 from .rows_soak import soak_row, soak_spec
+from .rows_tools import az_row, az_spec, kubectl_row, kubectl_spec
 from .timing import BenchError, Row
 from .world import World
 
@@ -37,6 +38,8 @@ ROWS: tuple[tuple[Callable[[Plan], Row], Callable[[Bench, Row], None]], ...] = (
     (soak_spec, soak_row),
     (memory_spec, memory_row),
     (start_spec, start_row),
+    (kubectl_spec, kubectl_row),
+    (az_spec, az_row),
 )
 
 
