@@ -136,6 +136,18 @@ def test_merging_keeps_every_other_entry_and_replaces_ours(tools: ToolsWorld, st
     assert kubectl(tools.env, path, "get", "--raw", "/api").returncode == 0
 
 
+def test_merging_into_a_missing_kubeconfig_creates_a_private_one(tools: ToolsWorld, tmp_path: Path) -> None:
+    """If --kubeconfig names a file that does not exist yet, then it is created, readable by its owner only, with
+    our user entry (and nothing else is written next to it)."""
+    path = tmp_path / "new" / "config"
+    path.parent.mkdir()
+    tools.home.aadhelper("kubeconfig", PROFILE, "--kubeconfig", str(path))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    view = json.loads(kubectl(tools.env, path, "config", "view", "-o", "json").stdout)
+    assert [user["name"] for user in view["users"]] == [USER]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["config"]
+
+
 def test_merging_into_a_context_that_does_not_exist_changes_nothing(tools: ToolsWorld, stub: StubApiServer,
                                                                    tmp_path: Path) -> None:
     """If --context names a context the kubeconfig does not have, then the merge is refused with one line naming
