@@ -221,6 +221,15 @@ class TokenCache:
         self._note_ask(entry, min_valid, token)
         return token
 
+    def served_min_valid(self, profile: Profile, scopes: tuple[str, ...] | None, min_valid: int | None) -> float:
+        """The validity :meth:`get` just required for this request (its ``min_valid``, else the profile's, else the
+        short-token reserve): a client holding the token should stop using it that long before it expires, when
+        the daemon would no longer hand it out."""
+        entry = self._entries.get((profile.name, normalise_scopes(scopes or profile.scopes)))
+        if entry is None:  # dropped meanwhile: what an entry without a plan would need
+            return min_valid if min_valid is not None else profile.min_valid
+        return self._need(entry, min_valid)
+
     def _need(self, entry: _Entry, min_valid: int | None) -> float:
         """The validity a request needs: what it asked, else the profile's (the reserve when tokens are short)."""
         if min_valid is not None:

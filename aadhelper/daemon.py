@@ -94,6 +94,10 @@ class Daemon:
                                   expires_on=int(token.expires_on), profile=profile.name, scopes=list(token.scopes))
         if git_url is not None:
             reply["username"] = profile.git_username(git_url, token.account)
+        # For clients that hold the token themselves (the kubectl plugin, the az shim): whose token it is, and how
+        # long before expires_on the daemon itself stops serving it.
+        reply["tenant"] = profile.tenant
+        reply["min_valid"] = int(self.cache.served_min_valid(profile, request.scopes, request.min_valid))
         return reply
 
     async def _op_invalidate(self, message: dict[str, Any]) -> dict[str, Any]:

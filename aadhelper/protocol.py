@@ -20,7 +20,10 @@ op             request fields                                   reply fields
 ``ping``       --                                               ``pid``, ``version``
 ``token``      ``profile``?, ``scopes``?, ``min_valid``?,         ``access_token``, ``token_type``,
                ``url``?                                         ``expires_on``, ``profile``, ``scopes``,
-                                                                ``username`` (with ``url``)
+                                                                ``username`` (with ``url``), ``tenant``,
+                                                                ``min_valid`` (the validity it was served
+                                                                against: stop using it that long before
+                                                                ``expires_on``)
 ``invalidate`` ``profile``?, ``scopes``?, ``url``?              ``dropped`` (number of cached tokens dropped)
 ``status``     --                                               ``daemon`` {pid, uptime, socket, ...},
                                                                 ``profiles`` [...]
@@ -168,6 +171,17 @@ def _not_serializable(value: object) -> Any:
 
 
 _scan_once, _make_encoder = _c_codecs()
+
+
+def loads(data: bytes) -> Any:
+    """Any JSON value, as ``json.loads`` reads it, without importing json on the usual path (for thin-client verbs
+    that read JSON from elsewhere, e.g. the kubectl plugin's ``KUBERNETES_EXEC_INFO``)."""
+    return _loads(data)
+
+
+def dumps(value: dict[str, Any]) -> str:
+    """One JSON object as compact text, as ``json.dumps(value, separators=(",", ":"), ensure_ascii=False)``."""
+    return _dumps(value)
 
 
 def request(op: str, **fields: Any) -> dict[str, Any]:

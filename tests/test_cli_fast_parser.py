@@ -7,6 +7,7 @@ import hypothesis.strategies as st
 from hypothesis import given, settings
 
 from aadhelper.cli.app import build_parser
+from aadhelper.cli.kubectl import parse_credential
 from aadhelper.cli.token import parse_fast
 from aadhelper.errors import UsageError
 
@@ -42,3 +43,18 @@ def test_unusual_numbers_and_option_like_values_are_usage_errors(isolated_env: d
         result = cli(env, *argv)
         assert result.returncode == 2, (argv, result.stderr)
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@settings(max_examples=2000, deadline=None)
+@given(argv=st.lists(st.sampled_from(PIECES), max_size=6))
+def test_kubectl_credential_parser_reads_what_argparse_reads_or_declines(argv: list[str]) -> None:
+    """If the kubectl plugin's hand-written parser accepts a command line, then argparse accepts it too, with the
+    same profile and scopes."""
+    fast = parse_credential(argv)
+    if fast is None:
+        return
+    try:
+        namespace = build_parser().parse_args(["kubectl-credential", *argv])
+    except (UsageError, SystemExit) as exc:  # pragma: no cover - the failure being tested for
+        raise AssertionError(f"the fast parser read {fast!r} from {argv!r}, argparse refused it: {exc}") from None
+    assert fast == (namespace.profile, namespace.scope)

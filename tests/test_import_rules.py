@@ -20,6 +20,8 @@ ALLOWED = frozenset({
     "aadhelper", "aadhelper.cli", "aadhelper.cli.token", "aadhelper.cli.values", "aadhelper.cli.git",
     "aadhelper.client", "aadhelper.errors", "aadhelper.paths", "aadhelper.protocol", "aadhelper.git_helper",
     "_json", "_socket",
+    # the kubectl plugin and the az shim (issue 13): their verbs, pure formatting, and binascii for the token's tid
+    "aadhelper.cli.kubectl", "aadhelper.cli.kube_exec", "aadhelper.cli.az", "aadhelper.cli.az_format", "binascii",
 })
 #: Never, whatever the interpreter loaded at start-up (the editable install's finder loads re and enum).
 FORBIDDEN = frozenset({"json", "typing", "dataclasses", "argparse", "tomllib", "platformdirs", "trio", "httpx",
@@ -40,7 +42,7 @@ PROBE = textwrap.dedent("""
 
 TOKEN_REPLY = {"v": 1, "ok": True, "access_token": "eyJ.fake.token", "token_type": "Bearer",
                "expires_on": 4_000_000_000, "profile": "graph", "scopes": ["https://x/.default"],
-               "username": "me@contoso.com"}
+               "username": "me@contoso.com", "tenant": "contoso", "min_valid": 300}
 
 
 @pytest.fixture
@@ -52,14 +54,18 @@ def fake_daemon(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.mark.parametrize("argv", [["header", "graph"], ["token", "graph", "--min-valid", "60", "--scope", "x"],
-                                  ["git", "get"]], ids=["header", "token", "git"])
+                                  ["git", "get"], ["kubectl-credential", "graph", "--scope", "x"],
+                                  ["az", "--profile", "graph", "account", "get-access-token", "--output", "json",
+                                   "--resource", "https://x", "--tenant", "contoso"]],
+                         ids=["header", "token", "git", "kubectl-credential", "az"])
 @pytest.mark.parametrize("daemon_runs", [True, False], ids=["answered", "no-daemon"])
 def test_client_paths_import_only_the_allow_list(fake_daemon: str, tmp_path: Path, argv: list[str],
                                                  daemon_runs: bool) -> None:
-    """If header, token or the git helper runs (answered, or with no daemon), then it imports nothing beyond the
-    allow-list, and none of json, typing, dataclasses, argparse, tomllib, platformdirs, trio, httpx or keyring."""
+    """If header, token, the git helper, the kubectl plugin or the az shim runs (answered, or with no daemon), then it
+    imports nothing beyond the allow-list, and none of json, typing, dataclasses, argparse, tomllib, platformdirs,
+    trio, httpx or keyring."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("AADHELPER_")}
-    env.update(AADHELPER_NO_AUTOSTART="1",
+    env.update(AADHELPER_NO_AUTOSTART="1", KUBERNETES_EXEC_INFO='{"apiVersion":"client.authentication.k8s.io/v1"}',
                AADHELPER_SOCKET=fake_daemon if daemon_runs else str(tmp_path / "none" / "daemon.sock"))
     result = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env,
                             input="protocol=https\nhost=dev.azure.com\n\n", timeout=60)

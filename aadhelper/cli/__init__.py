@@ -28,6 +28,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = run_fast(args)
             if code is not None:
                 return code
+        if args and args[0] == "kubectl-credential":
+            from .kubectl import run_credential_fast
+
+            code = run_credential_fast(args[1:])
+            if code is not None:
+                return code
+        if args and args[0] == "az":  # az's own command line, never argparse's
+            from .az import run as run_az
+
+            return run_az(args[1:])
         if args and args[0] == "exec":  # CMD's own words after `--` must not reach argparse
             from .app import build_parser
             from .exec import run_exec

@@ -7,11 +7,10 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..errors import EXIT_CODES, UsageError
-from . import daemon, demo, git, login, profile, secret, service, status, token
+from . import az, daemon, demo, git, kubectl, login, profile, secret, service, status, token
 from . import exec as exec_verb
 
-VERB_MODULES = (profile, secret, daemon, token, status, login, git, service, demo,
-                exec_verb)
+VERB_MODULES = (profile, secret, daemon, token, status, login, git, service, demo, kubectl, az, exec_verb)
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -12,8 +12,10 @@ row    what                                                        baseline / ta
 6      daemon RSS after 50 profiles; idle CPU over 10 s            <= 60 MB; ~0
 7      daemon start to first token                                 ``python -c "import trio, httpx, keyring"``;
                                                                    ratio <= 1.5
+8      one ``aadhelper kubectl-credential`` process, warm daemon    ``<venv python> -c pass``; ratio <= 1.3
 9      ``ManagedIdentityCredential().get_token`` through ``aadhelper  the same call against a bare ``http.server``
        exec`` (a new credential object per call)                   returning a fixed token; ratio <= 1.5
+10     ``az account get-access-token`` through the az shim          ``<venv python> -c pass``; ratio <= 1.3
 =====  ==========================================================  ===========================================
 
 Modules: :mod:`.world` (temporary home, simulated authorities, profiles, daemon processes), :mod:`.timing`

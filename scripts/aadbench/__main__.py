@@ -26,6 +26,7 @@ from .rows_daemon import single_flight_row, single_flight_spec, throughput_row, 
 from .rows_exec import exec_row, exec_spec
 from .rows_process import many_profiles, memory_row, memory_spec, start_row, start_spec
 from .rows_soak import soak_row, soak_spec
+from .rows_tools import az_row, az_spec, kubectl_row, kubectl_spec
 from .timing import BenchError, Row
 from .world import World
 
@@ -38,7 +39,9 @@ ROWS: tuple[tuple[Callable[[Plan], Row], Callable[[Bench, Row], None]], ...] = (
     (soak_spec, soak_row),
     (memory_spec, memory_row),
     (start_spec, start_row),
+    (kubectl_spec, kubectl_row),
     (exec_spec, exec_row),
+    (az_spec, az_row),
 )
 
 
