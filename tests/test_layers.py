@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "cache": 4, "fetcher": 4, "listener": 4, "autostart": 4, "client": 4,
     "daemon": 5, "demo": 5, "daemon_start": 5,
     "cli": 6, "__main__": 6,
+    "doctor": 6,  # its systemd check reads the units cli.service renders
     "": 0,  # the package itself: __version__
 }
 #: Imports across the rule that are the design: the demo runs the simulated authority.

@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Any
 
+from .. import git_helper
 from ..config import Config, Profile, load_config
 from ..errors import SecretStoreError, UsageError
 from ..protocol import MAX_MIN_VALID
@@ -117,14 +118,12 @@ def _add(args: argparse.Namespace) -> int:
 
 def git_setup_hint(prefix: str) -> None:
     """The git settings a URL mapping needs: git sends a path to helpers only with useHttpPath."""
-    scheme, _, rest = prefix.partition("://")
-    host, _, path = rest.partition("/")
-    origin = f"{scheme}://{host}"
-    if path:
+    origin, needs_path = git_helper.helper_config(prefix)
+    if needs_path:
         say(f"for git: `git config --global credential.{origin}.useHttpPath true` (git sends the path, so "
             f"{prefix} can match)")
     say(f"for git: `git config --global credential.{origin}.helper ''` then "
-        f"`git config --global --add credential.{origin}.helper aadhelper`")
+        f"`git config --global --add credential.{origin}.helper {git_helper.HELPER}`")
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -192,24 +192,42 @@ async def post_form(client: httpx.AsyncClient, url: str, form: Mapping[str, str]
     (:func:`encode_form`) rather than by httpx, and both it and the reply's bytes are wiped once the exchange is
     over (:func:`~aadhelper.tokens.wipe`), so a refresh leaves no copy of them in freed memory.
     """
-    deadline = REQUEST_TIMEOUT
-    replied = False
     body = encode_form(form)
-    content: bytearray | None = None
+    try:
+        return await _exchange(client, "POST", url, profile=profile, content=body, headers=_FORM_HEADERS)
+    finally:
+        # httpx sends this very object (h11 joins a single bytes into itself) and never sends it again.
+        wipe(body)
+
+
+async def get_json(client: httpx.AsyncClient, url: str, *, profile: str,
+                   timeout: float | None = None) -> tuple[int, Mapping[str, str], dict[str, Any] | None]:
+    """GET a document that needs no credentials (the OpenID discovery document, which ``aadhelper doctor`` asks for
+    to test TLS, the proxy and the clock); like :func:`post_form`, with the same limits and error mapping, within
+    ``timeout`` seconds (default :data:`REQUEST_TIMEOUT`)."""
+    return await _exchange(client, "GET", url, profile=profile, headers=_REQUEST_HEADERS, timeout=timeout)
+
+
+async def _exchange(client: httpx.AsyncClient, method: str, url: str, *, profile: str, headers: Mapping[str, str],
+                    content: bytes | None = None,
+                    timeout: float | None = None) -> tuple[int, Mapping[str, str], dict[str, Any] | None]:
+    """One bounded request/reply (see :func:`post_form`); the reply's bytes are wiped once parsed."""
+    deadline = REQUEST_TIMEOUT if timeout is None else timeout
+    replied = False
+    content_read: bytearray | None = None
     try:
         with trio.fail_after(deadline):
-            async with client.stream("POST", url, content=body, headers=_FORM_HEADERS) as response:
+            async with client.stream(method, url, content=content, headers=headers) as response:
                 replied = True
-                content = await _read_limited(response, profile)
-        return response.status_code, response.headers, _json_object(content)
+                content_read = await _read_limited(response, profile)
+        return response.status_code, response.headers, _json_object(content_read)
     except (trio.TooSlowError, httpx.TimeoutException):
         raise AuthorityUnavailable(f"the authority at {_host(url)} did not answer within {deadline:g} s",
                                    profile=profile, hint=f"check the network; {_RETRY_HINT}") from None
     except httpx.HTTPError as exc:
         raise _transport_error(exc, url, profile, replied=replied, proxy=_PROXIES.get(client)) from None
     finally:
-        # httpx sends this very object (h11 joins a single bytes into itself) and never sends it again.
-        wipe(body, content)
+        wipe(content_read)
 
 
 #: quote_plus's characters that stand for themselves in a form (RFC 3986 unreserved).
