@@ -174,7 +174,20 @@ def diagnose(profile: str | None = None) -> list[Finding]:
     if any(p.git_urls for p in profiles):
         checks.append(Check("git", _bind(check_git, profiles), COMMAND_TIMEOUT + _GRACE, "git", on_timeout="warn"))
     checks.append(Check("systemd", check_systemd, COMMAND_TIMEOUT + _GRACE, "systemctl", on_timeout="warn"))
-    return config_findings + run_checks(checks)
+    return config_findings + _one_clock_per_host(run_checks(checks))
+
+
+def _one_clock_per_host(findings: list[Finding]) -> list[Finding]:
+    """Profiles of several tenants on one authority compare the clock with the same host: say it once."""
+    seen: set[object] = set()
+    kept = []
+    for finding in findings:
+        host = finding.details.get("authority") if finding.check == "clock" else None
+        if host is not None and host in seen:
+            continue
+        seen.add(host)
+        kept.append(finding)
+    return kept
 
 
 def _bind(function: Callable[..., list[Finding]], *args: Any) -> Callable[[], list[Finding]]:
@@ -393,7 +406,7 @@ def check_authority(group: list[Profile]) -> list[Finding]:
         status, headers, body, sent, received = trio.run(probe)
     except AadhelperError as exc:
         finding = _from_error("authority", exc, profile=profile.name)
-        return [Finding("authority", "fail", f"{finding.message} ({how}; profiles {names})", finding.fix,
+        return [Finding("authority", "fail", f"{finding.message} ({url}; {how}; profiles {names})", finding.fix,
                         profile.name, details)]
     elapsed = f"{(received - sent) * 1000:.0f} ms"
     findings: list[Finding] = []

@@ -113,7 +113,7 @@ def redact(url: str) -> str:
     if not sep:
         scheme, rest = "", url
     authority, slash, path = rest.partition("/")
-    if sep and "@" in authority:
+    if "@" in authority:
         authority = "***@" + authority.rpartition("@")[2]
     return f"{scheme}{sep}{authority}{slash}{path}"
 
