@@ -8,8 +8,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from ..doctor import Finding, diagnose
+if TYPE_CHECKING:
+    from ..doctor import Finding
 
 EPILOG = """\
 checks: config, daemon (socket, pid, config path), daemon-env (differences that matter between the daemon and this
@@ -37,6 +39,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..doctor import diagnose  # only here: every other command's start-up would pay for the checks' imports
+
     findings = diagnose(args.profile)
     if args.json:
         sys.stdout.write(json.dumps([finding.as_dict() for finding in findings], indent=2) + "\n")
