@@ -8,6 +8,7 @@ config     the config file is found and valid (its path; the ConfigError line wh
 daemon     which socket, whether a daemon answers (pid, version, its config path, its configuration error)
 daemon-env the variables that matter (:data:`~aadhelper.process_setup.REPORTED_VARIABLES`, the proxy variables)
            where they differ between the daemon and this shell
+tokens     what a running daemon last failed at, per profile (its ``status``)
 keyring    the secret store and keyring backend, reachable and unlocked
 credential per profile, whether its credential is there (never its value): :data:`CREDENTIAL_CHECKS`, by kind
 authority  per authority, tenant, CA and proxy: the OpenID discovery document over TLS, with no credentials
@@ -40,7 +41,7 @@ from typing import Any, Literal
 from . import __version__, client, git_helper, paths, protocol
 from .cli.service import SERVICE_UNIT, SOCKET_UNIT, default_unit_dir, render_units, unit_state
 from .config import Config, Profile, load_config_file, parse_config, unknown_profile
-from .errors import AadhelperError, ConfigError, DaemonNotRunning, SecretStoreError
+from .errors import AadhelperError, ConfigError, DaemonNotRunning, SecretStoreError, error_from_wire
 from .process_setup import REPORTED_VARIABLES, environment_report
 from .proxy import HTTPS_PROXY_VARIABLES, PROXY_VARIABLES, describe
 from .secret_chunks import CLIENT_SECRET, REFRESH_TOKEN
@@ -159,7 +160,7 @@ def diagnose(profile: str | None = None) -> list[Finding]:
     config_findings, config, profiles = check_config(profile)
     store = _open_store()
     checks = [
-        Check("daemon", lambda: check_daemon(config), SOCKET_TIMEOUT + _GRACE, "the daemon's socket"),
+        Check("daemon", lambda: check_daemon(config, profiles), SOCKET_TIMEOUT + _GRACE, "the daemon's socket"),
         Check("keyring", lambda: check_keyring(store), KEYRING_DEADLINE, "the OS keyring",
               fix="unlock your keyring, or look for a prompt waiting for you"),
     ]
@@ -229,7 +230,7 @@ def check_config(name: str | None) -> tuple[list[Finding], Config | None, list[P
 
 # -- daemon ---------------------------------------------------------------------------------------------------------
 
-def check_daemon(config: Config | None) -> list[Finding]:
+def check_daemon(config: Config | None, profiles: Sequence[Profile] = ()) -> list[Finding]:
     """Which socket, whether a daemon answers on it, and how its configuration and environment differ from ours."""
     path = paths.socket_path()
     try:
@@ -264,10 +265,32 @@ def check_daemon(config: Config | None) -> list[Finding]:
                                 f"{restart}, or point AADHELPER_CONFIG at the same file"))
     error = daemon.get("config_error")
     if isinstance(error, dict):
-        from .errors import error_from_wire
-
         findings.append(_from_error("daemon", error_from_wire(error)))
     findings.append(_environment_differences(daemon.get("environment"), config, restart))
+    return findings + _token_errors(reply.get("profiles"), {profile.name for profile in profiles})
+
+
+#: Token states (``status``) in which the daemon has no token to serve.
+_NOTHING_TO_SERVE = frozenset({"error", "login_required", "none", "expired"})
+
+
+def _token_errors(records: object, names: set[str]) -> list[Finding]:
+    """What the running daemon last failed at, per profile checked: a fail when it has no token to serve, a warning
+    while it still serves one (a refresh failing)."""
+    findings = []
+    for record in records if isinstance(records, list) else []:
+        if not isinstance(record, dict) or record.get("name") not in names:
+            continue
+        for token in record.get("tokens") or []:
+            error = token.get("last_error") if isinstance(token, dict) else None
+            if not isinstance(error, dict):
+                continue
+            status: Status = "fail" if token.get("state") in _NOTHING_TO_SERVE else "warn"
+            scopes = " ".join(token.get("scopes") or [])
+            found = _from_error("tokens", error_from_wire(error), status, profile=record["name"])
+            findings.append(Finding("tokens", status, f"the daemon's last attempt for {scopes} failed: "
+                                                      f"{found.message}", found.fix, record["name"],
+                                    {"state": token.get("state")}))
     return findings
 
 

@@ -150,6 +150,21 @@ def test_running_daemon_shows_pid_and_environment_differences(configured: Home, 
         assert verdict(findings, "daemon-env") == "ok"
 
 
+def test_what_the_running_daemon_failed_at_is_shown(configured: Home, aad_authority: SimulatedAuthority,
+                                                   aad_app_secret: str) -> None:
+    """If the running daemon's last token request for a profile failed (the app's secret was rotated), then doctor
+    fails the tokens check with the authority's error and the fix, though the secret is stored."""
+    aad_authority.set_client_secret(APP_ID, "rotated-" + aad_app_secret)
+    with DaemonProcess(configured.env):
+        assert configured.aadhelper("token", APP_PROFILE, check=False).returncode == 5
+        code, findings = doctor(configured.env, secrets=(aad_app_secret,))
+    assert code == 1
+    tokens = finding(findings, "tokens")
+    assert tokens["status"] == "fail" and tokens["profile"] == APP_PROFILE and "AADSTS7000215" in tokens["message"]
+    assert f"aadhelper secret set {APP_PROFILE}" in tokens["fix"]
+    assert verdict(findings, "credential") == "ok"
+
+
 def test_no_daemon_and_no_autostart_warns(configured: Home) -> None:
     """If no daemon runs and autostart is off, then the daemon check warns naming the socket (not a failure)."""
     env = dict(configured.env, AADHELPER_NO_AUTOSTART="1")
