@@ -273,6 +273,18 @@ def test_authority_signed_by_another_ca_fails(home: Home, aad_authority: Simulat
     assert str(wrong) in authority["message"] and "ca_bundle" in authority["fix"]
 
 
+def test_unknown_tenant_fails_with_the_authoritys_error(home: Home, aad_authority: SimulatedAuthority,
+                                                        aad_tls: Tls) -> None:
+    """If the authority does not know the profile's tenant, then the authority check fails with its error code
+    (AADSTS90002) and the fix that names the tenant and the cloud."""
+    home.aadhelper("profile", "add", "typo", "--tenant", "contoso.onmicrosoft.cm", "--client-id", APP_ID, "--scope",
+                   GRAPH_SCOPE, "--authority", aad_authority.url, "--ca-bundle", str(aad_tls.ca_pem))
+    code, findings = doctor(home.env)
+    authority = finding(findings, "authority")
+    assert code == 1 and authority["status"] == "fail" and "AADSTS90002" in authority["message"]
+    assert "tenant" in authority["fix"] and "cloud" in authority["fix"]
+
+
 @pytest.mark.parametrize(("skew", "expected", "code"), [(0, "ok", 0), (-150, "warn", 0), (900, "fail", 1)])
 def test_clock_skew_against_the_authority(configured: Home, aad_authority: SimulatedAuthority, skew: float,
                                           expected: str, code: int) -> None:

@@ -15,8 +15,9 @@ if TYPE_CHECKING:
 
 EPILOG = """\
 checks: config, daemon (socket, pid, config path), daemon-env (differences that matter between the daemon and this
-shell), keyring, credential (per profile), authority (TLS to the discovery document), clock (skew against the
-authority), proxy, git (helper list and useHttpPath per mapped URL), systemd (user units).
+shell), tokens (what the running daemon last failed at), keyring, credential (per profile), authority (TLS to the
+discovery document), clock (skew against the authority), proxy, git (helper list and useHttpPath per mapped URL),
+systemd (user units).
 
 examples:
   aadhelper doctor
