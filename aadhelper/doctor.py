@@ -577,7 +577,8 @@ def _check_mapping(profile: Profile, prefix: str, entries: list[tuple[str, str, 
     if needs_path and not use_path:
         problems.append(("fail", f"git sends helpers no path for {origin}, so the mapping {prefix} never matches",
                          f"`git config --global credential.{origin}.useHttpPath true`"))
-    if ours and any(helper.strip() == git_helper.HELPER for helper in helpers) \
+    # A plain name makes git run `git credential-NAME`: git-credential-aadhelper must be on PATH.
+    if any(helper.split()[:1] == [git_helper.HELPER] for helper in helpers) \
             and shutil.which(f"git-credential-{git_helper.HELPER}") is None:
         where = os.path.dirname(paths.console_script()[0])
         problems.append(("fail", f"git runs `git credential-{git_helper.HELPER}`, which is not on PATH",

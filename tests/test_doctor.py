@@ -17,7 +17,15 @@ import trustme
 
 from aadhelper import paths
 from aadhelper.config import Profile
-from aadhelper.doctor import CREDENTIAL_CHECKS, Check, Finding, check_credential, run_checks
+from aadhelper.doctor import (
+    CREDENTIAL_CHECKS,
+    Check,
+    Finding,
+    _git_url_matches,
+    _is_aadhelper,
+    check_credential,
+    run_checks,
+)
 from aadhelper.proxy import redact
 from aadhelper.testing import SimulatedAuthority
 from aadhelper.testing.keyring_control import lock_keyring, unlock_keyring
@@ -354,6 +362,33 @@ def test_git_helper_configuration(configured: Home, setup: str) -> None:
     assert code == (1 if expected == "fail" else 0)
     if expected != "ok":
         assert "git config --global" in git["fix"]
+
+
+@pytest.mark.parametrize(("pattern", "url", "matches"), [
+    ("https://dev.azure.com", "https://dev.azure.com/contoso/", True),
+    ("https://dev.azure.com/contoso", "https://dev.azure.com/contoso/", True),
+    ("https://dev.azure.com/cont", "https://dev.azure.com/contoso/", False),
+    ("https://*.visualstudio.com", "https://contoso.visualstudio.com/", True),
+    ("https://*.visualstudio.com", "https://a.contoso.visualstudio.com/", False),
+    ("https://dev.azure.com:443", "https://dev.azure.com/x/", True),
+    ("https://dev.azure.com:8443", "https://dev.azure.com/x/", False),
+    ("http://dev.azure.com", "https://dev.azure.com/x/", False),
+    ("https://me@dev.azure.com", "https://dev.azure.com/x/", False),
+])
+def test_git_url_patterns_match_as_git_matches_them(pattern: str, url: str, matches: bool) -> None:
+    """If a credential.<url>.* key names a URL, then it applies to a remote as git's urlmatch rule says: scheme,
+    host with * for one label, port, user, and the path on whole segments."""
+    assert _git_url_matches(pattern, url) is matches
+
+
+def test_helper_values_that_run_aadhelper() -> None:
+    """If a credential.helper value runs aadhelper (by name, by path, or as a shell snippet), then it counts as ours;
+    other helpers do not."""
+    ours = ["aadhelper", "aadhelper --verbose", "/opt/venv/bin/git-credential-aadhelper", "!aadhelper git-credential",
+            "!/opt/venv/bin/git-credential-aadhelper --verbose"]
+    theirs = ["store", "cache --timeout 60", "manager", "!aadhelper token", "/usr/bin/git-credential-store", ""]
+    assert all(_is_aadhelper(value) for value in ours)
+    assert not any(_is_aadhelper(value) for value in theirs)
 
 
 def test_systemd_tools_absent(configured: Home, tmp_path: Path) -> None:
