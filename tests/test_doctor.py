@@ -17,15 +17,9 @@ import trustme
 
 from aadhelper import paths
 from aadhelper.config import Profile
-from aadhelper.doctor import (
-    CREDENTIAL_CHECKS,
-    Check,
-    Finding,
-    _git_url_matches,
-    _is_aadhelper,
-    check_credential,
-    run_checks,
-)
+from aadhelper.doctor import Check, Finding, run_checks
+from aadhelper.doctor.git import git_url_matches, is_aadhelper
+from aadhelper.doctor.secrets import CREDENTIAL_CHECKS, check_credential
 from aadhelper.proxy import redact
 from aadhelper.testing import SimulatedAuthority
 from aadhelper.testing.keyring_control import lock_keyring, unlock_keyring
@@ -378,7 +372,7 @@ def test_git_helper_configuration(configured: Home, setup: str) -> None:
 def test_git_url_patterns_match_as_git_matches_them(pattern: str, url: str, matches: bool) -> None:
     """If a credential.<url>.* key names a URL, then it applies to a remote as git's urlmatch rule says: scheme,
     host with * for one label, port, user, and the path on whole segments."""
-    assert _git_url_matches(pattern, url) is matches
+    assert git_url_matches(pattern, url) is matches
 
 
 def test_helper_values_that_run_aadhelper() -> None:
@@ -387,8 +381,8 @@ def test_helper_values_that_run_aadhelper() -> None:
     ours = ["aadhelper", "aadhelper --verbose", "/opt/venv/bin/git-credential-aadhelper", "!aadhelper git-credential",
             "!/opt/venv/bin/git-credential-aadhelper --verbose"]
     theirs = ["store", "cache --timeout 60", "manager", "!aadhelper token", "/usr/bin/git-credential-store", ""]
-    assert all(_is_aadhelper(value) for value in ours)
-    assert not any(_is_aadhelper(value) for value in theirs)
+    assert all(is_aadhelper(value) for value in ours)
+    assert not any(is_aadhelper(value) for value in theirs)
 
 
 def test_systemd_tools_absent(configured: Home, tmp_path: Path) -> None:
