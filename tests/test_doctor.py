@@ -209,6 +209,14 @@ def test_locked_keyring_fails(home: Home, aad_authority: SimulatedAuthority, aad
     assert keyring["status"] == "ok" and keyring["backend"] == "keyring.backends.SecretService.Keyring"
 
 
+def test_memory_secret_store_warns(configured: Home) -> None:
+    """If AADHELPER_SECRET_STORE=memory, then the keyring check warns that secrets are lost with the process and the
+    credential check warns that it cannot tell (rather than reporting a stored secret as missing)."""
+    code, findings = doctor(dict(configured.env, AADHELPER_SECRET_STORE="memory"))
+    assert verdict(findings, "keyring") == "warn" and "AADHELPER_SECRET_STORE" in finding(findings, "keyring")["fix"]
+    assert verdict(findings, "credential", APP_PROFILE) == "warn" and code == 0
+
+
 def test_profile_without_its_secret_fails(home: Home, aad_authority: SimulatedAuthority, aad_tls: Tls) -> None:
     """If a client-secret profile has no secret stored, then its credential check fails with `aadhelper secret set`."""
     add_profile(home, aad_authority.url, "--ca-bundle", str(aad_tls.ca_pem))
