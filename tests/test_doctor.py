@@ -404,6 +404,17 @@ def test_systemd_tools_absent(configured: Home, tmp_path: Path) -> None:
 
 
 @pytest.mark.requires("systemctl")
+def test_systemd_check_that_cannot_run_warns(configured: Home) -> None:
+    """If the systemd check cannot find the unit directory (neither XDG_CONFIG_HOME nor HOME is absolute), then it
+    warns saying why, and no traceback is printed."""
+    env = {k: v for k, v in configured.env.items() if k != "XDG_CONFIG_HOME"}
+    env["HOME"] = "relative-home"
+    code, findings = doctor(env)
+    systemd = finding(findings, "systemd")
+    assert systemd["status"] == "warn" and "HOME" in systemd["message"] and code == 0
+
+
+@pytest.mark.requires("systemctl")
 def test_systemd_units_installed_without_a_user_manager(configured: Home) -> None:
     """If systemd's tools are present and the units are not installed, then the systemd check is ok; once they are
     installed but not running under a user manager (none runs here), it warns with how to enable the socket."""

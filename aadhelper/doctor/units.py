@@ -9,7 +9,8 @@ from typing import Any
 
 from .. import paths
 from ..cli.service import SERVICE_UNIT, SOCKET_UNIT, default_unit_dir, render_units, unit_state
-from .findings import COMMAND_TIMEOUT, Finding
+from ..errors import ConfigError
+from .findings import COMMAND_TIMEOUT, Finding, from_error
 
 
 def check_systemd() -> list[Finding]:
@@ -17,9 +18,12 @@ def check_systemd() -> list[Finding]:
     systemctl = shutil.which("systemctl")
     if systemctl is None:
         return [Finding("systemd", "ok", "systemd is not installed here: clients start the daemon themselves")]
-    unit_dir = default_unit_dir()
-    wanted = render_units(paths.console_script())
-    states = {name: unit_state(os.path.join(unit_dir, name), text) for name, text in wanted.items()}
+    try:
+        unit_dir = default_unit_dir()
+        wanted = render_units(paths.console_script())
+        states = {name: unit_state(os.path.join(unit_dir, name), text) for name, text in wanted.items()}
+    except ConfigError as exc:  # no usable HOME, a unit file that cannot be read: say why, as a warning
+        return [from_error("systemd", exc, "warn")]
     installed = any(state != "absent" for state in states.values())
     details: dict[str, Any] = {"unit_dir": unit_dir, "units": states}
     try:
