@@ -28,7 +28,7 @@ from .config import GitUrl, Profile
 from .config_watch import ConfigWatcher
 from .errors import AadhelperError, ConfigError, NoProfileForUrl, ProtocolError
 from .listener import Activity, bind_unix_socket, bound_path, serve_connections
-from .process_setup import harden_process
+from .process_setup import environment_report, harden_process
 from .token_request import TokenRequest
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class Daemon:
     async def _op_status(self, message: dict[str, Any]) -> dict[str, Any]:
         daemon = {"pid": os.getpid(), "version": __version__, "uptime": int(time.time() - self.started),
                   "socket": self.socket_path, "socket_activated": self.socket_activated,
-                  "config": self.config.path}
+                  "config": self.config.path, "environment": environment_report()}
         try:
             config = await self.config.current()
         except ConfigError as exc:

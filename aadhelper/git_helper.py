@@ -244,3 +244,20 @@ def format_lines(pairs: Iterable[tuple[str, str]]) -> bytes:
             raise ProtocolError(f"cannot send {key!r} to git: longer than {MAX_LINE_BYTES} bytes")
         out.append(line)
     return b"".join(out)
+
+
+# -- git's own configuration for this helper -------------------------------------------------------------------
+# What `aadhelper profile add --git-url` tells the user to set and `aadhelper doctor` checks: one home for both.
+
+#: The ``credential.helper`` value that makes git run ``git credential-aadhelper``.
+HELPER = "aadhelper"
+
+
+def helper_config(prefix: str) -> tuple[str, bool]:
+    """For a git URL mapping (a normalised prefix, ``scheme://host[:port]/path/``): the origin under which its
+    ``credential.<origin>.helper`` list is set (reset with an empty value, then :data:`HELPER`, so that no storing
+    helper sees a token), and whether git must send the path (``credential.<origin>.useHttpPath``) for the prefix to
+    match: git sends helpers no path by default."""
+    scheme, _, rest = prefix.partition("://")
+    host, _, path = rest.partition("/")
+    return f"{scheme}://{host}", bool(path)

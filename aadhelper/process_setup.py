@@ -28,7 +28,7 @@ import sys
 from collections.abc import Mapping, MutableMapping
 from types import MappingProxyType
 
-from .proxy import PROXY_VARIABLES
+from .proxy import PROXY_VARIABLES, redact
 
 #: Address space the process may still add after locking its memory (bytes): with MCL_FUTURE every new mapping
 #: counts against RLIMIT_MEMLOCK, and one past it fails. A thread's stack is 8 MiB, a new glibc malloc arena
@@ -106,6 +106,23 @@ def start_identity_environment() -> Mapping[str, str]:
     if _start_identity is not None:
         return _start_identity
     return {name: os.environ[name] for name in IDENTITY_VARIABLES if name in os.environ}
+
+
+#: The variables whose values decide what a daemon does and which a shell may set differently: the config file, the
+#: cloud, the secret store and keyring backend, the session bus the keyring is reached over, the CAs. ``status``
+#: reports the daemon's (with its start environment's proxy variables), so ``aadhelper doctor`` can show the
+#: differences from the shell it runs in.
+REPORTED_VARIABLES = ("AADHELPER_CONFIG", "AZURE_AUTHORITY_HOST", "AADHELPER_SECRET_STORE", "PYTHON_KEYRING_BACKEND",
+                      "DBUS_SESSION_BUS_ADDRESS", "SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+def environment_report(environ: Mapping[str, str] = os.environ) -> dict[str, str | None]:
+    """The :data:`REPORTED_VARIABLES` and the proxy variables of this process's start environment (None: unset), the
+    proxies' passwords redacted: nothing here is secret."""
+    report: dict[str, str | None] = {name: environ.get(name) for name in REPORTED_VARIABLES}
+    proxies = start_proxy_environment() if environ is os.environ else environ
+    report.update((name, redact(proxies[name]) if name in proxies else None) for name in PROXY_VARIABLES)
+    return report
 
 
 def configure_logging(verbose: bool) -> None:

@@ -107,10 +107,13 @@ def describe(status: Mapping[str, Any]) -> str:
 
 
 def redact(url: str) -> str:
-    """``url`` without the password (and user) it may carry."""
+    """``url`` without the password (and user) it may carry; also a bare ``user:password@host:port``, which a proxy
+    variable may hold (:func:`from_environment` reads it as http://)."""
     scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
     authority, slash, path = rest.partition("/")
-    if sep and "@" in authority:
+    if "@" in authority:
         authority = "***@" + authority.rpartition("@")[2]
     return f"{scheme}{sep}{authority}{slash}{path}"
 

@@ -46,6 +46,8 @@ _BACKEND_LIMITS = {
     "keyring.backends.Windows.WinVaultKeyring": 1280,
     "keyring.backends.macOS.Keyring": 2048,
 }
+# An entry name no profile's entry can have (profile names have no spaces): what KeyringSecretStore.check reads.
+_PROBE_ENTRY = "aadhelper doctor/probe"
 # keyring sets each KEYRING_PROPERTY_<NAME> variable as property <name> of its backend (scheme, collection...).
 _PROPERTY_ENV_PREFIX = "KEYRING_PROPERTY_"
 
@@ -116,6 +118,15 @@ class KeyringSecretStore(ChunkedSecretStore):
         """
         with contextlib.suppress(SecretStoreError), self._guard("open", None, None):
             self._keyring()
+
+    def check(self) -> str:
+        """Whether the keyring answers and is unlocked, without reading a secret (``aadhelper doctor``): choose and
+        reach the backend and look up an entry no profile can have. Returns the backend's name; raises
+        KeyringUnavailable, KeyringLocked or SecretStoreError, naming no profile."""
+        with self._guard("read", None, None), self._lock:
+            backend = self._keyring()
+            backend.get_password(SERVICE, _PROBE_ENTRY)
+            return _backend_name(backend)
 
     def close(self) -> None:
         """Close the backend's connection if it keeps one open; a later call opens it again."""

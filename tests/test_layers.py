@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "mi_endpoint": 4, "loopback_http": 1,
     "daemon": 5, "demo": 5, "daemon_start": 5,
     "cli": 6, "__main__": 6,
+    "doctor": 6,  # its systemd check reads the units cli.service renders
     "": 0,  # the package itself: __version__
 }
 #: Imports across the rule that are the design: the demo runs the simulated authority.

@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..errors import EXIT_CODES, UsageError
-from . import az, daemon, demo, git, kubectl, login, profile, secret, service, status, token
+from . import az, daemon, demo, doctor, git, kubectl, login, profile, secret, service, status, token
 from . import exec as exec_verb
 
-VERB_MODULES = (profile, secret, daemon, token, status, login, git, service, demo, kubectl, az, exec_verb)
+VERB_MODULES = (profile, secret, daemon, token, status, login, git, service, demo, kubectl, az, exec_verb, doctor)
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any
 
+from .. import git_helper
 from ..config import CREDENTIALS, MANAGED_IDENTITY_SOURCES, Config, Profile, load_config
 from ..errors import SecretStoreError, UsageError
 from ..protocol import MAX_MIN_VALID
@@ -244,14 +245,12 @@ def _split_command(text: str | None) -> list[str] | None:
 
 def git_setup_hint(prefix: str) -> None:
     """The git settings a URL mapping needs: git sends a path to helpers only with useHttpPath."""
-    scheme, _, rest = prefix.partition("://")
-    host, _, path = rest.partition("/")
-    origin = f"{scheme}://{host}"
-    if path:
+    origin, needs_path = git_helper.helper_config(prefix)
+    if needs_path:
         say(f"for git: `git config --global credential.{origin}.useHttpPath true` (git sends the path, so "
             f"{prefix} can match)")
     say(f"for git: `git config --global credential.{origin}.helper ''` then "
-        f"`git config --global --add credential.{origin}.helper aadhelper`")
+        f"`git config --global --add credential.{origin}.helper {git_helper.HELPER}`")
 
 
 def _list(args: argparse.Namespace) -> int:

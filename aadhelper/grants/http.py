@@ -200,29 +200,34 @@ async def post_form(client: httpx.AsyncClient, url: str, form: Mapping[str, str]
         wipe(body)
 
 
-async def get_json(client: httpx.AsyncClient, url: str, *, params: Mapping[str, str], headers: Mapping[str, str],
-                   profile: str, peer: str, connect_timeout: float | None = None,
+async def get_json(client: httpx.AsyncClient, url: str, *, profile: str, params: Mapping[str, str] | None = None,
+                   headers: Mapping[str, str] | None = None, peer: str = "the authority",
+                   timeout: float | None = None, connect_timeout: float | None = None,
                    unreachable: str | None = None) -> tuple[int, Mapping[str, str], dict[str, Any] | None]:
-    """GET ``url`` with a query (a managed identity's endpoint); return (status, headers, JSON object or None).
+    """GET ``url`` (a managed identity's endpoint with its query; the OpenID discovery document, which
+    ``aadhelper doctor`` asks for to test TLS, the proxy and the clock); return (status, headers, JSON object or
+    None).
 
-    Bounded and mapped as :func:`post_form`, with messages naming ``peer`` instead of the authority.
-    ``connect_timeout`` shortens the wait for the connection alone (IMDS: nothing answering means no managed
-    identity here); ``unreachable`` is then the message when no connection could be made at all.
+    Bounded and mapped as :func:`post_form` (within ``timeout`` seconds, default :data:`REQUEST_TIMEOUT`), with
+    messages naming ``peer``. ``connect_timeout`` shortens the wait for the connection alone (IMDS: nothing
+    answering means no managed identity here); ``unreachable`` is then the message when no connection could be made
+    at all.
     """
     return await _exchange(client, "GET", url, profile=profile, params=params,
-                           headers={**_REQUEST_HEADERS, **headers}, peer=peer, connect_timeout=connect_timeout,
-                           unreachable=unreachable)
+                           headers={**_REQUEST_HEADERS, **(headers or {})}, peer=peer, timeout=timeout,
+                           connect_timeout=connect_timeout, unreachable=unreachable)
 
 
 async def _exchange(client: httpx.AsyncClient, method: str, url: str, *, profile: str, headers: Mapping[str, str],
                     content: bytes | None = None, params: Mapping[str, str] | None = None,
-                    peer: str = "the authority", connect_timeout: float | None = None,
+                    peer: str = "the authority", timeout: float | None = None, connect_timeout: float | None = None,
                     unreachable: str | None = None) -> tuple[int, Mapping[str, str], dict[str, Any] | None]:
-    deadline = REQUEST_TIMEOUT
+    """One bounded request/reply (see :func:`post_form`); the reply's bytes are wiped once parsed."""
+    deadline = REQUEST_TIMEOUT if timeout is None else timeout
     replied = False
     content_read: bytearray | None = None
-    timeout = httpx.Timeout(REQUEST_TIMEOUT, connect=connect_timeout) if connect_timeout is not None else None
-    options: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
+    http_timeout = httpx.Timeout(deadline, connect=connect_timeout) if connect_timeout is not None else None
+    options: dict[str, Any] = {"timeout": http_timeout} if http_timeout is not None else {}
     try:
         with trio.fail_after(deadline):
             async with client.stream(method, url, content=content, params=params, headers=headers,

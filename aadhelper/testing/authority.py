@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from email.utils import formatdate
 from typing import Literal
 
 from ..config import FEDERATION_AUDIENCE
@@ -29,7 +30,7 @@ from .faults import Fault, FaultQueue
 from .federation import FederatedCredential, Federation
 from .issuer import TokenIssuer
 from .jwt import InvalidToken
-from .server import BodyWriter, HttpRequest, LoopbackApp, Response
+from .server import DROP, BodyWriter, HttpRequest, LoopbackApp, Response
 from .sessions import Sessions
 
 _SECRET_PARAMS = frozenset({"client_secret", "refresh_token", "code", "code_verifier", "device_code",
@@ -94,6 +95,9 @@ class SimulatedAuthority(LoopbackApp):
         self.sign_in_as: str | None = None
         #: Script the user to decline: authorize redirects with access_denied, /devicelogin declines the code.
         self.consent_denied: bool = False
+        #: Seconds the ``Date`` header of every reply is ahead of the real time (negative: behind), as from an
+        #: authority whose clock differs from ours; ``aadhelper doctor`` measures clock skew with it.
+        self.date_skew: float = 0.0
 
         self.directory = Directory()
         self.certificates = CertificateCredentials()
@@ -318,6 +322,9 @@ class SimulatedAuthority(LoopbackApp):
         return record
 
     def _finish(self, record: RecordedRequest, response: Response) -> Response:
+        if self.date_skew and response is not DROP:
+            response = replace(response, headers=(*response.headers,
+                                                  ("Date", formatdate(time.time() + self.date_skew, usegmt=True))))
         with self._changed:
             record.status = response.status or None
             self._changed.notify_all()

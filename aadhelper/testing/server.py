@@ -307,7 +307,12 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
     def _write(self, response: Response) -> None:
-        self.send_response(response.status)
+        # send_response() would add a Date header of its own: an app may send its own (a skewed clock).
+        self.log_request(response.status)
+        self.send_response_only(response.status)
+        self.send_header("Server", self.version_string())
+        if not any(name.lower() == "date" for name, _ in response.headers):
+            self.send_header("Date", self.date_time_string())
         for name, value in response.headers:
             self.send_header(name, value)
         if response.stream is None:
