@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for module in VERB_MODULES:
         module.register(sub)
+    # Commands that describe the command line itself (`aadhelper man`) read it from here, not by importing this module.
+    parser.set_defaults(parser=parser)
     return parser
 
 

@@ -37,9 +37,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from .app import build_parser
-
-    sys.stdout.write(render(build_parser()))
+    parser: argparse.ArgumentParser = args.parser  # the whole command line (set by cli.app.build_parser)
+    sys.stdout.write(render(parser))
     return 0
 
 
