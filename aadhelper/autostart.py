@@ -10,6 +10,10 @@ and every client connects to the winner.
 Autostart is off when ``AADHELPER_NO_AUTOSTART=1``, when the config says ``[daemon] autostart = false``, or
 when the user enabled the systemd socket unit (then systemd owns the socket, and a missing daemon means the
 unit is stopped: the client says how to start it instead of racing systemd).
+
+A client without a session environment (cron, an SSH session without pam_systemd) finds the daemon of the user's
+session through ``/run/user/UID`` (:func:`aadhelper.paths.runtime_dir`), and a daemon it starts is given the
+user bus, so it reaches the same keyring (:func:`aadhelper.paths.session_environment`).
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ def spawn(socket_path: str) -> tuple[subprocess.Popen[bytes], str]:
     import subprocess
 
     log_path = log_file()
-    env = dict(os.environ, AADHELPER_SOCKET=socket_path)
+    # From cron or a bare SSH session: the user bus is where the keyring is (paths.session_environment).
+    env = dict(os.environ, **paths.session_environment(os.environ), AADHELPER_SOCKET=socket_path)
     with open(log_path, "ab", buffering=0) as log:
         os.chmod(log_path, 0o600)
         child = subprocess.Popen(

@@ -15,10 +15,16 @@ import sys
 
 from .errors import ConfigError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not imported at run time: the thin client imports this module on every call
+    from collections.abc import Mapping
+
 APP_NAME = "aadhelper"
 SOCKET_NAME = "daemon.sock"
 #: systemd-logind's per-user runtime directory (what XDG_RUNTIME_DIR normally names).
 _RUN_USER = "/run/user/{uid}"
+#: The user's D-Bus session bus socket in the runtime directory ("the user bus" of systemd and dbus-user-session).
+_USER_BUS = "bus"
 
 
 def runtime_dir() -> str:
@@ -30,18 +36,51 @@ def runtime_dir() -> str:
        creates it 0700 and refuses it unless it is a real directory of ours, and the client refuses a directory
        that is not ours alone or a daemon of another uid (:mod:`aadhelper.client`).
     """
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    runtime = _session_runtime_dir(os.environ)
+    if runtime is not None:
+        return os.path.join(runtime, APP_NAME)
+    # No session runtime dir (a container, or cron/ssh after the user's last logout without lingering): a private
+    # directory in the temp dir.
+    return os.path.join(os.environ.get("TMPDIR") or "/tmp", f"{APP_NAME}-{os.getuid()}")
+
+
+def _session_runtime_dir(environ: Mapping[str, str]) -> str | None:
+    """``$XDG_RUNTIME_DIR``, else ``/run/user/UID`` when it exists and is ours, else None."""
+    xdg = environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isabs(xdg) and os.path.isdir(xdg):
-        return os.path.join(xdg, APP_NAME)
-    uid = os.getuid()
-    run_user = _RUN_USER.format(uid=uid)
+        return xdg
+    run_user = _RUN_USER.format(uid=os.getuid())
     try:
-        if os.stat(run_user).st_uid == uid:
-            return os.path.join(run_user, APP_NAME)
+        return run_user if os.stat(run_user).st_uid == os.getuid() else None
     except OSError:
-        pass
-    # No session runtime dir (cron, ssh without pam_systemd): a private directory in the temp dir.
-    return os.path.join(os.environ.get("TMPDIR") or "/tmp", f"{APP_NAME}-{uid}")
+        return None
+
+
+def session_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """What a daemon started from ``environ`` needs to reach the user's session: ``XDG_RUNTIME_DIR`` and
+    ``DBUS_SESSION_BUS_ADDRESS`` filled in where they are missing. Returns only the variables to add.
+
+    A cron job, or an SSH session without pam_systemd, has neither variable; a daemon it autostarts would find
+    no Secret Service (python keyring's D-Bus library reads only ``DBUS_SESSION_BUS_ADDRESS``) and serve no
+    secret, while the user's keyring is reachable on the user bus ``/run/user/UID/bus`` that systemd (with
+    dbus-user-session) keeps while the user is logged in or lingering. libdbus and sd-bus fall back to that
+    socket the same way. It is used only when it is a socket of ours in a runtime directory of ours.
+    """
+    added: dict[str, str] = {}
+    runtime = _session_runtime_dir(environ)
+    if runtime is None:
+        return added
+    if not environ.get("XDG_RUNTIME_DIR"):
+        added["XDG_RUNTIME_DIR"] = runtime
+    if not environ.get("DBUS_SESSION_BUS_ADDRESS"):
+        bus = os.path.join(runtime, _USER_BUS)
+        try:
+            info = os.stat(bus)
+        except OSError:
+            return added
+        if stat.S_ISSOCK(info.st_mode) and info.st_uid == os.getuid():
+            added["DBUS_SESSION_BUS_ADDRESS"] = f"unix:path={bus}"
+    return added
 
 
 def socket_path() -> str:

@@ -297,8 +297,9 @@ def _map_keyring_error(exc: Exception, action: str, profile: str | None, kind: s
         return KeyringUnavailable(
             f"no usable OS keyring to {action} {what} ({_describe(exc)})",
             profile=profile,
-            hint="install and start a Secret Service such as gnome-keyring in a D-Bus session, "
-            "or choose a backend with PYTHON_KEYRING_BACKEND",
+            hint="start a Secret Service for the daemon (gnome-keyring under `systemd --user`, or "
+            "`scripts/keyring-session aadhelper daemon`) or choose a backend with PYTHON_KEYRING_BACKEND: "
+            "see \"Headless machines\" in aadhelper's README",
         )
     if isinstance(exc, OSError) or type(exc).__module__.partition(".")[0] in _BACKEND_PACKAGES:
         return SecretStoreError(f"the OS keyring failed to {action} {what} ({_describe(exc)})", profile=profile)

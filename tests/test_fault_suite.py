@@ -44,7 +44,7 @@ def test_fault_case_keeps_the_daemon_serving_within_bounds(results: dict[str, Re
 
 def test_the_table_has_one_row_per_case_with_every_column(results: dict[str, Result]) -> None:
     """If the suite ran, then its table has the header, a separator and one row per case, each with every
-    column (what scripts/faults prints and the README keeps)."""
+    column (what scripts/faults prints and docs/reliability.md keeps)."""
     lines = fault_suite.table([results[case.name] for case in CASES]).splitlines()
     assert len(lines) == 2 + len(CASES)
     assert lines[1] == "|" + "|".join("---" for _ in fault_suite.COLUMNS) + "|"

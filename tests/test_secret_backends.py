@@ -281,7 +281,7 @@ def test_no_keyring_backend_is_keyring_unavailable(isolated_env: dict[str, str])
         ("get", "keyring_unavailable"), ("set", "keyring_unavailable"), ("delete", "keyring_unavailable")]
     for _, _, line in replies:
         assert "client_secret of profile 'work'" in line and "NoKeyringError" in line
-        assert "install and start a Secret Service such as gnome-keyring" in line
+        assert "PYTHON_KEYRING_BACKEND" in line and '"Headless machines" in aadhelper\'s README' in line
         assert "\n" not in line
     assert_no_secret(result.stdout + result.stderr, Secret(secret))
 

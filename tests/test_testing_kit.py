@@ -1,4 +1,4 @@
-"""The test kit as users meet it (README, "Test your scripts without Entra"): every example of that section is a
+"""The test kit as users meet it (docs/testing-kit.md, linked from the README): every example of that page is a
 test here, character for character (a test compares them), plus the kit's own promises: the fake daemon passes the
 real client's socket checks, the temporary home keeps secrets out of the real keyring, and ``aadhelper.testing``
 never imports the CLI."""
@@ -29,14 +29,15 @@ from aadhelper.testing import (
 from aadhelper.testing.daemon_process import DaemonProcess
 from aadhelper.testing.pytest_plugin import PUBLIC_APP_ID, TENANT, USER, Home, Tls
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+#: The test kit's page (it was the README's section "Test your scripts without Entra").
+KIT_PAGE = Path(__file__).resolve().parents[1] / "docs" / "testing-kit.md"
 BIN = Path(sys.executable).parent
 
 
 def readme_block(name: str) -> str:
-    """The fenced code block that follows ``<!-- example: NAME -->`` in the README."""
-    match = re.search(rf"<!-- example: {re.escape(name)} -->\n```\w*\n(.*?)```", README.read_text(), re.S)
-    assert match, f"no example {name!r} in the README"
+    """The fenced code block that follows ``<!-- example: NAME -->`` on the test kit's page."""
+    match = re.search(rf"<!-- example: {re.escape(name)} -->\n```\w*\n(.*?)```", KIT_PAGE.read_text(), re.S)
+    assert match, f"no example {name!r} in {KIT_PAGE.name}"
     return match[1]
 
 

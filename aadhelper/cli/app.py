@@ -7,10 +7,11 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..errors import EXIT_CODES, UsageError
-from . import az, daemon, demo, doctor, git, kubectl, login, profile, secret, service, status, token
+from . import az, daemon, demo, doctor, git, kubectl, login, man, profile, secret, service, status, token
 from . import exec as exec_verb
 
-VERB_MODULES = (profile, secret, daemon, token, status, login, git, service, demo, kubectl, az, exec_verb, doctor)
+VERB_MODULES = (profile, secret, daemon, token, status, login, git, service, demo, kubectl, az, exec_verb, doctor,
+                man)
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for module in VERB_MODULES:
         module.register(sub)
+    # Commands that describe the command line itself (`aadhelper man`) read it from here, not by importing this module.
+    parser.set_defaults(parser=parser)
     return parser
 
 

@@ -7,7 +7,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
-        "demo", help="show the whole tool working against a simulated authority (about 30 s)",
+        "demo", help="show the whole tool working against a simulated authority (about 20 s)",
         description="Start a simulated Entra ID authority, a protected API and the daemon in a temporary home "
                     "(in-memory secrets, nothing of yours is touched), print a header, watch a background refresh, "
                     "call the API with curl, and clean up.")

@@ -40,7 +40,7 @@ def write(path: Path, doc: dict[str, Any]) -> None:
 
 
 def table(rows: Sequence[Row]) -> str:
-    """The table as Markdown (readable in a terminal, pastes into the README)."""
+    """The table as Markdown (readable in a terminal, pastes into docs/performance.md)."""
     lines = ["| # | what | result | baseline (same run) | ratio | target | status |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:

@@ -37,7 +37,7 @@ def header_row(bench: Bench, row: Row) -> None:
     subject = Command([AADHELPER, "header", MAIN], bench.world.env, expect=b"Authorization: Bearer ")
     baseline = Command([PYTHON, "-c", "pass"], bench.world.env)
     _compare(row, subject, baseline, bench.plan.header_runs, "python -c pass", HEADER_TARGET)
-    # How this venv was installed decides part of both figures (see the README's Performance section).
+    # How this venv was installed decides part of both figures (see docs/performance.md).
     row.details["console_script_imports_re"] = b"import re" in Path(AADHELPER).read_bytes()
     row.details["pip"] = subprocess.run([PYTHON, "-m", "pip", "--version"], capture_output=True, text=True,
                                         check=False).stdout.split(" from ")[0]
