@@ -28,15 +28,25 @@ def call(message: dict[str, Any], *, socket_path: str | None = None, timeout: fl
          autostart: bool = False) -> dict[str, Any]:
     """Send one request and return the reply's fields; an error reply is raised as its exception class.
 
-    With ``autostart``, a missing daemon is started (see :mod:`aadhelper.autostart`) and asked once more.
+    With ``autostart``, a missing daemon is started (see :mod:`aadhelper.autostart`) and asked once more. A
+    protocol error (exit 9) names the socket, so the user knows which daemon spoke another language.
     """
+    path = socket_path or paths.socket_path()
+    try:
+        return _call(message, path, timeout, autostart)
+    except ProtocolError as exc:
+        if path in exc.message:
+            raise
+        raise exc.copy(f"{exc.message} (the daemon on {path})") from None
+
+
+def _call(message: dict[str, Any], path: str, timeout: float, autostart: bool) -> dict[str, Any]:
     data = protocol.encode(message)
     if len(data) > protocol.MAX_REQUEST_BYTES:
         # The daemon's own limit, checked here too: one clear error, before any connection or autostart, instead
         # of the daemon's reply racing our unfinished send (a broken connection, exit 8).
         raise ProtocolError(f"request too large for the daemon: {len(data)} bytes, its limit is "
                             f"{protocol.MAX_REQUEST_BYTES} (is a URL or scope that long?)")
-    path = socket_path or paths.socket_path()
     check_socket_dir(path)
     sock = _connect(path, timeout)
     if sock is None:

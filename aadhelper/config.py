@@ -28,7 +28,7 @@ file (a symlink to one is fine), a file of another user or writable by everyone,
 
     [[profiles.ado.git]]                # git remotes served by profile "ado" (longest matching prefix wins)
     url = "https://dev.azure.com/contoso/"
-    username = "me@contoso.com"         # optional; default: the client id (client_secret) or "aadhelper"
+    username = "me@contoso.com"         # optional; default: the client id, or the signed-in account (user)
 
 Plain ``http://`` authorities are accepted only on a loopback host (tests, the demo). Unknown keys are errors,
 so a typo never silently falls back to a default. Every :class:`ConfigError` names the file, the profile and

@@ -18,3 +18,14 @@ def seconds(low: int = 0, high: int = MAX_MIN_VALID) -> Callable[[str], int]:
         return number
 
     return parse
+
+
+def word(what: str) -> Callable[[str], str]:
+    """An argparse type: a non-empty value without spaces or control characters (a scope, a profile name): an empty
+    ``--scope ''`` is a usage error here, not a malformed request for the daemon to refuse."""
+    def parse(value: str) -> str:
+        if not value or not value.isprintable() or any(char.isspace() for char in value):
+            raise argparse.ArgumentTypeError(f"{value!r} is not a {what}: it must be non-empty, without spaces")
+        return value
+
+    return parse

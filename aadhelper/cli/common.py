@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 
 from ..config import Profile, load_config
-from ..errors import AadhelperError, ConfigError
+from ..errors import AadhelperError, ConfigError, SecretStoreError
 
 # What a profile of each credential kind does instead, and how to give it its credential.
 _CREDENTIAL_USE = {
@@ -28,6 +28,43 @@ def load_profile(name: str | None, credential: str) -> Profile:
         raise ConfigError(f"{config.path}: profile {profile.name!r}: key 'credential' is {profile.credential!r}, "
                           f"which {uses}", profile=profile.name, hint=fix.format(name=profile.name))
     return profile
+
+
+def require_persistent_store(what: str) -> None:
+    """Refuse to store ``what`` when ``AADHELPER_SECRET_STORE=memory``: that store lives in the memory of the process
+    that opens it, so this command would report it stored and lose it at exit (the daemon cannot see it either)."""
+    from ..secret_store import STORE_ENV, store_kind
+
+    if store_kind() == "memory":
+        raise ConfigError(f"{STORE_ENV}=memory keeps secrets only in the memory of the process that stores them: "
+                          f"{what} would be lost when this command exits",
+                          hint=f"unset {STORE_ENV} to use the OS keyring (memory is for tests and `aadhelper demo`)")
+
+
+def delete_stored(name: str, kind: str, what: str, profile_check: Callable[[], object]) -> bool:
+    """Delete ``kind`` of profile ``name`` from the keyring; True when something was deleted.
+
+    ``profile_check`` raises the ConfigError of an unknown or wrong-kind profile. It is raised (exit 3, as every
+    other command) only when nothing was stored: a leftover of a profile removed or changed by hand is still
+    cleaned up, with a note saying so."""
+    from ..secret_store import open_secret_store
+
+    problem: ConfigError | None = None
+    try:
+        profile_check()
+    except ConfigError as exc:
+        problem = exc
+    try:
+        deleted = open_secret_store().delete(name, kind)
+    except SecretStoreError:
+        if problem is not None:
+            raise problem from None  # the profile's problem is the one to fix first
+        raise
+    if problem is not None:
+        if not deleted:
+            raise problem
+        say(f"note: {problem.message}; deleted its leftover {what} all the same")
+    return deleted
 
 
 def notify_daemon(profile: str | None = None) -> None:

@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-from ..config import Config, Profile, load_config
+from ..config import Config, GitUrl, Profile, load_config
 from ..errors import SecretStoreError, UsageError
 from ..protocol import MAX_MIN_VALID
 from ..secret_chunks import SECRET_KINDS
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add.add_argument("--git-url", dest="git_urls", action="append", default=[], metavar="URL",
                      help="serve git remotes under this URL prefix with this profile; repeatable")
     add.add_argument("--git-username", metavar="USER", help="username git gets for --git-url "
-                     "(default: the client id, or 'aadhelper' with --user)")
+                     "(default: the client id, or with --user the signed-in account)")
     add.add_argument("--default", action="store_true", help="make it the default profile")
     add.add_argument("--replace", action="store_true", help="overwrite an existing profile of that name")
     add.set_defaults(func=_add)
@@ -87,7 +87,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action.add_argument("url", metavar="URL", help="http(s) URL prefix, e.g. https://dev.azure.com/contoso/")
         if verb == "add":
             action.add_argument("--username", metavar="USER", help="username git gets with the token "
-                                "(default: the client id, or 'aadhelper' for user profiles)")
+                                "(default: the client id, or the signed-in account for user profiles)")
         action.set_defaults(func=func)
 
 
@@ -155,7 +155,7 @@ def _show(args: argparse.Namespace) -> int:
             ("scopes", " ".join(profile.scopes)), ("authority", profile.authority),
             ("token_endpoint", profile.token_endpoint), ("min_valid", str(profile.min_valid)),
             ("ca_bundle", profile.ca_bundle or "-"), ("config", config.path)]
-    rows += [("git_url", f"{g.url} (username {profile.git_username(g)})") for g in profile.git_urls]
+    rows += [("git_url", f"{g.url} (username {git_user(profile, g)})") for g in profile.git_urls]
     for key, value in rows:
         sys.stdout.write(f"{key:<15} {value}\n")
     return 0
@@ -188,8 +188,7 @@ def _git_url_add(args: argparse.Namespace) -> int:
     config = add_git_url(None, args.name, args.url, args.username)
     profile = config.profile(args.name)
     mapping = next(g for g in profile.git_urls if g.url == normalize_git_url(args.url))
-    say(f"git remotes under {mapping.url} now use profile {args.name!r} "
-        f"(username {profile.git_username(mapping)})")
+    say(f"git remotes under {mapping.url} now use profile {args.name!r} (username {git_user(profile, mapping)})")
     git_setup_hint(mapping.url)
     notify_daemon()
     return 0
@@ -217,8 +216,22 @@ def _delete_secrets(name: str) -> None:
         say(f"deleted its {' and '.join(k.replace('_', ' ') for k in deleted)} from the OS keyring")
 
 
+def git_user(profile: Profile, mapping: GitUrl) -> str:
+    """The username git gets for ``mapping``, in words: a user profile sends the signed-in account, which only the
+    sign-in knows (Profile.git_username's last resort is for a sign-in that carried no account name)."""
+    return "the signed-in account" if _sends_account(profile, mapping) else profile.git_username(mapping)
+
+
+def _sends_account(profile: Profile, mapping: GitUrl) -> bool:
+    return profile.credential == "user" and not mapping.username
+
+
 def _profile_json(config: Config, profile: Profile) -> dict[str, Any]:
-    return {**profile.as_dict(), "default": profile.name == config.default_profile}
+    data = {**profile.as_dict(), "default": profile.name == config.default_profile}
+    # null: the signed-in account (see git_user), not the placeholder as_dict() would show.
+    data["git_urls"] = [{"url": g.url, "username": None if _sends_account(profile, g) else profile.git_username(g)}
+                        for g in profile.git_urls]
+    return data
 
 
 def _print_json(data: object) -> None:

@@ -13,7 +13,7 @@ from typing import TextIO
 from ..errors import Cancelled, UsageError
 from ..secret_chunks import CLIENT_SECRET
 from ..tokens import Secret
-from .common import help_handler, load_profile, notify_daemon, say
+from .common import delete_stored, help_handler, load_profile, notify_daemon, require_persistent_store, say
 
 KIND = CLIENT_SECRET
 #: Entra secrets are ~40 characters; anything this long is a wrong file piped in.
@@ -73,6 +73,7 @@ def _set(args: argparse.Namespace) -> int:
         raise UsageError("the secret is never taken from the command line, where the process list shows it",
                          hint=f"pipe it in (`... | aadhelper secret set {args.name}`) or type it at the prompt")
     profile = load_profile(args.name, KIND)
+    require_persistent_store("the client secret")
     secret = read_secret(f"Client secret for profile {profile.name!r} (input hidden): ")
     secret_store.open_secret_store().set(profile.name, KIND, secret)
     say(f"stored the client secret of profile {profile.name!r} in the OS keyring")
@@ -81,10 +82,7 @@ def _set(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    from .. import secret_store
-
-    # No config check: this also cleans up after a profile that was removed from the file by hand.
-    if not secret_store.open_secret_store().delete(args.name, KIND):
+    if not delete_stored(args.name, KIND, "client secret", lambda: load_profile(args.name, KIND)):
         say(f"no client secret was stored for profile {args.name!r}")
         return 0
     say(f"deleted the client secret of profile {args.name!r} from the OS keyring")

@@ -7,8 +7,9 @@ venv install needs no data files. The copies checked in under ``systemd/`` are t
 
 The first line of every rendered unit is a marker with a checksum of the rest. A unit whose checksum still matches
 is ours to replace or remove; one the user edited (or wrote) is left alone unless ``--force`` is given, and the
-message points at ``systemctl --user edit`` drop-ins, which survive reinstalls. Nothing here runs ``systemctl``:
-the commands to run are printed, so installing never starts anything behind the user's back.
+message points at ``systemctl --user edit`` drop-ins, which survive reinstalls. Installing runs no ``systemctl``:
+the commands to run are printed, so installing never starts anything behind the user's back. Uninstalling stops and
+disables the units first (through ``systemctl --user`` when the user manager answers), then removes them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import argparse
 import hashlib
 import os
 import re
+import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -30,6 +33,8 @@ SERVICE_UNIT = "aadhelper.service"
 #: The command checked-in units run: whatever ``aadhelper`` the user manager's PATH finds.
 PORTABLE_COMMAND = ("/usr/bin/env", "aadhelper")
 DOCUMENTATION = "https://pypi.org/project/aadhelper/"
+#: Seconds to wait for one systemctl call (the user manager answers in milliseconds, or not at all).
+SYSTEMCTL_TIMEOUT = 30.0
 
 _MARKER = "# Managed by `aadhelper service install` (sha256:{digest})."
 _MARKER_RE = re.compile(r"# Managed by `aadhelper service install` \(sha256:(?P<digest>[0-9a-f]{16})\)\.")
@@ -223,12 +228,35 @@ def install(unit_dir: str, command: Sequence[str], *, force: bool = False, dry_r
     _print_next(dry_run, "systemctl --user daemon-reload", f"systemctl --user enable --now {SOCKET_UNIT}")
 
 
-def uninstall(unit_dir: str, *, force: bool = False, dry_run: bool = False) -> None:
-    """Remove both units from ``unit_dir`` and print the systemctl commands that stop them."""
+def uninstall(unit_dir: str, *, force: bool = False, dry_run: bool = False,
+              systemctl: Callable[..., subprocess.CompletedProcess[str]] | None = None) -> None:
+    """Stop and disable both units, then remove them from ``unit_dir``.
+
+    Disabling comes first, while the unit files still exist (systemctl needs them to know what to stop): through
+    ``systemctl --user`` when the user manager answers; otherwise the enablement links in ``unit_dir``'s
+    ``*.wants`` directories, which is all ``disable`` would change on disk, are removed here.
+    """
+    run = systemctl or _systemctl
     names = (SOCKET_UNIT, SERVICE_UNIT)
     states = {name: unit_state(os.path.join(unit_dir, name)) for name in names}
     if not force:
         _refuse_edited(unit_dir, states, "removing")
+    installed = [name for name in names if states[name] != "absent"]
+    reachable = bool(installed) and _manager_answers(run)
+    disable = ("--user", "disable", "--now", *names)
+    if installed and reachable:
+        if dry_run:
+            print(f"Would run systemctl {' '.join(disable)}")
+        else:
+            result = run(*disable)
+            if result.returncode != 0:
+                detail = (result.stderr or result.stdout or "").strip().splitlines()
+                raise ConfigError(f"`systemctl {' '.join(disable)}` failed: "
+                                  f"{detail[-1] if detail else f'exit {result.returncode}'}; nothing was removed",
+                                  hint="fix that, then run `aadhelper service uninstall` again")
+            print(f"Stopped and disabled {' and '.join(names)}")
+    elif installed:
+        _remove_links(unit_dir, names, dry_run)
     for name in names:
         path = os.path.join(unit_dir, name)
         if states[name] == "absent":
@@ -236,16 +264,64 @@ def uninstall(unit_dir: str, *, force: bool = False, dry_run: bool = False) -> N
         elif dry_run:
             print(f"Would remove {path}")
         else:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise ConfigError(f"cannot remove {path}: {exc.strerror or exc}") from None
+            _unlink(path)
             print(f"Removed {path}")
-    # systemctl may warn that the unit files are gone; it still removes the links and stops the units.
-    _print_next(dry_run, f"systemctl --user disable --now {SOCKET_UNIT} {SERVICE_UNIT}",
-                "systemctl --user daemon-reload")
+    if not installed:
+        return
+    if reachable:
+        if dry_run:
+            print("Would run systemctl --user daemon-reload")
+        else:
+            run("--user", "daemon-reload")
+            print("Reloaded the systemd user manager")
+        return
+    print("systemd's user manager does not answer here (`systemctl --user`), so nothing was stopped; where it runs:")
+    print(f"  systemctl --user stop {' '.join(names)}")
+    print("  systemctl --user daemon-reload")
+
+
+def _systemctl(*args: str) -> subprocess.CompletedProcess[str]:
+    """``systemctl ARGS``; a missing systemctl is exit code 127, like a shell's."""
+    path = shutil.which("systemctl")
+    if path is None:
+        return subprocess.CompletedProcess(["systemctl", *args], 127, "", "systemctl: not found")
+    try:
+        return subprocess.run([path, *args], capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT,
+                              stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess([path, *args], 124, "", f"no answer within {SYSTEMCTL_TIMEOUT:g} s")
+
+
+def _manager_answers(run: Callable[..., subprocess.CompletedProcess[str]]) -> bool:
+    """Whether a systemd user manager answers ``systemctl --user`` (none in containers, cron, many SSH sessions)."""
+    return run("--user", "show-environment").returncode == 0
+
+
+def _remove_links(unit_dir: str, names: Sequence[str], dry_run: bool) -> None:
+    """What ``systemctl --user disable`` changes on disk: the symlinks to our units in ``*.wants`` directories."""
+    try:
+        wants = [entry.path for entry in os.scandir(unit_dir) if entry.name.endswith((".wants", ".requires"))
+                 and entry.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return
+    for directory in sorted(wants):
+        for name in names:
+            link = os.path.join(directory, name)
+            if os.path.islink(link):
+                if dry_run:
+                    print(f"Would remove the link {link}")
+                else:
+                    _unlink(link)
+                    print(f"Disabled: removed the link {link}")
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"cannot remove {path}: {exc.strerror or exc}") from None
 
 
 def _show(path: str, text: str, note: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import errno
 import json
 import logging
 import math
@@ -319,8 +320,8 @@ def _transport_error(exc: httpx.HTTPError, url: str, profile: str, *, replied: b
     reason = _reason(exc)
     if replied:
         message = f"the connection to the authority at {host} broke in the middle of the reply ({reason})"
-    elif isinstance(exc, httpx.ConnectError):
-        message = f"cannot reach the authority at {host}: {reason}"
+    elif isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        message = f"cannot reach the authority at {host}: {_connect_failure(exc, reason)}"
     elif isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
         message = f"the authority at {host} closed the connection without a reply ({reason})"
     else:
@@ -358,6 +359,28 @@ def _reason(exc: BaseException) -> str:
         if isinstance(cause, OSError) and cause.errno and cause.errno > 0:
             return os.strerror(cause.errno).lower()
     return _printable(str(exc), 120) or type(exc).__name__
+
+
+#: What a failed connect means, by errno, in words that tell refused from unreachable from timed out.
+_CONNECT_FAILURES = {
+    errno.ECONNREFUSED: "connection refused (nothing listens on that port, or a firewall rejects the connection)",
+    errno.ETIMEDOUT: "connecting timed out (no answer: a firewall dropping packets, or the host is down)",
+    errno.ENETUNREACH: "the network is unreachable (no route to it: offline, or a VPN is needed)",
+    errno.EHOSTUNREACH: "no route to the host (offline, or a VPN is needed)",
+    errno.ECONNRESET: "the connection was reset while connecting (a proxy or firewall in between?)",
+}
+
+
+def _connect_failure(exc: httpx.HTTPError, reason: str) -> str:
+    """Why a connection could not be made: the name does not resolve (DNS), refused, unreachable or timed out."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connecting timed out (no answer: a firewall dropping packets, or the host is down)"
+    for cause in _causes(exc):
+        if isinstance(cause, socket.gaierror):
+            return f"its name does not resolve (DNS: {reason})"
+        if isinstance(cause, OSError) and cause.errno in _CONNECT_FAILURES:
+            return _CONNECT_FAILURES[cause.errno]
+    return reason
 
 
 def raise_for_error(status: int, headers: Mapping[str, str], body: Mapping[str, Any] | None, *,
