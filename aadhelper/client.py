@@ -65,15 +65,15 @@ def _call(message: dict[str, Any], path: str, timeout: float, autostart: bool) -
             line = _read_line(sock, protocol.MAX_REPLY_BYTES)
         except TimeoutError:
             raise DaemonNotRunning(f"the daemon on {path} did not answer within {timeout:g} s",
-                                   hint="check its log, or restart it") from None
+                                   hint=log_hint()) from None
         except OSError as exc:
             raise DaemonNotRunning(f"the connection to the daemon on {path} broke: {exc.strerror or exc}",
-                                   hint="check its log, or restart it") from None
+                                   hint=log_hint()) from None
     finally:
         sock.close()
     if not line:
         raise DaemonNotRunning(f"the daemon on {path} closed the connection without a reply",
-                               hint="check its log, or restart it")
+                               hint=log_hint())
     reply = protocol.decode(line)
     if reply.get("ok") is True:
         return reply
@@ -81,6 +81,14 @@ def _call(message: dict[str, Any], path: str, timeout: float, autostart: bool) -
     if not isinstance(error, dict):
         raise ProtocolError("malformed reply from the daemon: neither ok nor an error object")
     raise error_from_wire(error)
+
+
+def log_hint(*, restart: bool = True) -> str:
+    """Where to look when the daemon misbehaves: its log, wherever that is, and how to restart it."""
+    from . import autostart
+
+    hint = f"see the daemon's log (`aadhelper logs`: the journal under systemd, else {autostart.log_path()})"
+    return hint + (", or restart it with `aadhelper daemon restart`" if restart else "")
 
 
 #: Seconds between two pings while waiting for a daemon to answer, and how long a daemon that exited may take to be

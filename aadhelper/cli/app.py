@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..errors import EXIT_CODES, UsageError
-from . import daemon, demo, git, login, profile, secret, service, status, token
+from . import daemon, demo, git, login, logs, profile, secret, service, status, token
 
-VERB_MODULES = (profile, secret, daemon, token, status, login, git, service, demo)
+VERB_MODULES = (profile, secret, daemon, token, status, login, git, service, demo, logs)
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -4,6 +4,8 @@ running daemon to reload, and the lines the commands print on stderr. Verbs impo
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 
@@ -76,6 +78,37 @@ def notify_daemon(profile: str | None = None) -> None:
             say("the running daemon reloaded its configuration")
     except AadhelperError as exc:
         warn(f"the running daemon did not reload: {exc.one_line()}; restart it to pick up the change")
+
+
+#: Seconds to wait for one systemctl call (the user manager answers in milliseconds, or not at all).
+SYSTEMCTL_TIMEOUT = 30.0
+#: The unit names of `aadhelper service install`.
+SOCKET_UNIT = "aadhelper.socket"
+SERVICE_UNIT = "aadhelper.service"
+
+
+def systemctl(*args: str) -> subprocess.CompletedProcess[str]:
+    """``systemctl ARGS`` (output captured); a missing systemctl is exit code 127, as a shell says, and one that
+    does not answer in time 124, as timeout(1) says."""
+    path = shutil.which("systemctl")
+    if path is None:
+        return subprocess.CompletedProcess(["systemctl", *args], 127, "", "systemctl: not found")
+    try:
+        return subprocess.run([path, *args], capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT,
+                              stdin=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess([path, *args], 124, "", f"no answer within {SYSTEMCTL_TIMEOUT:g} s")
+
+
+def user_manager_answers(run: Callable[..., subprocess.CompletedProcess[str]] = systemctl) -> bool:
+    """Whether a systemd user manager answers ``systemctl --user`` (none in containers, cron, many SSH sessions)."""
+    return run("--user", "show-environment").returncode == 0
+
+
+def systemctl_failure(result: subprocess.CompletedProcess[str]) -> str:
+    """systemctl's own last line about a failure, for our one-line error."""
+    lines = (result.stderr or result.stdout or "").strip().splitlines()
+    return lines[-1] if lines else f"exit {result.returncode}"
 
 
 def say(line: str) -> None:

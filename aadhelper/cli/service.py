@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,14 +26,14 @@ from typing import Literal
 
 from .. import paths
 from ..errors import ConfigError
+from .common import SERVICE_UNIT as SERVICE_UNIT  # re-exported: the unit names belong with the units
+from .common import SOCKET_UNIT as SOCKET_UNIT
+from .common import systemctl as run_systemctl
+from .common import systemctl_failure, user_manager_answers
 
-SOCKET_UNIT = "aadhelper.socket"
-SERVICE_UNIT = "aadhelper.service"
 #: The command checked-in units run: whatever ``aadhelper`` the user manager's PATH finds.
 PORTABLE_COMMAND = ("/usr/bin/env", "aadhelper")
 DOCUMENTATION = "https://pypi.org/project/aadhelper/"
-#: Seconds to wait for one systemctl call (the user manager answers in milliseconds, or not at all).
-SYSTEMCTL_TIMEOUT = 30.0
 
 _MARKER = "# Managed by `aadhelper service install` (sha256:{digest})."
 _MARKER_RE = re.compile(r"# Managed by `aadhelper service install` \(sha256:(?P<digest>[0-9a-f]{16})\)\.")
@@ -236,13 +235,13 @@ def uninstall(unit_dir: str, *, force: bool = False, dry_run: bool = False,
     ``systemctl --user`` when the user manager answers; otherwise the enablement links in ``unit_dir``'s
     ``*.wants`` directories, which is all ``disable`` would change on disk, are removed here.
     """
-    run = systemctl or _systemctl
+    run = systemctl or run_systemctl
     names = (SOCKET_UNIT, SERVICE_UNIT)
     states = {name: unit_state(os.path.join(unit_dir, name)) for name in names}
     if not force:
         _refuse_edited(unit_dir, states, "removing")
     installed = [name for name in names if states[name] != "absent"]
-    reachable = bool(installed) and _manager_answers(run)
+    reachable = bool(installed) and user_manager_answers(run)
     disable = ("--user", "disable", "--now", *names)
     if installed and reachable:
         if dry_run:
@@ -250,9 +249,8 @@ def uninstall(unit_dir: str, *, force: bool = False, dry_run: bool = False,
         else:
             result = run(*disable)
             if result.returncode != 0:
-                detail = (result.stderr or result.stdout or "").strip().splitlines()
-                raise ConfigError(f"`systemctl {' '.join(disable)}` failed: "
-                                  f"{detail[-1] if detail else f'exit {result.returncode}'}; nothing was removed",
+                raise ConfigError(f"`systemctl {' '.join(disable)}` failed: {systemctl_failure(result)}; "
+                                  "nothing was removed",
                                   hint="fix that, then run `aadhelper service uninstall` again")
             print(f"Stopped and disabled {' and '.join(names)}")
     elif installed:
@@ -278,23 +276,6 @@ def uninstall(unit_dir: str, *, force: bool = False, dry_run: bool = False,
     print("systemd's user manager does not answer here (`systemctl --user`), so nothing was stopped; where it runs:")
     print(f"  systemctl --user stop {' '.join(names)}")
     print("  systemctl --user daemon-reload")
-
-
-def _systemctl(*args: str) -> subprocess.CompletedProcess[str]:
-    """``systemctl ARGS``; a missing systemctl is exit code 127, like a shell's."""
-    path = shutil.which("systemctl")
-    if path is None:
-        return subprocess.CompletedProcess(["systemctl", *args], 127, "", "systemctl: not found")
-    try:
-        return subprocess.run([path, *args], capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT,
-                              stdin=subprocess.DEVNULL, check=False)
-    except subprocess.TimeoutExpired:
-        return subprocess.CompletedProcess([path, *args], 124, "", f"no answer within {SYSTEMCTL_TIMEOUT:g} s")
-
-
-def _manager_answers(run: Callable[..., subprocess.CompletedProcess[str]]) -> bool:
-    """Whether a systemd user manager answers ``systemctl --user`` (none in containers, cron, many SSH sessions)."""
-    return run("--user", "show-environment").returncode == 0
 
 
 def _remove_links(unit_dir: str, names: Sequence[str], dry_run: bool) -> None:
