@@ -43,7 +43,8 @@ def test_stop_ends_the_daemon_through_its_socket(env: dict[str, str]) -> None:
     try:
         result = cli(env, "daemon", "stop")
         assert result.returncode == 0, result.stderr
-        assert one_error_line(result) == f"aadhelper: stopped the daemon (pid {daemon.pid}) on {env['AADHELPER_SOCKET']}"
+        socket_path = env["AADHELPER_SOCKET"]
+        assert one_error_line(result) == f"aadhelper: stopped the daemon (pid {daemon.pid}) on {socket_path}"
         assert daemon.process is not None and daemon.process.wait(timeout=30) == 0
         assert "a client asked the daemon to stop" in daemon.log()
     finally:
