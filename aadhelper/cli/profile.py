@@ -17,9 +17,11 @@ from ..errors import SecretStoreError, UsageError
 from ..protocol import MAX_MIN_VALID
 from ..secret_chunks import SECRET_KINDS
 from ..urls import normalize_git_url
+from .args import seconds, word
 from .common import help_handler, notify_daemon, say, warn
 
-#: Keyring entries a profile can own; `profile remove` deletes them all.
+#: The settings `profile set --unset` may remove (their defaults then apply).
+UNSETTABLE = ("authority", "min_valid", "ca_bundle")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,8 +53,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add.add_argument("--git-username", metavar="USER", help="username git gets for --git-url "
                      "(default: the client id, or with --user the signed-in account)")
     add.add_argument("--default", action="store_true", help="make it the default profile")
-    add.add_argument("--replace", action="store_true", help="overwrite an existing profile of that name")
+    add.add_argument("--replace", action="store_true", help="overwrite an existing profile of that name (its git "
+                     "URL mappings are kept unless --git-url is given)")
     add.set_defaults(func=_add)
+
+    change = actions.add_parser(
+        "set", help="change single settings of a profile",
+        description="Change single settings of profile NAME; everything else (git URL mappings, comments, the "
+                    "stored secret or sign-in) stays. --unset KEY removes a setting so its default applies.")
+    change.add_argument("name", metavar="NAME", help="profile name")
+    change.add_argument("--tenant", help="tenant GUID or domain")
+    change.add_argument("--client-id", help="application (client) id")
+    change.add_argument("--scope", dest="scopes", action="append", metavar="SCOPE", type=word("scope"),
+                        help="default scope; repeat for several (replaces the profile's list)")
+    change.add_argument("--authority", help="public, usgov, china or an https:// URL")
+    change.add_argument("--ca-bundle", metavar="FILE", help="PEM file of CAs to trust for the authority's TLS")
+    change.add_argument("--min-valid", type=seconds(), metavar="SECONDS",
+                        help=f"seconds a served token must still be valid (0-{MAX_MIN_VALID})")
+    change.add_argument("--unset", action="append", default=[], choices=UNSETTABLE, metavar="KEY",
+                        help=f"remove a setting, back to its default ({', '.join(UNSETTABLE)}); repeatable")
+    change.set_defaults(func=_set)
 
     listing = actions.add_parser("list", help="list profiles", description="List profiles; * marks the default.")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -96,23 +116,75 @@ def _add(args: argparse.Namespace) -> int:
 
     if args.git_username is not None and not args.git_urls:
         raise UsageError("--git-username needs at least one --git-url")
-    ca_bundle = None
-    if args.ca_bundle is not None:
-        ca_bundle = os.path.abspath(os.path.expanduser(args.ca_bundle))
-        if not os.path.isfile(ca_bundle):
-            raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
+    ca_bundle = _ca_bundle(args.ca_bundle)
+    replacing = args.replace and args.name in _configured_names()
     config = add_profile(
         None, args.name, tenant=args.tenant, client_id=args.client_id, scopes=args.scopes, authority=args.authority,
         credential="user" if args.user else "client_secret", min_valid=args.min_valid, ca_bundle=ca_bundle,
         git_urls=args.git_urls, git_username=args.git_username, make_default=args.default, replace=args.replace)
     marker = " as the default" if config.default_profile == args.name else ""
-    say(f"added profile {args.name!r} to {config.path}{marker}")
+    if replacing:
+        mappings = len(config.profile(args.name).git_urls)
+        kept = f"; its git URL mappings were {'replaced' if args.git_urls else 'kept'} ({mappings})" if mappings \
+            else ""
+        say(f"replaced profile {args.name!r} in {config.path}{marker}{kept}")
+    else:
+        say(f"added profile {args.name!r} to {config.path}{marker}")
     notify_daemon()
     for url in config.profile(args.name).git_urls:
         git_setup_hint(url.url)
     nxt = f"aadhelper login {args.name}" if args.user else f"aadhelper secret set {args.name}"
     say(f"next: `{nxt}`")
     return 0
+
+
+def _configured_names() -> list[str]:
+    from ..errors import ConfigError
+
+    try:
+        return list(load_config().profiles)
+    except ConfigError:
+        return []  # add_profile reports the broken file
+
+
+def _set(args: argparse.Namespace) -> int:
+    from ..config_edit import set_profile
+
+    settings: dict[str, object] = {key: value for key, value in (
+        ("tenant", args.tenant), ("client_id", args.client_id), ("scopes", args.scopes),
+        ("authority", args.authority), ("ca_bundle", _ca_bundle(args.ca_bundle)), ("min_valid", args.min_valid))
+        if value is not None}
+    clash = sorted(set(settings) & set(args.unset))
+    if clash:
+        raise UsageError(f"--unset {clash[0]} and a new value for it at once")
+    if not settings and not args.unset:
+        raise UsageError("nothing to change: give at least one setting, e.g. --min-valid 600",
+                         hint=f"the current ones: `aadhelper profile show {args.name}`")
+    before = load_config().profile(args.name).as_dict()
+    config = set_profile(None, args.name, settings, args.unset)
+    after = config.profile(args.name).as_dict()
+    changes = [f"{key} {_shown(before[key])} -> {_shown(after[key])}" for key in (*settings, *args.unset)
+               if before.get(key) != after.get(key)]
+    say(f"profile {args.name!r} in {config.path}: " + ("; ".join(changes) if changes else "nothing changed"))
+    if changes:
+        notify_daemon()
+    return 0
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, list):
+        return " ".join(map(str, value)) or "none"
+    return "default" if value is None else str(value)
+
+
+def _ca_bundle(value: str | None) -> str | None:
+    """A --ca-bundle argument as the absolute path the config keeps; an error for a file that is not there."""
+    if value is None:
+        return None
+    path = os.path.abspath(os.path.expanduser(value))
+    if not os.path.isfile(path):
+        raise UsageError(f"--ca-bundle {value}: no such file")
+    return path
 
 
 def git_setup_hint(prefix: str) -> None:
