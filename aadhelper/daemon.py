@@ -146,7 +146,8 @@ class Daemon:
             if login is not None and not any(r["state"] == "login_required" for r in tokens):
                 # No refresh token, or a dead one: say so for the profile's scopes even before anyone asked.
                 tokens.append(login_required_status(profile, login))
-            record = {"name": name, "credential": profile.credential, "default": name == default, "tokens": tokens}
+            record = {"name": name, "credential": profile.credential, "default": name == default, "tokens": tokens,
+                      "min_valid": profile.min_valid}
             if name in unsaved:
                 record["unsaved_sign_in"] = True
             profiles.append(record)

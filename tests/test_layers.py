@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "daemon": 5, "demo": 5, "daemon_start": 5,
     "cli": 6, "__main__": 6,
     "": 0,  # the package itself: __version__
+    "accounts": 1, "suggest": 0,
 }
 #: Imports across the rule that are the design: the demo runs the simulated authority.
 ALLOWED = {("demo", "testing.authority"), ("demo", "testing.resource")}

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from ..config import Profile, load_config
 from ..errors import AadhelperError, ConfigError, SecretStoreError
@@ -67,6 +68,52 @@ def delete_stored(name: str, kind: str, what: str, profile_check: Callable[[], o
             raise problem
         say(f"note: {problem.message}; deleted its leftover {what} all the same")
     return deleted
+
+
+def forget_sign_in(name: str) -> None:
+    """Drop the recorded account of a signed-out or removed profile (aadhelper.accounts); a failure only warns."""
+    from .. import accounts
+
+    try:
+        accounts.forget(name)
+    except OSError as exc:
+        warn(f"could not update {accounts.file_path()}: {exc.strerror or exc}")
+
+
+def credential_state(profile: Profile) -> dict[str, Any]:
+    """What `status` and `profile show` say about a profile's credential, never its value: ``stored`` (True,
+    False, or None when this process cannot tell), ``text`` (that in words), and for a user profile ``account``
+    and ``tenant`` of the recorded sign-in (None: unknown)."""
+    from .. import accounts
+    from ..secret_chunks import CLIENT_SECRET, REFRESH_TOKEN
+    from ..secret_store import STORE_ENV, open_secret_store, store_kind
+
+    kind = {"client_secret": CLIENT_SECRET, "user": REFRESH_TOKEN}.get(profile.credential)
+    state: dict[str, Any] = {"stored": None, "text": None}
+    if profile.credential == "user":
+        sign_in = accounts.sign_in_of(profile.name) or {}
+        state.update(account=sign_in.get("account"), tenant=sign_in.get("tenant"))
+    if kind is None:
+        return state  # a credential kind with nothing of ours in the keyring
+    what = "client secret" if kind == CLIENT_SECRET else "sign-in (refresh token)"
+    if store_kind() == "memory":
+        state["text"] = f"unknown here ({STORE_ENV}=memory: only the daemon's memory holds the {what})"
+        return state
+    try:
+        stored = open_secret_store().get(profile.name, kind) is not None
+    except SecretStoreError as exc:
+        state["text"] = f"cannot tell: {exc.message}"
+        return state
+    state["stored"] = stored
+    state["text"] = f"{what} stored in the OS keyring" if stored else f"no {what} stored"
+    if profile.credential == "user" and stored and state.get("account"):
+        tenant = f" (tenant {state['tenant']})" if state.get("tenant") else ""
+        state["text"] = f"signed in as {state['account']}{tenant}; {state['text']}"
+    elif profile.credential == "user" and not stored:
+        state["text"] = f"not signed in: `aadhelper login {profile.name}`"
+    elif not stored:
+        state["text"] += f": `aadhelper secret set {profile.name}`"
+    return state
 
 
 def notify_daemon(profile: str | None = None) -> None:

@@ -15,7 +15,7 @@ import json
 from ..errors import AadhelperError, KeyringLocked, KeyringUnavailable, SecretStoreError, UsageError
 from ..secret_chunks import REFRESH_TOKEN
 from .args import seconds, word
-from .common import delete_stored, load_profile, notify_daemon, require_persistent_store, say
+from .common import delete_stored, forget_sign_in, load_profile, notify_daemon, require_persistent_store, say, warn
 
 KIND = REFRESH_TOKEN
 #: Seconds to wait for a running daemon's status (for its claims challenge) before going on without it.
@@ -77,6 +77,7 @@ def _login(args: argparse.Namespace) -> int:
                                            timeout=args.timeout, scopes=tuple(args.scopes or ()),
                                            claims=claims))
     store.set(profile.name, KIND, result.refresh_token)
+    _remember(profile.name, result.account, result.tenant)
     who = f" as {result.account}" if result.account else ""
     say(f"signed in{who}; stored the refresh token of profile {profile.name!r} in the OS keyring")
     notify_daemon(profile.name)
@@ -89,6 +90,7 @@ def _logout(args: argparse.Namespace) -> int:
         from ..config import load_config
 
         name = load_config().profile(None).name
+    forget_sign_in(name)
     if delete_stored(name, KIND, "refresh token", lambda: load_profile(name, "user")):
         say(f"signed out: deleted the refresh token of profile {name!r} from the OS keyring")
     else:
@@ -96,6 +98,16 @@ def _logout(args: argparse.Namespace) -> int:
     # Also when nothing was stored: the daemon may still hold access tokens of an earlier sign-in.
     notify_daemon(name)
     return 0
+
+
+def _remember(name: str, account: str | None, tenant: str | None) -> None:
+    """Record who signed in, for `status` and `profile show`; a failure only costs that label."""
+    from .. import accounts
+
+    try:
+        accounts.record(name, account=account, tenant=tenant)
+    except OSError as exc:
+        warn(f"could not record the signed-in account in {accounts.file_path()}: {exc.strerror or exc}")
 
 
 def _claims_option(text: str) -> str:

@@ -18,7 +18,7 @@ from ..protocol import MAX_MIN_VALID
 from ..secret_chunks import SECRET_KINDS
 from ..urls import normalize_git_url
 from .args import seconds, word
-from .common import help_handler, notify_daemon, say, warn
+from .common import credential_state, forget_sign_in, help_handler, notify_daemon, say, warn
 
 #: The settings `profile set --unset` may remove (their defaults then apply).
 UNSETTABLE = ("authority", "min_valid", "ca_bundle")
@@ -219,14 +219,21 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     config = load_config()
     profile = config.profile(args.name)
+    credential = credential_state(profile)
     if args.json:
-        _print_json(_profile_json(config, profile))
+        data = _profile_json(config, profile)
+        data["secret_stored"] = credential["stored"]
+        if profile.credential == "user":
+            data["signed_in"] = {"account": credential.get("account"), "tenant": credential.get("tenant")}
+        _print_json(data)
         return 0
     rows = [("name", profile.name), ("default", "yes" if profile.name == config.default_profile else "no"),
             ("tenant", profile.tenant), ("client_id", profile.client_id), ("credential", profile.credential),
             ("scopes", " ".join(profile.scopes)), ("authority", profile.authority),
             ("token_endpoint", profile.token_endpoint), ("min_valid", str(profile.min_valid)),
             ("ca_bundle", profile.ca_bundle or "-"), ("config", config.path)]
+    if credential["text"]:
+        rows.insert(5, ("secret" if profile.credential != "user" else "sign-in", credential["text"]))
     rows += [("git_url", f"{g.url} (username {git_user(profile, g)})") for g in profile.git_urls]
     for key, value in rows:
         sys.stdout.write(f"{key:<15} {value}\n")
@@ -239,6 +246,7 @@ def _remove(args: argparse.Namespace) -> int:
     config = remove_profile(None, args.name)
     say(f"removed profile {args.name!r} from {config.path}")
     _delete_secrets(args.name)
+    forget_sign_in(args.name)
     if config.profiles and config.default_profile is None:
         say("there is no default profile now; choose one with `aadhelper profile default NAME`")
     notify_daemon()

@@ -516,18 +516,27 @@ def parse_token_reply(body: Mapping[str, Any] | None, *, scopes: tuple[str, ...]
 def account_of(id_token: str) -> str | None:
     """The signed-in account an id token names (``preferred_username``), for display and git usernames only: the
     token is not verified, and nothing is decided by it."""
-    try:
-        payload = id_token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
-        return None
-    if not isinstance(claims, dict):
-        return None
+    claims = _id_token_claims(id_token)
     for key in ("preferred_username", "upn", "email", "name"):
         value = claims.get(key)
         if isinstance(value, str) and value.isprintable() and 0 < len(value) <= 256:
             return value
     return None
+
+
+def tenant_of(id_token: str) -> str | None:
+    """The tenant (``tid``) an id token's account signed in to, for display only (not verified, as above)."""
+    value = _id_token_claims(id_token).get("tid")
+    return value if isinstance(value, str) and value.isprintable() and 0 < len(value) <= 256 else None
+
+
+def _id_token_claims(id_token: str) -> dict[str, Any]:
+    try:
+        payload = id_token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, RecursionError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
 
 
 def _lifetime(value: object) -> float | None:
