@@ -32,12 +32,54 @@ def call(message: dict[str, Any], *, socket_path: str | None = None, timeout: fl
     protocol error (exit 9) names the socket, so the user knows which daemon spoke another language.
     """
     path = socket_path or paths.socket_path()
+    if _trace is not None:
+        return _traced(message, path, timeout, autostart, _trace)
     try:
         return _call(message, path, timeout, autostart)
     except ProtocolError as exc:
         if path in exc.message:
             raise
         raise exc.copy(f"{exc.message} (the daemon on {path})") from None
+
+
+#: Where `-v` reports each request (None: quiet, the normal case; set by the CLI with :func:`set_trace`).
+_trace: Callable[[str], None] | None = None
+
+
+def set_trace(report: Callable[[str], None] | None) -> None:
+    """Report every request to the daemon (what, to which socket, how long, the outcome) to ``report``."""
+    global _trace
+    _trace = report
+
+
+def _traced(message: dict[str, Any], path: str, timeout: float, autostart: bool,
+            report: Callable[[str], None]) -> dict[str, Any]:
+    import time
+
+    fields = ", ".join(f"{key} {_shown(value)}" for key, value in message.items() if key not in ("v", "op"))
+    asked = f"asked the daemon on {path} for {message.get('op')}" + (f" ({fields})" if fields else "")
+    started = time.perf_counter()
+    set_trace(None)  # the call below is not traced again
+    try:
+        reply = call(message, socket_path=path, timeout=timeout, autostart=autostart)
+    except AadhelperError as exc:
+        report(f"{asked}: {exc.code} after {1000 * (time.perf_counter() - started):.1f} ms")
+        raise
+    finally:
+        set_trace(report)
+    report(f"{asked}: answered in {1000 * (time.perf_counter() - started):.1f} ms")
+    return reply
+
+
+def _shown(value: object) -> str:
+    """A request field for the trace: lists joined; a URL without any user:password part."""
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    text = str(value)
+    scheme, sep, rest = text.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        text = f"{scheme}{sep}***@{rest.split('@', 1)[1]}"
+    return text
 
 
 def _call(message: dict[str, Any], path: str, timeout: float, autostart: bool) -> dict[str, Any]:
@@ -102,6 +144,17 @@ def wait_for_daemon(path: str, timeout: float, *, exited: Callable[[], bool] = l
     ``exited()`` for EXITED_GRACE seconds without another answering (False). Autostart and the test kit use it."""
     import time
 
+    report = _trace
+    if report is not None:  # one line for the whole wait, not one per ping
+        set_trace(None)
+        try:
+            started = time.perf_counter()
+            answered = wait_for_daemon(path, timeout, exited=exited)
+            report(f"waited {1000 * (time.perf_counter() - started):.0f} ms for a daemon to answer on {path}: "
+                   f"{'it did' if answered else 'none did'}")
+            return answered
+        finally:
+            set_trace(report)
     deadline = time.monotonic() + timeout
     exited_at: float | None = None
     while time.monotonic() < deadline:

@@ -38,7 +38,6 @@ the key.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import stat
@@ -52,6 +51,7 @@ from . import paths
 from .errors import ConfigError, UnknownProfile
 from .protocol import MAX_MIN_VALID
 from .proxy import DIRECT, InvalidProxy, ProxySetting, from_environment, parse_no_proxy, parse_proxy_url
+from .suggest import did_you_mean
 from .urls import InvalidAuthority, match_key, normalize_git_url, resolve_authority_url
 
 CREDENTIALS = ("client_secret", "user")
@@ -232,8 +232,10 @@ def parse_config(text: str, path: str, environ: Mapping[str, str] = os.environ,
 
 def unknown_profile(path: str, name: str, configured: Iterable[str]) -> UnknownProfile:
     """The error for a profile name that is not in the file."""
-    return UnknownProfile(f"{path}: profile {name!r} is not configured (profiles: {', '.join(configured) or 'none'})",
-                          profile=name, hint="see `aadhelper profile list`")
+    configured = list(configured)
+    return UnknownProfile(f"{path}: profile {name!r} is not configured{did_you_mean(name, configured)} "
+                          f"(profiles: {', '.join(configured) or 'none'})", profile=name,
+                          hint="see `aadhelper profile list`")
 
 
 def parse_toml(text: str, path: str) -> dict[str, Any]:
@@ -443,8 +445,7 @@ def _check_keys(table: Mapping[str, object], allowed: tuple[str, ...], where: _W
     unknown = [key for key in table if key not in allowed]
     if unknown:
         key = unknown[0]
-        close = difflib.get_close_matches(key, allowed, n=1)
-        suggestion = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(allowed)})"
+        suggestion = did_you_mean(key, allowed) or f" (known keys: {', '.join(allowed)})"
         raise where.error(key, f"is not a known setting{suggestion}")
 
 

@@ -197,11 +197,15 @@ async def post_form(client: httpx.AsyncClient, url: str, form: Mapping[str, str]
     replied = False
     body = encode_form(form)
     content: bytearray | None = None
+    started = time.monotonic()
     try:
         with trio.fail_after(deadline):
             async with client.stream("POST", url, content=body, headers=_FORM_HEADERS) as response:
                 replied = True
                 content = await _read_limited(response, profile)
+        # What `-v` shows: what was asked, of whom, how long it took (the URL holds no secret; the form does).
+        log.debug("POST %s (profile %s): HTTP %d in %.0f ms", url, profile, response.status_code,
+                  1000 * (time.monotonic() - started))
         return response.status_code, response.headers, _json_object(content)
     except (trio.TooSlowError, httpx.TimeoutException):
         raise AuthorityUnavailable(f"the authority at {_host(url)} did not answer within {deadline:g} s",
