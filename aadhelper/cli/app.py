@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 from .. import __version__
 from ..errors import EXIT_CODES, UsageError
 from ..suggest import did_you_mean
-from . import daemon, demo, git, login, logs, profile, secret, service, status, token, tree
+from . import completion, daemon, demo, git, login, logs, profile, secret, service, status, token, tree
 
-VERB_MODULES = (profile, secret, daemon, token, status, login, git, service, demo, logs)
+VERB_MODULES = (profile, secret, daemon, token, status, login, git, service, demo, logs, completion)
 
 Handler = Callable[[argparse.Namespace], int]
 
