@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT = protocol.REPLY_TIMEOUT
 
-START_HINT = "start it with `aadhelper daemon` (or `systemctl --user start aadhelper.socket`)"
+START_HINT = "start it with `aadhelper daemon start` (or `systemctl --user start aadhelper.socket`)"
 
 
 def call(message: dict[str, Any], *, socket_path: str | None = None, timeout: float = DEFAULT_TIMEOUT,

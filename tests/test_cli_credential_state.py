@@ -28,8 +28,9 @@ pytestmark = pytest.mark.requires("secret-service")
 
 
 def _sign_in(env: dict[str, str], authority: SimulatedAuthority) -> None:
-    """`aadhelper login me` with its device code approved by the user, as a person would."""
-    login = subprocess.Popen([AADHELPER, "login", "me"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    """`aadhelper login me -v` with its device code approved by the user, as a person would; -v reports the token
+    request to the authority."""
+    login = subprocess.Popen([AADHELPER, "login", "me", "-v"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
         assert login.stderr is not None
@@ -40,6 +41,8 @@ def _sign_in(env: dict[str, str], authority: SimulatedAuthority) -> None:
                 break
         _, rest = login.communicate(timeout=60)
         assert login.returncode == 0, rest
+        # -v: what the CLI asked of the authority, and how long it took
+        assert re.search(r"aadhelper: POST https://\S+/oauth2/v2.0/token \(profile me\): HTTP 200 in \d+ ms", rest)
     finally:
         if login.poll() is None:
             login.kill()

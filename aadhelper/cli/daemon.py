@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     parser = sub.add_parser(
         "daemon", help="run the token daemon in the foreground, or start/stop/restart it",
+        usage="aadhelper daemon [-h] [--socket PATH] [--config FILE] [--secret-store {keyring,memory}] [-v]\n"
+              "       aadhelper daemon start|stop|restart [--timeout SECONDS]",
         description="Run the daemon: keeps secrets in the OS keyring, tokens in memory, refreshes them ahead of "
                     "expiry and answers clients on a Unix socket. Uses systemd's socket when socket-activated. "
                     "With an ACTION, manage the daemon that serves the socket instead.")
