@@ -30,8 +30,8 @@ pytestmark = pytest.mark.requires("secret-service")
 def _sign_in(env: dict[str, str], authority: SimulatedAuthority) -> None:
     """`aadhelper login me -v` with its device code approved by the user, as a person would; -v reports the token
     request to the authority."""
-    login = subprocess.Popen([AADHELPER, "login", "me", "-v"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    login = subprocess.Popen([AADHELPER, "login", "me", "-v"], env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert login.stderr is not None
         for line in login.stderr:
