@@ -3,7 +3,8 @@ modules too, whenever they are added) derives from the parser rather than from a
 
 - :func:`walk` and :func:`subcommands`/:func:`options` read the tree (did-you-mean, shell completion);
 - :func:`finish` gives every subcommand ``-v/--verbose`` (unless it has its own), its examples epilog
-  (:data:`EXAMPLES`) and a ``_parser`` default naming itself, so a usage error can suggest that parser's options.
+  (:data:`EXAMPLES`), a ``_parser`` default naming itself, so a usage error can suggest that parser's options, and
+  ``_root``, the whole tree (for ``completion``, without importing the application back).
 """
 
 from __future__ import annotations
@@ -111,4 +112,4 @@ def finish(parser: argparse.ArgumentParser) -> None:
             node.epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples)
         if node.formatter_class is argparse.HelpFormatter:
             node.formatter_class = HelpFormatter
-        node.set_defaults(_parser=node)
+        node.set_defaults(_parser=node, _root=parser)
