@@ -24,12 +24,27 @@ file (a symlink to one is fine), a file of another user or writable by everyone,
     scopes = ["https://graph.microsoft.com/.default"]   # default scopes, at least one
     authority = "public"                # public, usgov, china, https://host (default: $AZURE_AUTHORITY_HOST or public)
     credential = "client_secret"        # client_secret (secret in the keyring) | user (sign in as a user, no secret)
+                                        # | certificate (key + certificate in the keyring, or certificate_path)
+                                        # | federated (workload identity federation: an assertion from another issuer)
+    certificate_path = "~/app.pem"      # certificate: a PEM/PFX file (mode 0600) instead of the keyring
+    x5c = false                         # certificate: send the chain (subject name + issuer authentication)
+    assertion_alg = "PS256"             # certificate: PS256 (x5t#S256), or RS256 (SHA-1 x5t) for older authorities
+    token_file = "/var/run/secrets/azure/tokens/azure-identity-token"   # federated: file holding the assertion
+                                        # (default: $AZURE_FEDERATED_TOKEN_FILE when set), re-read at every exchange
+    token_command = ["/usr/local/bin/get-oidc-token", "--audience", "api://AzureADTokenExchange"]
+                                        # federated, instead of token_file: its stdout is the assertion (no shell)
     min_valid = 300                     # seconds a served token must still be valid, 0..86400
     ca_bundle = "/etc/ssl/my-ca.pem"    # CA file for the authority's TLS (absolute or ~/...)
 
     [[profiles.ado.git]]                # git remotes served by profile "ado" (longest matching prefix wins)
     url = "https://dev.azure.com/contoso/"
     username = "me@contoso.com"         # optional; default: the client id, or the signed-in account (user)
+
+A federated profile's ``token_file`` default is resolved when the file is parsed, from the environment of the process
+parsing it: in the daemon that is its start environment (``AZURE_FEDERATED_TOKEN_FILE`` survives the clean start,
+see :mod:`aadhelper.process_setup`), so the daemon a Kubernetes pod's first client autostarts finds the pod's file,
+and a daemon started by systemd (whose environment has no such variable) needs ``token_file`` written out. The
+file's *content* is read again at every exchange (:mod:`aadhelper.grants.federated`).
 
 Plain ``http://`` authorities are accepted only on a loopback host (tests, the demo). Unknown keys are errors,
 so a typo never silently falls back to a default. Every :class:`ConfigError` names the file, the profile and
@@ -54,7 +69,9 @@ from .proxy import DIRECT, InvalidProxy, ProxySetting, from_environment, parse_n
 from .suggest import did_you_mean
 from .urls import InvalidAuthority, match_key, normalize_git_url, resolve_authority_url
 
-CREDENTIALS = ("client_secret", "user")
+CREDENTIALS = ("client_secret", "user", "certificate", "federated")
+#: Credential kinds of an application identity (the client credentials grant): no user, so a real tenant.
+APP_CREDENTIALS = ("client_secret", "certificate", "federated")
 #: Tenant aliases that are not a tenant: the client credentials grant refuses them (AADSTS9001023).
 TENANT_ALIASES = frozenset({"common", "organizations", "consumers"})
 #: git's username when a user-credential profile's mapping names none; Azure DevOps accepts any non-empty one.
@@ -69,7 +86,14 @@ _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,253}")
 _TOKEN_RE = re.compile(r"[!-~]{1,2000}")
 _TOP_KEYS = ("default_profile", "daemon", "profiles")
 _DAEMON_KEYS = ("autostart", "idle_exit", "proxy", "no_proxy", "proxy_from_environment", "log_level")
-_PROFILE_KEYS = ("tenant", "client_id", "scopes", "authority", "credential", "min_valid", "ca_bundle", "git")
+_PROFILE_KEYS = ("tenant", "client_id", "scopes", "authority", "credential", "min_valid", "ca_bundle", "git",
+                 "certificate_path", "x5c", "assertion_alg", "token_file", "token_command")
+_CERTIFICATE_KEYS = ("certificate_path", "x5c", "assertion_alg")
+_ASSERTION_ALGS = ("PS256", "RS256")
+#: The variable azure-identity's WorkloadIdentityCredential reads (set by the Azure Workload Identity webhook).
+FEDERATED_TOKEN_FILE_VARIABLE = "AZURE_FEDERATED_TOKEN_FILE"
+#: The audience Entra expects of a federated token (what the portal fills in for a federated credential).
+FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
 _GIT_KEYS = ("url", "username")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
@@ -90,6 +114,31 @@ class GitUrl:
 
 
 @dataclass(frozen=True)
+class CertificateSettings:
+    """How a ``credential = "certificate"`` profile signs its client assertions."""
+
+    #: A PEM/PFX file holding the key and certificate; None: they are in the keyring.
+    path: str | None = None
+    #: Send the chain in the assertion's ``x5c`` header (subject name + issuer authentication).
+    x5c: bool = False
+    #: ``PS256`` (header ``x5t#S256``) or ``RS256`` (header ``x5t``, SHA-1).
+    assertion_alg: str = "PS256"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"certificate_path": self.path, "x5c": self.x5c, "assertion_alg": self.assertion_alg}
+
+    @classmethod
+    def from_dict(cls, data: object) -> CertificateSettings:
+        """The inverse of :meth:`as_dict` (the fetcher's channel); ValueError when malformed."""
+        if not isinstance(data, dict):
+            raise ValueError("certificate settings must be an object")
+        path, x5c, alg = data.get("certificate_path"), data.get("x5c"), data.get("assertion_alg")
+        if not isinstance(path, (str, type(None))) or not isinstance(x5c, bool) or alg not in _ASSERTION_ALGS:
+            raise ValueError("malformed certificate settings")
+        return cls(path, x5c, str(alg))
+
+
+@dataclass(frozen=True)
 class Profile:
     """One app registration in one tenant: what the daemon needs to get its tokens."""
 
@@ -104,6 +153,11 @@ class Profile:
     git_urls: tuple[GitUrl, ...] = ()
     #: The daemon-level ``[daemon] proxy`` setting, carried by each profile to the fetcher that applies it.
     proxy: ProxySetting = DIRECT
+    #: credential "federated": the file holding the assertion (absolute), or the command printing it (argv).
+    token_file: str | None = None
+    token_command: tuple[str, ...] | None = None
+    #: Set for ``credential = "certificate"`` only.
+    certificate: CertificateSettings | None = None
 
     @property
     def token_endpoint(self) -> str:
@@ -124,7 +178,7 @@ class Profile:
         """
         if git_url is not None and git_url.username:
             return git_url.username
-        if self.credential == "client_secret":
+        if self.credential in APP_CREDENTIALS:
             return self.client_id
         return account or DEFAULT_GIT_USERNAME
 
@@ -135,6 +189,9 @@ class Profile:
             "authority": self.authority, "credential": self.credential, "min_valid": self.min_valid,
             "ca_bundle": self.ca_bundle, "token_endpoint": self.token_endpoint,
             "git_urls": [{"url": g.url, "username": self.git_username(g)} for g in self.git_urls],
+            **({"token_file": self.token_file} if self.token_file is not None else {}),
+            **({"token_command": list(self.token_command)} if self.token_command is not None else {}),
+            **(self.certificate.as_dict() if self.certificate else {}),
         }
 
 
@@ -362,9 +419,9 @@ def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str]
     credential = _get(raw, "credential", str, where, f"must be one of {', '.join(CREDENTIALS)}", "client_secret")
     if credential not in CREDENTIALS:
         raise where.error("credential", f"must be one of {', '.join(CREDENTIALS)}, not {_shown(credential)}")
-    if credential == "client_secret" and tenant.lower() in TENANT_ALIASES:
+    if credential in APP_CREDENTIALS and tenant.lower() in TENANT_ALIASES:
         raise where.error("tenant", f"must name a real tenant (GUID or domain), not {tenant!r}, for credential "
-                                    "'client_secret': the client credentials grant has no user to pick a tenant "
+                                    f"{credential!r}: the client credentials grant has no user to pick a tenant "
                                     "(AADSTS9001023)")
     scopes = _get(raw, "scopes", list, where, "must be a list of scope strings", None)
     if scopes is None:
@@ -376,17 +433,64 @@ def _parse_profile(name: str, raw: object, path: str, environ: Mapping[str, str]
         authority = resolve_authority_url(authority_value, environ)
     except InvalidAuthority as exc:
         raise where.error(None, f"{exc.source} {exc}") from None
-    ca_bundle = _get(raw, "ca_bundle", str, where, "must be a file path", None)
-    if ca_bundle is not None:
-        if ca_bundle == "~" or ca_bundle.startswith("~/"):
-            ca_bundle = environ.get("HOME", "~") + ca_bundle[1:]
-        if not os.path.isabs(ca_bundle) or "\0" in ca_bundle:
-            raise where.error("ca_bundle", "must be an absolute path (or start with ~/)")
+    ca_bundle = _get_path(raw, "ca_bundle", where, environ)
+    token_file, token_command = _parse_federated(raw, credential, where, environ)
     return Profile(
         name=name, tenant=tenant, client_id=client_id, scopes=tuple(scopes), authority=authority,
         credential=credential, min_valid=_get_int(raw, "min_valid", where, 0, MAX_MIN_VALID, 300),
         ca_bundle=ca_bundle, git_urls=_parse_git_urls(raw.get("git"), where), proxy=proxy,
+        certificate=_parse_certificate(raw, credential, where, environ), token_file=token_file,
+        token_command=token_command,
     )
+
+
+def _parse_certificate(raw: Mapping[str, object], credential: str, where: _Where,
+                       environ: Mapping[str, str]) -> CertificateSettings | None:
+    """The certificate keys; an error when they are set for another credential kind. The file itself is checked
+    (owner, mode, content) when it is read: see :func:`aadhelper.certificates.read_certificate_file`."""
+    if credential != "certificate":
+        stray = next((key for key in _CERTIFICATE_KEYS if key in raw), None)
+        if stray is not None:
+            raise where.error(stray, f"applies to credential 'certificate' only, not {credential!r}")
+        return None
+    path = _get_path(raw, "certificate_path", where, environ)
+    alg = _get(raw, "assertion_alg", str, where, f"must be one of {', '.join(_ASSERTION_ALGS)}", "PS256")
+    if alg not in _ASSERTION_ALGS:
+        raise where.error("assertion_alg", f"must be one of {', '.join(_ASSERTION_ALGS)}, not {_shown(alg)}")
+    x5c = _get(raw, "x5c", bool, where, "must be true or false", False)
+    return CertificateSettings(path, x5c, alg)
+
+
+def _parse_federated(raw: Mapping[str, object], credential: str, where: _Where,
+                     environ: Mapping[str, str]) -> tuple[str | None, tuple[str, ...] | None]:
+    """A federated profile's assertion source: at most one of ``token_file`` (default
+    ``$AZURE_FEDERATED_TOKEN_FILE``, resolved now: see the module docstring) and ``token_command``; neither (the
+    variable unset) is an error of that profile's token requests, not of the whole file."""
+    token_file = _get_path(raw, "token_file", where, environ)
+    command = _get(raw, "token_command", list, where, "must be a list of strings: the program and its arguments",
+                   None)
+    if credential != "federated":
+        for key, value in (("token_file", token_file), ("token_command", command)):
+            if value is not None:
+                raise where.error(key, f"is only for credential 'federated' (this profile's is {credential!r})")
+        return None, None
+    if token_file is not None and command is not None:
+        raise where.error("token_file", "and key 'token_command' exclude each other: set one of them")
+    if command is not None:
+        # No shell: the list is the argv (a program found on the daemon's PATH, or an absolute path).
+        if not command or not all(isinstance(arg, str) and arg and "\0" not in arg for arg in command):
+            raise where.error("token_command", "must be a non-empty list of non-empty strings: the program and its "
+                                               "arguments (no shell)")
+        return None, tuple(command)
+    if token_file is None:
+        # azure-identity treats an empty variable as unset; so do we. Unset: the profile has no source, and its
+        # token requests say so (grants/federated.py) while the file's other profiles keep working.
+        token_file = environ.get(FEDERATED_TOKEN_FILE_VARIABLE) or None
+        if token_file is not None and (not os.path.isabs(token_file) or "\0" in token_file):
+            raise where.error(None, f"credential 'federated' without 'token_file' takes "
+                                    f"{FEDERATED_TOKEN_FILE_VARIABLE}, which must be an absolute path, not "
+                                    f"{_shown(token_file)}")
+    return token_file, None
 
 
 def _parse_git_urls(raw: object, where: _Where) -> tuple[GitUrl, ...]:
@@ -481,6 +585,18 @@ def _get_str(table: Mapping[str, object], key: str, where: _Where, pattern: re.P
     if not pattern.fullmatch(value):
         raise where.error(key, f"must be {what} without spaces, not {_shown(value)}")
     return str(value)
+
+
+def _get_path(table: Mapping[str, object], key: str, where: _Where, environ: Mapping[str, str]) -> str | None:
+    """An absolute file path (``~/`` expanded with ``$HOME``), or None when the key is absent."""
+    path = _get(table, key, str, where, "must be a file path", None)
+    if path is None:
+        return None
+    if path == "~" or path.startswith("~/"):
+        path = environ.get("HOME", "~") + path[1:]
+    if not os.path.isabs(path) or "\0" in path:
+        raise where.error(key, "must be an absolute path (or start with ~/)")
+    return str(path)
 
 
 def _env_flag(environ: Mapping[str, str], name: str, where: _Where) -> bool:

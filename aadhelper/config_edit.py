@@ -31,8 +31,11 @@ def add_profile(path: str | None, name: str, *, tenant: str, client_id: str, sco
                 authority: str | None = None, credential: str = "client_secret", min_valid: int | None = None,
                 ca_bundle: str | None = None, git_urls: Sequence[str] = (), git_username: str | None = None,
                 make_default: bool = False, replace: bool = False,
-                environ: Mapping[str, str] = os.environ) -> Config:
-    """Add profile ``name`` (an error if it exists, unless ``replace``). The first profile becomes the default."""
+                environ: Mapping[str, str] = os.environ, options: Mapping[str, object] | None = None) -> Config:
+    """Add profile ``name`` (an error if it exists, unless ``replace``). The first profile becomes the default.
+
+    ``options``: more keys of the credential kind (e.g. ``certificate_path``), written as given (None: left out) and
+    checked like the rest when the result is parsed."""
 
     def change(doc: tomlkit.TOMLDocument, where: str) -> None:
         profiles = _profiles(doc, where, create=True)
@@ -49,7 +52,8 @@ def add_profile(path: str | None, name: str, *, tenant: str, client_id: str, sco
         table["client_id"] = client_id
         table["scopes"] = list(scopes)
         table["credential"] = credential
-        for key, value in (("authority", authority), ("min_valid", min_valid), ("ca_bundle", ca_bundle)):
+        for key, value in (("authority", authority), ("min_valid", min_valid), ("ca_bundle", ca_bundle),
+                           *(options or {}).items()):
             if value is not None:
                 table[key] = value
         table.add(tomlkit.nl())

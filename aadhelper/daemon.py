@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("aadhelper.daemon")
 #: The words of every hint that sends the user to the daemon's log; the daemon adds where that is.
 _SEE_LOG = "see the daemon's log"
+#: Credential kinds whose state status asks the fetcher for (a client secret has none worth a round trip).
+_STATEFUL = ("certificate", "federated")
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class Daemon:
             daemon["proxy"] = config.proxy.to_status()
         records = self.cache.status()
         logins, unsaved = await self._sign_in_states([p for p in configured.values() if p.credential == "user"])
+        credentials = await self._credential_states([p for p in configured.values() if p.credential in _STATEFUL])
         profiles = []
         for entry in records:
             error = entry.get("last_error")
@@ -147,7 +150,7 @@ class Daemon:
                 # No refresh token, or a dead one: say so for the profile's scopes even before anyone asked.
                 tokens.append(login_required_status(profile, login))
             record = {"name": name, "credential": profile.credential, "default": name == default, "tokens": tokens,
-                      "min_valid": profile.min_valid}
+                      "min_valid": profile.min_valid, **credentials.get(name, {})}
             if name in unsaved:
                 record["unsaved_sign_in"] = True
             profiles.append(record)
@@ -164,6 +167,19 @@ class Daemon:
         except AadhelperError as exc:
             log.info("status: cannot tell whether the user profiles are signed in (%s)", exc.one_line())
             return {}, ()
+
+    async def _credential_states(self, profiles: list[Profile]) -> dict[str, dict[str, Any]]:
+        """Per app profile, what status shows of its credential (a certificate's thumbprint and expiry, and
+        ``credential_error`` when a fetch would fail on it); bounded by the fetcher's deadline like sign-in states."""
+        if self.fetcher is None or not profiles:
+            return {}
+        try:
+            states = await self.fetcher.credential_states(profiles)
+        except AadhelperError as exc:
+            log.info("status: cannot tell the state of the app credentials (%s)", exc.one_line())
+            return {}
+        return {name: {("credential_error" if key == "error" else key): value for key, value in state.items()
+                       if value is not None} for name, state in states.items()}
 
     async def _op_reload(self, message: dict[str, Any]) -> dict[str, Any]:
         name = message.get("profile")

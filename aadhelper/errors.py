@@ -15,6 +15,7 @@ raises the same class the daemon raised, and a distinct ``exit_code`` so scripts
     │   └── KeyringLocked              code "keyring_locked"        exit 4   collection locked, no prompt possible
     ├── AuthorityError                 code "authority"             exit 5   the authority answered with an error
     │   ├── AuthenticationFailed       code "auth_failed"           exit 5   invalid_client, unauthorized_client, ...
+    │   │   └── FederationRefused      code "federation_refused"    exit 5   a federated token refused (retried)
     │   ├── LoginRequired              code "login_required"        exit 6   refresh token expired/revoked, MFA needed
     │   ├── LoginFailed                code "login_failed"          exit 6   an interactive login ended without tokens
     │   └── AuthorityUnavailable       code "authority_unavailable" exit 7   network, 5xx, 429, malformed reply
@@ -217,6 +218,15 @@ class AuthenticationFailed(AuthorityError):
     """The authority refused the client's credentials or configuration; retrying will not help."""
 
     code = "auth_failed"
+
+
+class FederationRefused(AuthenticationFailed):
+    """The authority refused a federated credential's token (no matching federated identity credential, expired,
+    a signature its issuer's keys do not verify): the fix is made elsewhere (the app registration, the token's
+    issuer), which no profile change signals, so the cache retries with backoff instead of waiting for one."""
+
+    code = "federation_refused"
+    recovery = "backoff"
 
 
 class LoginRequired(AuthorityError):

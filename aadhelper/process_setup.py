@@ -49,6 +49,9 @@ KEPT_VARIABLES = frozenset({
     "SSL_CERT_FILE", "SSL_CERT_DIR", "AZURE_AUTHORITY_HOST", "PYTHON_KEYRING_BACKEND",
     "NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID",
     "INVOCATION_ID", "JOURNAL_STREAM",
+    # Federated profiles: the default token file (Azure Workload Identity's webhook sets it in the pod), and what
+    # a GitHub Actions token_command needs to ask for the job's OIDC token (short-lived, the job's own).
+    "AZURE_FEDERATED_TOKEN_FILE", "ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
 })
 #: ... and every variable whose name starts with one of these (KEYRING_PROPERTY_*: keyring's backend properties).
 KEPT_PREFIXES = ("LC_", "XDG_", "AADHELPER_", "KEYRING_PROPERTY_")

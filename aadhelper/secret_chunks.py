@@ -34,9 +34,15 @@ _READ_ATTEMPTS = 3
 #: The kinds of secret stored per profile (part of each entry's name): one home for their spelling.
 CLIENT_SECRET = "client_secret"
 REFRESH_TOKEN = "refresh_token"
-SECRET_KINDS = (CLIENT_SECRET, REFRESH_TOKEN)
+#: A client certificate: its private key (unencrypted PKCS#8) and chain, one PEM text (see aadhelper.certificates).
+CERTIFICATE = "certificate"
+#: The password of a profile's ``certificate_path`` file, when that file is encrypted.
+CERTIFICATE_PASSWORD = "certificate_password"
+SECRET_KINDS = (CLIENT_SECRET, REFRESH_TOKEN, CERTIFICATE, CERTIFICATE_PASSWORD)
 # Where to tell the user to store each kind again.
-_FIXES = {CLIENT_SECRET: "aadhelper secret set {}", REFRESH_TOKEN: "aadhelper login {}"}
+_FIXES = {CLIENT_SECRET: "aadhelper secret set {}", REFRESH_TOKEN: "aadhelper login {}",
+          CERTIFICATE: "aadhelper secret set {} --certificate FILE",
+          CERTIFICATE_PASSWORD: "aadhelper secret set {} --certificate-password"}
 
 
 @dataclass(frozen=True)

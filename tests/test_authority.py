@@ -213,7 +213,7 @@ def test_app_roles_are_in_app_only_tokens(authority: SimulatedAuthority, http: h
     ({"grant_type": "password"}, TENANT, 400, "unsupported_grant_type", 70003),
     ({"client_id": "cli", "client_secret": None}, TENANT, 401, "invalid_client", 7000218),
     ({"client_id": "cli"}, TENANT, 401, "invalid_client", 700025),
-    ({"client_assertion": "eyJ.x.y"}, TENANT, 401, "invalid_client", 700027),
+    ({"client_assertion": "eyJ.x.y"}, TENANT, 400, "invalid_request", 900144),
 ])
 def test_client_credentials_errors(http: httpx.Client, overrides: dict[str, str | None], tenant: str, status: int,
                                    error: str, aadsts: int) -> None:

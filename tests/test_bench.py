@@ -18,7 +18,11 @@ import pytest
 
 from .conftest import SECRET_SERVICE, missing
 
-pytestmark = [pytest.mark.requires("dbus-daemon", "gnome-keyring-daemon", "git"), pytest.mark.slow]
+pytestmark = [
+    pytest.mark.requires("dbus-daemon", "gnome-keyring-daemon", "git"),
+    pytest.mark.slow,
+    pytest.mark.serial,
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "scripts" / "bench"

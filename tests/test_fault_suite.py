@@ -16,7 +16,11 @@ import pytest
 from aadhelper.testing import fault_suite
 from aadhelper.testing.fault_suite import Result
 
-pytestmark = [pytest.mark.requires("secret-service", "dbus-daemon", "gnome-keyring-daemon"), pytest.mark.slow]
+pytestmark = [
+    pytest.mark.requires("secret-service", "dbus-daemon", "gnome-keyring-daemon"),
+    pytest.mark.slow,
+    pytest.mark.serial,
+]
 
 CASES = fault_suite.all_cases()
 

@@ -20,7 +20,7 @@ LAYERS: dict[str, int] = {
     "errors": 0, "tokens": 0, "proxy": 0, "refresh_policy": 0, "cli.values": 0,
     "protocol": 1, "paths": 1, "systemd": 1, "urls": 1, "process_setup": 1, "secret_chunks": 1,
     "secret_service": 1, "token_request": 1, "git_helper": 1,
-    "config": 2, "config_edit": 2, "config_watch": 2, "secret_store": 2,
+    "config": 2, "config_edit": 2, "config_watch": 2, "secret_store": 2, "certificates": 2,
     "grants": 3, "login": 3,
     "cache": 4, "fetcher": 4, "listener": 4, "autostart": 4, "client": 4,
     "daemon": 5, "demo": 5, "daemon_start": 5,

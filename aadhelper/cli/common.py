@@ -7,7 +7,7 @@ import argparse
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..config import Profile, load_config
@@ -18,6 +18,10 @@ _CREDENTIAL_USE = {
     "client_secret": ("uses a client secret, not a user sign-in",
                       "store the secret with `aadhelper secret set {name}`, or add the profile again with --user"),
     "user": ("signs in as a user and uses no client secret", "sign in with `aadhelper login {name}`"),
+    "certificate": ("proves itself with a certificate, not a client secret",
+                    "store it with `aadhelper secret set {name} --certificate FILE`"),
+    "federated": ("proves itself with a federated token from another identity provider (token_file or "
+                  "token_command), not a client secret or sign-in", "see `aadhelper profile show {name}`"),
 }
 
 
@@ -27,7 +31,8 @@ def load_profile(name: str | None, credential: str) -> Profile:
     config = load_config()
     profile = config.profile(name)
     if profile.credential != credential:
-        uses, fix = _CREDENTIAL_USE[profile.credential]
+        uses, fix = _CREDENTIAL_USE.get(profile.credential, (f"is not {credential!r}",
+                                                            "see `aadhelper profile show {name}`"))
         raise ConfigError(f"{config.path}: profile {profile.name!r}: key 'credential' is {profile.credential!r}, "
                           f"which {uses}", profile=profile.name, hint=fix.format(name=profile.name))
     return profile
@@ -44,8 +49,8 @@ def require_persistent_store(what: str) -> None:
                           hint=f"unset {STORE_ENV} to use the OS keyring (memory is for tests and `aadhelper demo`)")
 
 
-def delete_stored(name: str, kind: str, what: str, profile_check: Callable[[], object]) -> bool:
-    """Delete ``kind`` of profile ``name`` from the keyring; True when something was deleted.
+def delete_stored(name: str, kinds: Sequence[str], what: str, profile_check: Callable[[], object]) -> list[str]:
+    """Delete ``kinds`` of profile ``name`` from the keyring; the kinds that were there.
 
     ``profile_check`` raises the ConfigError of an unknown or wrong-kind profile. It is raised (exit 3, as every
     other command) only when nothing was stored: a leftover of a profile removed or changed by hand is still
@@ -58,7 +63,8 @@ def delete_stored(name: str, kind: str, what: str, profile_check: Callable[[], o
     except ConfigError as exc:
         problem = exc
     try:
-        deleted = open_secret_store().delete(name, kind)
+        store = open_secret_store()
+        deleted = [kind for kind in kinds if store.delete(name, kind)]
     except SecretStoreError:
         if problem is not None:
             raise problem from None  # the profile's problem is the one to fix first

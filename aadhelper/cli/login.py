@@ -91,7 +91,7 @@ def _logout(args: argparse.Namespace) -> int:
 
         name = load_config().profile(None).name
     forget_sign_in(name)
-    if delete_stored(name, KIND, "refresh token", lambda: load_profile(name, "user")):
+    if delete_stored(name, [KIND], "refresh token", lambda: load_profile(name, "user")):
         say(f"signed out: deleted the refresh token of profile {name!r} from the OS keyring")
     else:
         say(f"profile {name!r} was not signed in (no refresh token stored)")

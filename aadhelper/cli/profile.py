@@ -10,9 +10,10 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Any
 
-from ..config import Config, GitUrl, Profile, load_config
+from ..config import CREDENTIALS, Config, GitUrl, Profile, load_config
 from ..errors import SecretStoreError, UsageError
 from ..protocol import MAX_MIN_VALID
 from ..secret_chunks import SECRET_KINDS
@@ -37,8 +38,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                              "default. Then store its secret (`aadhelper secret set NAME`) or sign in "
                              "(`aadhelper login NAME`, with --user).")
     add.add_argument("name", metavar="NAME", help="profile name: letters, digits, '-', '_', '.'; at most 64")
-    add.add_argument("--tenant", required=True, help="tenant GUID or domain (common/organizations: --user only)")
-    add.add_argument("--client-id", required=True, help="application (client) id of the app registration")
+    add.add_argument("--tenant", help="tenant GUID or domain (common/organizations: --user only); required "
+                                      "unless --from-env")
+    add.add_argument("--client-id", help="application (client) id of the app registration; required unless "
+                                         "--from-env")
     add.add_argument("--scope", dest="scopes", action="append", required=True, metavar="SCOPE",
                      help="default scope, e.g. https://graph.microsoft.com/.default; repeat for several")
     add.add_argument("--authority", help="public, usgov, china or an https:// URL "
@@ -48,6 +51,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help=f"seconds a served token must still be valid (0-{MAX_MIN_VALID}, default 300)")
     add.add_argument("--user", action="store_true",
                      help="sign in as a user (public client, no secret) instead of with a client secret")
+    add.add_argument("--credential", choices=CREDENTIALS,
+                     help="how the app proves itself: client_secret (default), user (= --user), certificate, "
+                          "federated (--token-file or --token-command)")
+    add.add_argument("--certificate-path", metavar="FILE",
+                     help="certificate: read the key and certificate from this PEM/PFX file (mode 0600) instead of "
+                          "the keyring")
+    add.add_argument("--x5c", action="store_true",
+                     help="certificate: send the certificate chain (subject name + issuer authentication)")
+    add.add_argument("--assertion-alg", choices=("PS256", "RS256"),
+                     help="certificate: sign assertions with PS256 (default) or RS256 (SHA-1 x5t)")
+    add.add_argument("--token-file", metavar="FILE", help="federated: the file holding the assertion, re-read at "
+                     "every exchange (default: $AZURE_FEDERATED_TOKEN_FILE of the daemon)")
+    add.add_argument("--token-command", metavar="COMMAND", help="federated: a command printing the assertion, "
+                     "split like a shell would but run without one, e.g. '/usr/local/bin/ci-oidc-token --audience "
+                     "api://AzureADTokenExchange'")
+    add.add_argument("--from-env", action="store_true", help="take tenant, client id, authority and the "
+                     "credential from AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_AUTHORITY_HOST and one of "
+                     "AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH, AZURE_FEDERATED_TOKEN_FILE (azure-identity's "
+                     "order); secrets go to the OS keyring")
+    add.add_argument("--keep-path", action="store_true", help="with --from-env and a certificate: reference "
+                     "AZURE_CLIENT_CERTIFICATE_PATH from the profile instead of storing the certificate in the keyring")
     add.add_argument("--git-url", dest="git_urls", action="append", default=[], metavar="URL",
                      help="serve git remotes under this URL prefix with this profile; repeatable")
     add.add_argument("--git-username", metavar="USER", help="username git gets for --git-url "
@@ -116,12 +140,23 @@ def _add(args: argparse.Namespace) -> int:
 
     if args.git_username is not None and not args.git_urls:
         raise UsageError("--git-username needs at least one --git-url")
+    if args.from_env:
+        from .profile_env import add_from_env
+
+        return add_from_env(args)
+    if args.keep_path:
+        raise UsageError("--keep-path goes with --from-env")
+    if args.tenant is None or args.client_id is None:
+        raise UsageError("--tenant and --client-id are required (or --from-env)")
     ca_bundle = _ca_bundle(args.ca_bundle)
     replacing = args.replace and args.name in _configured_names()
+    credential, options = _credential_options(args)
+    password_needed = _check_certificate_file(options.get("certificate_path"))
     config = add_profile(
         None, args.name, tenant=args.tenant, client_id=args.client_id, scopes=args.scopes, authority=args.authority,
-        credential="user" if args.user else "client_secret", min_valid=args.min_valid, ca_bundle=ca_bundle,
-        git_urls=args.git_urls, git_username=args.git_username, make_default=args.default, replace=args.replace)
+        credential=credential, min_valid=args.min_valid, ca_bundle=ca_bundle,
+        git_urls=args.git_urls, git_username=args.git_username, make_default=args.default, replace=args.replace,
+        options=options)
     marker = " as the default" if config.default_profile == args.name else ""
     if replacing:
         mappings = len(config.profile(args.name).git_urls)
@@ -133,7 +168,11 @@ def _add(args: argparse.Namespace) -> int:
     notify_daemon()
     for url in config.profile(args.name).git_urls:
         git_setup_hint(url.url)
-    nxt = f"aadhelper login {args.name}" if args.user else f"aadhelper secret set {args.name}"
+    if credential == "certificate":
+        _certificate_next_step(config.profile(args.name), password_needed)
+        return 0
+    nxt = {"user": f"aadhelper login {args.name}", "client_secret": f"aadhelper secret set {args.name}"}.get(
+        credential, f"aadhelper token {args.name}")
     say(f"next: `{nxt}`")
     return 0
 
@@ -187,6 +226,72 @@ def _ca_bundle(value: str | None) -> str | None:
     return path
 
 
+def _credential_options(args: argparse.Namespace) -> tuple[str, dict[str, object]]:
+    """The credential kind and its keys from ``--credential``/``--user`` and the certificate and federated
+    options."""
+    credential = args.credential or ("user" if args.user else "client_secret")
+    if args.user and credential != "user":
+        raise UsageError(f"--user and --credential {credential} exclude each other")
+    options: dict[str, object] = {}
+    if args.certificate_path is not None:
+        options["certificate_path"] = os.path.abspath(os.path.expanduser(args.certificate_path))
+    if args.x5c:
+        options["x5c"] = True
+    if args.assertion_alg is not None:
+        options["assertion_alg"] = args.assertion_alg
+    if options and credential != "certificate":
+        raise UsageError("--certificate-path, --x5c and --assertion-alg need --credential certificate")
+    if args.token_file is not None:
+        options["token_file"] = os.path.abspath(os.path.expanduser(args.token_file))
+    token_command = _split_command(args.token_command)
+    if token_command is not None:
+        options["token_command"] = token_command
+    if (args.token_file is not None or token_command is not None) and credential != "federated":
+        raise UsageError("--token-file and --token-command go with --credential federated")
+    return credential, options
+
+
+def _check_certificate_file(path: object) -> bool:
+    """Refuse a ``--certificate-path`` file the fetcher would refuse (others can read it, no key, not matching,
+    expired...) before the profile is written; True when it is encrypted (its password is the next step)."""
+    from ..certificates import PasswordNeeded, check_validity, load_certificate, read_certificate_file
+
+    if not isinstance(path, str):
+        return False
+    source = f"the certificate file {path}"
+    try:
+        certificate = load_certificate(read_certificate_file(path), source=source)
+    except PasswordNeeded:
+        return True
+    check_validity(certificate, time.time(), source=source)
+    say(f"{path}: {certificate.summary().describe(time.time())}")
+    return False
+
+
+def _certificate_next_step(profile: Profile, password_needed: bool) -> None:
+    """What a new certificate profile still needs: its certificate in the keyring, or the file's password."""
+    path = profile.certificate.path if profile.certificate else None
+    if path is None:
+        say(f"next: `aadhelper secret set {profile.name} --certificate FILE` (PEM with key and chain, or PFX; "
+            "add --password-stdin for an encrypted one)")
+    elif password_needed:
+        say(f"next: `aadhelper secret set {profile.name} --certificate-password` ({path} is encrypted)")
+
+
+def _split_command(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    import shlex
+
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        raise UsageError(f"--token-command: {exc}") from None
+    if not argv:
+        raise UsageError("--token-command is empty")
+    return argv
+
+
 def git_setup_hint(prefix: str) -> None:
     """The git settings a URL mapping needs: git sends a path to helpers only with useHttpPath."""
     scheme, _, rest = prefix.partition("://")
@@ -221,7 +326,7 @@ def _show(args: argparse.Namespace) -> int:
     profile = config.profile(args.name)
     credential = credential_state(profile)
     if args.json:
-        data = _profile_json(config, profile)
+        data = {**_profile_json(config, profile), **_certificate_json(profile)}
         data["secret_stored"] = credential["stored"]
         if profile.credential == "user":
             data["signed_in"] = {"account": credential.get("account"), "tenant": credential.get("tenant")}
@@ -234,7 +339,13 @@ def _show(args: argparse.Namespace) -> int:
             ("ca_bundle", profile.ca_bundle or "-"), ("config", config.path)]
     if credential["text"]:
         rows.insert(5, ("secret" if profile.credential != "user" else "sign-in", credential["text"]))
+    if profile.credential == "federated":
+        import shlex
+
+        rows.insert(5, ("token_command", shlex.join(profile.token_command)) if profile.token_command else
+                    ("token_file", profile.token_file or "- (AZURE_FEDERATED_TOKEN_FILE is not set: set token_file)"))
     rows += [("git_url", f"{g.url} (username {git_user(profile, g)})") for g in profile.git_urls]
+    rows += _certificate_rows(profile)
     for key, value in rows:
         sys.stdout.write(f"{key:<15} {value}\n")
     return 0
@@ -304,6 +415,47 @@ def git_user(profile: Profile, mapping: GitUrl) -> str:
 
 def _sends_account(profile: Profile, mapping: GitUrl) -> bool:
     return profile.credential == "user" and not mapping.username
+
+
+def _certificate_state(profile: Profile) -> tuple[dict[str, object] | None, str]:
+    """A certificate profile's certificate (as ``summary.as_dict()``) and a one-line description, read from the
+    keyring or the file; (None, the reason) when it cannot be read."""
+    from .. import secret_store
+    from ..certificates import load_certificate, read_certificate_file
+    from ..errors import AadhelperError
+    from ..secret_chunks import CERTIFICATE, CERTIFICATE_PASSWORD
+
+    path = profile.certificate.path if profile.certificate else None
+    try:
+        store = secret_store.open_secret_store()
+        if path is not None:
+            certificate = load_certificate(read_certificate_file(path), store.get(profile.name, CERTIFICATE_PASSWORD),
+                                           source=f"the certificate file {path}")
+        else:
+            stored = store.get(profile.name, CERTIFICATE)
+            if stored is None:
+                return None, f"none stored: run `aadhelper secret set {profile.name} --certificate FILE`"
+            certificate = load_certificate(stored.reveal().encode("ascii"), checked=True, source="the stored one")
+    except AadhelperError as exc:
+        return None, exc.one_line()
+    summary = certificate.summary()
+    return summary.as_dict(), summary.describe(time.time())
+
+
+def _certificate_rows(profile: Profile) -> list[tuple[str, str]]:
+    if profile.certificate is None:
+        return []
+    settings = profile.certificate
+    _, line = _certificate_state(profile)
+    return [("certificate", settings.path or "in the OS keyring"), ("  state", line),
+            ("assertion_alg", settings.assertion_alg), ("x5c", "yes" if settings.x5c else "no")]
+
+
+def _certificate_json(profile: Profile) -> dict[str, Any]:
+    if profile.certificate is None:
+        return {}
+    summary, line = _certificate_state(profile)
+    return {"certificate_state": summary if summary is not None else {"error": line}}
 
 
 def _profile_json(config: Config, profile: Profile) -> dict[str, Any]:

@@ -59,6 +59,8 @@ def first_failure(reply: dict[str, Any]) -> AadhelperError | None:
     if daemon.get("config_error"):
         return error_from_wire(daemon["config_error"])
     for profile in reply.get("profiles", []):
+        if isinstance(profile.get("credential_error"), dict):
+            return error_from_wire(profile["credential_error"])
         for token in profile.get("tokens", []):
             error = token.get("last_error")
             if error and token.get("state") in ("error", "login_required", "none", "expired"):
@@ -89,12 +91,48 @@ def render(reply: dict[str, Any], *, now: float) -> str:
         if profile.get("unsaved_sign_in"):
             lines.append("  a new sign-in is not yet saved to the keyring (retrying; unlock the keyring, or it is lost "
                          "when the daemon stops)")
+        lines += _credential_lines(profile, now)
         tokens = profile.get("tokens", [])
         if not tokens:
             lines.append("  no token requested yet")
         for token in tokens:
             lines.append(f"  {' '.join(token.get('scopes', []))}  {_token_state(token, now)}")
     return "\n".join(lines) + "\n"
+
+
+def _credential_lines(profile: dict[str, Any], now: float) -> list[str]:
+    """The credential's own state: a certificate's thumbprint and expiry (a warning within 30 days), its error."""
+    lines = []
+    if isinstance(profile.get("certificate"), dict):
+        from ..certificates import CertificateSummary
+
+        try:
+            lines.append(f"  {CertificateSummary.from_dict(profile['certificate']).describe(now)}")
+        except ValueError:
+            lines.append("  certificate: malformed state from the daemon")
+    if isinstance(profile.get("federated"), dict):
+        lines.append(f"  {_federated(profile['federated'], now)}")
+    if isinstance(profile.get("credential_error"), dict):
+        lines.append(f"  error: {error_from_wire(profile['credential_error']).one_line()}")
+    return lines
+
+
+def _federated(state: dict[str, Any], now: float) -> str:
+    """A federated profile's assertion source: the command, or the file, when it was written, whose token it holds
+    and until when."""
+    if state.get("token_command"):
+        return f"token command {state['token_command']!r} (run at every exchange)"
+    if not state.get("token_file"):
+        return "token file: none (AZURE_FEDERATED_TOKEN_FILE was not set for the daemon)"
+    details = []
+    if isinstance(state.get("written"), (int, float)):
+        details.append(f"written {_duration(now - state['written'])} ago")
+    if state.get("iss") or state.get("sub"):
+        details.append(f"issuer {state.get('iss')}, subject {state.get('sub')}")
+    if isinstance(state.get("exp"), (int, float)):
+        left = state["exp"] - now
+        details.append(f"valid {_duration(left)} more" if left > 0 else "EXPIRED")
+    return f"token file {state['token_file']}" + (f" ({'; '.join(details)})" if details else "")
 
 
 def _token_state(token: dict[str, Any], now: float) -> str:

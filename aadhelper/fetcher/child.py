@@ -56,7 +56,7 @@ def preload() -> None:
     """Import what fetching needs. The daemon does this before it forks the fetcher, which then starts with every
     module loaded (instead of spending ~0.2 s importing them after the daemon's own imports)."""
     from .. import grants  # noqa: F401  (httpx)
-    from ..grants import client_credentials, refresh_token  # noqa: F401
+    from ..grants import certificate, client_credentials, refresh_token  # noqa: F401
 
 
 def run(sock: socket.socket, *, secret_store: str | None, verbose: bool, daemon_build: str | None = None) -> int:
@@ -152,6 +152,12 @@ async def _dispatch(fetcher: LocalFetcher, message: dict[str, Any]) -> dict[str,
     if op == wire.SIGN_IN_STATES:
         logins, unsaved = await fetcher.sign_in_states(strings_from_wire(message.get("profiles"), "profile names"))
         return wire.sign_in_states_reply(logins, unsaved)
+    if op == wire.CREDENTIAL_STATES:
+        wires = message.get("profiles")
+        if not isinstance(wires, list):
+            raise ProtocolError("credential_states without a list of profiles")
+        profiles = [profile_from_wire(each, ()) for each in wires]
+        return protocol.ok_reply(states=await fetcher.credential_states(profiles))
     raise ProtocolError(f"the token fetcher has no operation {op!r}")
 
 

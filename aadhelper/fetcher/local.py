@@ -60,6 +60,12 @@ class Fetcher(Protocol):
         ...
 
 
+    async def credential_states(self, profiles: Sequence[Profile]) -> dict[str, dict[str, Any]]:
+        """For app profiles: what ``status`` shows of each credential (e.g. a certificate's thumbprint and expiry),
+        with ``error`` (a wire error) when a fetch would fail on it. One question for all of them."""
+        ...
+
+
 #: (profile -> why it needs a login, or None; profiles with a sign-in not yet in the keyring)
 SignInStates = tuple[dict[str, LoginRequired | None], tuple[str, ...]]
 
@@ -201,6 +207,18 @@ class LocalFetcher:
     async def sign_in_states(self, profiles: Sequence[str]) -> SignInStates:
         logins = {name: await self._sign_ins.login_required(name) for name in profiles}
         return logins, self._sign_ins.unsaved()
+
+    async def credential_states(self, profiles: Sequence[Profile]) -> dict[str, dict[str, Any]]:
+        from ..errors import AadhelperError
+
+        states: dict[str, dict[str, Any]] = {}
+        for profile in profiles:
+            source = self.source(profile)
+            try:
+                states[profile.name] = await source.state() if hasattr(source, "state") else {}
+            except AadhelperError as exc:
+                states[profile.name] = {"error": exc.to_wire()}
+        return states
 
     async def login_required(self, profile: str) -> LoginRequired | None:
         return (await self.sign_in_states([profile]))[0][profile]

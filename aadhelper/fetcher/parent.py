@@ -296,6 +296,10 @@ class ProcessFetcher:
         reply = await self.call(wire.sign_in_states_request(profiles), deadline=STATE_DEADLINE, idempotent=True)
         return wire.sign_in_states_from_wire(reply)
 
+    async def credential_states(self, profiles: Sequence[Profile]) -> dict[str, dict[str, Any]]:
+        reply = await self.call(wire.credential_states_request(profiles), deadline=STATE_DEADLINE, idempotent=True)
+        return wire.credential_states_from_wire(reply)
+
     async def login_required(self, profile: str) -> LoginRequired | None:
         return (await self.sign_in_states([profile]))[0].get(profile)
 

@@ -11,11 +11,13 @@ op                  request fields                                            re
 ``hello``           (none: the fetcher's first line, sent unasked, no id)      ``version``, ``build``; or ``ok: false``
                                                                               and the error that stops it
 ``acquire``         ``profile`` {name, tenant, client_id, authority,           ``token`` {access_token, token_type,
-                    credential, ca_bundle, proxy}, ``scopes`` [...]           expires_on, refresh_on, scopes,
-                                                                              obtained_at, account}
+                    credential, ca_bundle, proxy, certificate,                expires_on, refresh_on, scopes,
+                    token_file, token_command}, ``scopes`` [...]             obtained_at, account}
 ``sign_in_states``  ``profiles`` [names of user profiles]                     ``login_required`` {name: error | null},
                                                                               ``unsaved`` [names whose rotated
                                                                               refresh token the keyring refused]
+``credential_       ``profiles`` [profiles, as in ``acquire``]                ``states`` {name: {"error": error | null,
+states``                                                                      kind-specific fields, e.g. "certificate"}}
 ==================  ========================================================  =========================================
 
 Errors travel as in the client protocol (``{"ok": false, "error": {...}}``, :func:`error_of_reply`).
@@ -39,7 +41,7 @@ from typing import Any
 import trio
 
 from .. import __version__, protocol
-from ..config import Profile
+from ..config import CertificateSettings, Profile
 from ..errors import AadhelperError, LoginRequired, ProtocolError, error_from_wire
 from ..proxy import ProxySetting
 from ..tokens import Secret, Token, wipe
@@ -47,6 +49,7 @@ from ..tokens import Secret, Token, wipe
 HELLO = "hello"
 ACQUIRE = "acquire"
 SIGN_IN_STATES = "sign_in_states"
+CREDENTIAL_STATES = "credential_states"
 
 _build: str | None = None
 
@@ -103,12 +106,26 @@ def sign_in_states_from_wire(reply: dict[str, Any]) -> tuple[dict[str, LoginRequ
     return logins, strings_from_wire(reply.get("unsaved"), "profile names")
 
 
+def credential_states_request(profiles: Sequence[Profile]) -> dict[str, Any]:
+    return protocol.request(CREDENTIAL_STATES, profiles=[profile_to_wire(profile) for profile in profiles])
+
+
+def credential_states_from_wire(reply: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    states = reply.get("states")
+    if not isinstance(states, dict) or not all(isinstance(state, dict) for state in states.values()):
+        raise ProtocolError("the token fetcher sent malformed credential states")
+    return {str(name): state for name, state in states.items()}
+
+
 #: The profile settings a fetch needs (scopes travel per request; min_valid and git URLs are the cache's).
 _PROFILE_FIELDS = ("name", "tenant", "client_id", "authority", "credential", "ca_bundle")
 
 
 def profile_to_wire(profile: Profile) -> dict[str, Any]:
-    return {**{key: getattr(profile, key) for key in _PROFILE_FIELDS}, "proxy": profile.proxy.to_wire()}
+    return {**{key: getattr(profile, key) for key in _PROFILE_FIELDS}, "proxy": profile.proxy.to_wire(),
+            "certificate": profile.certificate.as_dict() if profile.certificate else None,
+            "token_file": profile.token_file,
+            "token_command": None if profile.token_command is None else list(profile.token_command)}
 
 
 def profile_from_wire(wire: object, scopes: tuple[str, ...]) -> Profile:
@@ -122,9 +139,17 @@ def profile_from_wire(wire: object, scopes: tuple[str, ...]) -> Profile:
         proxy = ProxySetting.from_wire(wire.get("proxy"))
     except ValueError:
         raise ProtocolError("fetch request with a malformed proxy setting") from None
+    try:
+        certificate = None if wire.get("certificate") is None else CertificateSettings.from_dict(wire["certificate"])
+    except ValueError:
+        raise ProtocolError("fetch request with malformed certificate settings") from None
+    token_file, token_command = wire.get("token_file"), wire.get("token_command")
+    if not isinstance(token_file, (str, type(None))):
+        raise ProtocolError("fetch request with a malformed profile")
     return Profile(name=str(text["name"]), tenant=str(text["tenant"]), client_id=str(text["client_id"]),
                    scopes=scopes, authority=str(text["authority"]), credential=str(text["credential"]),
-                   ca_bundle=ca_bundle, proxy=proxy)
+                   ca_bundle=ca_bundle, proxy=proxy, certificate=certificate, token_file=token_file,
+                   token_command=None if token_command is None else strings_from_wire(token_command, "token command"))
 
 
 def scopes_from_wire(wire: object) -> tuple[str, ...]:

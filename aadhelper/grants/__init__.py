@@ -30,8 +30,8 @@ class SecretAccess(Protocol):
     async def set(self, profile: str, kind: str, value: Secret) -> None: ...
 
 
-def make_source(profile: Profile, *, http: HttpClients, secrets: SecretAccess,
-                clock: Callable[[], float], sign_ins: SignIns | None = None) -> AppCredentialSource | RefreshTokenSource:
+def make_source(profile: Profile, *, http: HttpClients, secrets: SecretAccess, clock: Callable[[], float],
+                sign_ins: SignIns | None = None) -> AppCredentialSource | RefreshTokenSource:
     """The token source for a profile's credential kind.
 
     ``sign_ins`` is the fetcher's per-profile refresh state for user profiles; it must outlive the sources (one
@@ -42,6 +42,14 @@ def make_source(profile: Profile, *, http: HttpClients, secrets: SecretAccess,
         from .client_credentials import ClientSecretSource
 
         return ClientSecretSource(profile, client=client, secrets=secrets, clock=clock)
+    if profile.credential == "federated":
+        from .federated import FederatedSource
+
+        return FederatedSource(profile, client=client, clock=clock)
+    if profile.credential == "certificate":
+        from .certificate import CertificateSource
+
+        return CertificateSource(profile, client=client, secrets=secrets, clock=clock)
     if profile.credential == "user":
         from .refresh_token import RefreshTokenSource, SignIns
 

@@ -13,7 +13,7 @@ outlives the exchange (the README's "Secrets in memory").
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -49,6 +49,11 @@ class AppCredentialSource:
     async def proof(self) -> dict[str, str]:
         """Fresh form fields proving the client (``client_secret``, or :func:`assertion_proof`)."""
         raise NotImplementedError
+
+    async def state(self) -> dict[str, Any]:
+        """What ``status`` shows of the credential (JSON-ready, nothing secret): none by default. A failure raises
+        the error a fetch would meet."""
+        return {}
 
     async def acquire(self, scopes: tuple[str, ...]) -> TokenResponse:
         profile = self._profile

@@ -16,14 +16,17 @@ import hashlib
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from ..config import FEDERATION_AUDIENCE
 from . import endpoints, grants
+from .client_assertions import CertificateCredentials
 from .directory import GRAPH, Directory
 from .entra import EntraError, Trace
 from .faults import Fault, FaultQueue
+from .federation import FederatedCredential, Federation
 from .issuer import TokenIssuer
 from .jwt import InvalidToken
 from .server import BodyWriter, HttpRequest, LoopbackApp, Response
@@ -93,8 +96,10 @@ class SimulatedAuthority(LoopbackApp):
         self.consent_denied: bool = False
 
         self.directory = Directory()
+        self.certificates = CertificateCredentials()
         self.sessions = Sessions()
         self.issuer = TokenIssuer()
+        self.federation = Federation()
         self._faults = FaultQueue()
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -140,6 +145,18 @@ class SimulatedAuthority(LoopbackApp):
             client = self.directory.client_by_id(client_id)
             client.secret, client.secret_expires_at = secret, expires_at
 
+    def add_client_certificate(self, client_id: str, certificate: bytes) -> str:
+        """Upload a public certificate (PEM or DER) to app ``client_id``: assertions signed with its key are accepted.
+        Returns its SHA-1 thumbprint, as the portal shows it."""
+        with self._lock:
+            self.directory.client_by_id(client_id)
+            return self.certificates.add(client_id, certificate).thumbprint
+
+    def presented_assertions(self) -> list[str]:
+        """Every client assertion received so far (to check that none leaked into a log)."""
+        with self._lock:
+            return list(self.certificates.presented)
+
     def add_user(self, username: str, *, tenant: str, display_name: str | None = None) -> str:
         """Register a user who can sign in (device code, authorize); returns the user's object id."""
         with self._lock:
@@ -149,6 +166,19 @@ class SimulatedAuthority(LoopbackApp):
         """Revoke refresh-token grants (as a password reset does): their next refresh gets AADSTS50173."""
         with self._lock:
             return self.sessions.revoke(username=user, client_id=client_id)
+
+    def add_federated_credential(self, client_id: str, *, issuer: str, subject: str,
+                                 audiences: Iterable[str] = (FEDERATION_AUDIENCE,)) -> None:
+        """Let tokens of ``issuer`` for ``subject`` (and one of ``audiences``) stand for the app, as a federated
+        identity credential on its registration does (the issuer's keys: :meth:`publish_issuer`)."""
+        with self._lock:
+            self.directory.client_by_id(client_id)
+            self.federation.add(client_id, FederatedCredential(issuer, subject, tuple(audiences)))
+
+    def publish_issuer(self, issuer: str, jwks: Mapping[str, object]) -> None:
+        """Make an OIDC issuer's JWKS reachable (e.g. ``OidcIssuer.jwks()`` from :mod:`.federation`)."""
+        with self._lock:
+            self.federation.publish(issuer, jwks)
 
     # faults and records ---------------------------------------------------------------------------------------
 

@@ -152,8 +152,8 @@ class Directory:
 def authenticate(client: Client, form: Mapping[str, str], basic: tuple[str, str] | None, now: float, *,
                  app_only: bool) -> None:
     """Check the client's credentials as Entra does; ``app_only`` (client credentials) needs a secret."""
-    if "client_assertion" in form:
-        raise entra_error(700027)
+    if "client_assertion" in form:  # the token endpoint checks assertions before (see grants._client)
+        raise entra_error(700027, reason="The app has no certificate or federated credential.")
     if basic is not None and "client_secret" in form:
         raise entra_error(9002313, detail="Client credentials were given both in the Authorization header and "
                                           "in the request body; use one.")

@@ -39,8 +39,14 @@ CATALOGUE: Mapping[int, tuple[str, str]] = {
               "'client_secret'."),
     700025: ("invalid_client", "Client is public so neither 'client_assertion' nor 'client_secret' should be "
              "presented."),
-    700027: ("invalid_client", "Client assertion failed signature validation. (The simulated authority accepts "
-             "client secrets only.)"),
+    700027: ("invalid_client", "Client assertion failed signature validation. [Reason - {reason}]"),
+    700021: ("invalid_client", "Client assertion application identifier doesn't match 'client_id' parameter. Review "
+             "the documentation at https://learn.microsoft.com/entra/identity-platform/certificate-credentials ."),
+    700024: ("invalid_client", "Client assertion is not within its valid time range. Current time: {now}, assertion "
+             "valid from {nbf}, expiry time of assertion {exp}. Review the documentation at "
+             "https://learn.microsoft.com/entra/identity-platform/certificate-credentials ."),
+    50013: ("invalid_client", "Assertion is invalid. {reason}"),
+    50027: ("invalid_request", "JWT token is invalid or malformed."),
     70011: ("invalid_scope", "The provided value for the input parameter 'scope' is not valid. The scope '{scope}' "
             "is not valid."),
     1002012: ("invalid_scope", "The provided value for scope {scope} is not valid. Client credential flows must have "
@@ -54,6 +60,16 @@ CATALOGUE: Mapping[int, tuple[str, str]] = {
     65001: ("interaction_required", "The user or administrator has not consented to use the application with ID "
             "'{client_id}'. Send an interactive authorization request for this user and resource."),
     65004: ("access_denied", "User declined to consent to access the app."),
+    # Workload identity federation (testing/federation.py).
+    70021: ("invalid_request", "No matching federated identity record found for presented assertion. Assertion "
+            "Issuer: '{issuer}'. Assertion Subject: '{subject}'. Assertion Audience: '{audience}'."),
+    700213: ("invalid_client", "No matching federated identity record found for presented assertion subject "
+             "'{subject}'. Check your federated identity credential Subject, Audience and Issuer against the "
+             "presented assertion."),
+    700212: ("invalid_client", "No matching federated identity record found for presented assertion audience "
+             "'{audience}'. Check your federated identity credential Subject, Audience and Issuer against the "
+             "presented assertion."),
+    50166: ("invalid_client", "Request to External OIDC endpoint failed. Issuer: '{issuer}'."),
     70000: ("invalid_grant", "The provided value for the '{param}' parameter is not valid."),
     70008: ("invalid_grant", "The provided authorization code or refresh token has expired due to inactivity. Send "
             "a new interactive authorization request for this user and resource."),

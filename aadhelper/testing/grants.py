@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 from urllib.parse import urlencode
 
+from .client_assertions import CertificateCredentials
 from .directory import Client, Directory, Tenant, User, authenticate
 from .entra import EntraError, Trace, entra_error
+from .federation import Federation, is_federated
 from .issuer import TokenIssuer
 from .jwt import b64url_encode
 from .scopes import UserScope, app_scope, user_scope
@@ -26,8 +28,10 @@ class Realm(Protocol):
     """The authority's state and its runtime-adjustable settings, as the handlers see them."""
 
     directory: Directory
+    certificates: CertificateCredentials
     sessions: Sessions
     issuer: TokenIssuer
+    federation: Federation
     token_lifetime: int
     refresh_in: int | None
     refresh_token_lifetime: float
@@ -185,8 +189,22 @@ def _client(realm: Realm, request: TokenRequest, tenant: Tenant | None, *, app_o
         raise entra_error(9002313, detail="The client_id in the body differs from the one in the Authorization "
                                           "header.")
     client = realm.directory.client(client_id, tenant, request.tenant_name)
-    authenticate(client, request.form, request.basic, request.now, app_only=app_only)
+    if "client_assertion" in request.form:
+        _authenticate_assertion(realm, client, request)
+    else:
+        authenticate(client, request.form, request.basic, request.now, app_only=app_only)
     return client
+
+
+def _authenticate_assertion(realm: Realm, client: Client, request: TokenRequest) -> None:
+    """A client assertion: a federated one (another issuer's token, :mod:`.federation`), or one signed by one of the
+    app's certificates (:mod:`.client_assertions`)."""
+    if is_federated(request.form):
+        realm.federation.verify(client.client_id, request.form, request.now)
+        return
+    endpoint = f"{realm.url}/{request.tenant_name}/oauth2"
+    realm.certificates.verify(client, request.form, audiences=(f"{endpoint}/v2.0/token", f"{endpoint}/token"),
+                              now=request.now)
 
 
 def _reply(realm: Realm, client: Client, resource: str, now: float, user: User | None = None,

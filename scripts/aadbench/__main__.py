@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .loadgen import LoadGenerator, pinning_possible
-from .plan import COLD, GIT, GIT_URL, MAIN, SOAK, START, Bench, Plan
+from .plan import COLD, GIT, GIT_URL, MAIN, SOAK, START, START_CERT, Bench, Plan
 from .report import document, exit_status, table, write
 from .rows_client import git_row, git_spec, header_row, header_spec
 from .rows_daemon import single_flight_row, single_flight_spec, throughput_row, throughput_spec
@@ -94,6 +94,7 @@ def prepare(world: World, plan: Plan, loadgen: LoadGenerator) -> Bench:
     world.add_profiles([SOAK], min_valid=plan.soak_min_valid, authority=soak_authority)
     world.add_profiles(many_profiles(plan.profiles), config="many")
     world.add_profiles([START], config="start")
+    world.add_certificate_profile(START_CERT, config="start-cert")
     daemon = world.daemon().start()
     daemon.token(MAIN)
     return Bench(plan, world, daemon, loadgen, soak_authority)

@@ -17,6 +17,8 @@ GIT_URL = "https://dev.azure.com/contoso/"
 SOAK = "bench-soak"
 #: Profile of the daemon that row 7 starts again and again (config "start").
 START = "bench-start"
+#: The same with a certificate in the keyring instead of a client secret (config "start-cert").
+START_CERT = "bench-start-cert"
 #: Profiles of the daemon of row 6 (config "many") are MANY_PREFIX + a number.
 MANY_PREFIX = "bench-many-"
 

@@ -20,6 +20,7 @@ from types import TracebackType
 
 from aadhelper import client, config_edit
 from aadhelper.errors import AadhelperError
+from aadhelper.secret_chunks import CERTIFICATE
 from aadhelper.secret_store import KeyringSecretStore
 from aadhelper.testing import GRAPH, SimulatedAuthority
 from aadhelper.testing.daemon_process import DaemonProcess
@@ -79,8 +80,9 @@ class World:
         for authority in self._authorities:
             authority.stop()
         for name in self._profiles:
-            with suppress(AadhelperError):
-                self.store.delete(name, "client_secret")
+            for kind in ("client_secret", CERTIFICATE):
+                with suppress(AadhelperError):
+                    self.store.delete(name, kind)
         shutil.rmtree(self.root, ignore_errors=True)
 
     # -- profiles and daemons --------------------------------------------------------------------------
@@ -99,6 +101,21 @@ class World:
                                     git_urls=[git_url] if git_url else (), environ={})
             self.store.set(name, "client_secret", Secret(secret))
             self._profiles.append(name)
+
+    def add_certificate_profile(self, name: str, *, config: str) -> None:
+        """A profile (its own app registration) proving itself with a certificate, stored in the keyring."""
+        from aadhelper.certificates import load_certificate
+        from aadhelper.testing.certificates import make_client_certificate
+
+        material = make_client_certificate()
+        client_id = f"app-{name}"
+        self.authority.add_client(client_id, tenant=TENANT)
+        self.authority.add_client_certificate(client_id, material.certificate_pem)
+        config_edit.add_profile(self.daemon_env(config)["AADHELPER_CONFIG"], name, tenant=TENANT,
+                                client_id=client_id, scopes=[SCOPE], authority=self.authority.url,
+                                credential="certificate", environ={})
+        self.store.set(name, CERTIFICATE, load_certificate(material.pem(), source="the bench's").to_pem())
+        self._profiles.append(name)
 
     def authority_requests(self, profile: str, authority: SimulatedAuthority | None = None) -> list[float]:
         """Arrival times of the token requests an authority has received for ``profile``'s app."""
