@@ -50,8 +50,19 @@ def systemd_socket_enabled(environ: dict[str, str] | os._Environ[str] = os.envir
     return os.path.exists(os.path.join(config_home, "systemd", "user", "sockets.target.wants", "aadhelper.socket"))
 
 
+#: The autostarted daemon's log, in the state directory.
+LOG_NAME = "daemon.log"
+
+
+def log_path() -> str:
+    """Where an autostarted daemon logs (nothing is created: for messages and ``aadhelper logs``)."""
+    return os.path.join(paths.state_dir(), LOG_NAME)
+
+
 def log_file() -> str:
-    return os.path.join(paths.ensure_private_dir(paths.state_dir()), "daemon.log")
+    """:func:`log_path`, its directory created (private) for a daemon about to be started."""
+    paths.ensure_private_dir(paths.state_dir())
+    return log_path()
 
 
 def spawn(socket_path: str) -> tuple[subprocess.Popen[bytes], str]:

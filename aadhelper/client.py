@@ -21,22 +21,74 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT = protocol.REPLY_TIMEOUT
 
-START_HINT = "start it with `aadhelper daemon` (or `systemctl --user start aadhelper.socket`)"
+START_HINT = "start it with `aadhelper daemon start` (or `systemctl --user start aadhelper.socket`)"
 
 
 def call(message: dict[str, Any], *, socket_path: str | None = None, timeout: float = DEFAULT_TIMEOUT,
          autostart: bool = False) -> dict[str, Any]:
     """Send one request and return the reply's fields; an error reply is raised as its exception class.
 
-    With ``autostart``, a missing daemon is started (see :mod:`aadhelper.autostart`) and asked once more.
+    With ``autostart``, a missing daemon is started (see :mod:`aadhelper.autostart`) and asked once more. A
+    protocol error (exit 9) names the socket, so the user knows which daemon spoke another language.
     """
+    path = socket_path or paths.socket_path()
+    if _trace is not None:
+        return _traced(message, path, timeout, autostart, _trace)
+    try:
+        return _call(message, path, timeout, autostart)
+    except ProtocolError as exc:
+        if path in exc.message:
+            raise
+        raise exc.copy(f"{exc.message} (the daemon on {path})") from None
+
+
+#: Where `-v` reports each request (None: quiet, the normal case; set by the CLI with :func:`set_trace`).
+_trace: Callable[[str], None] | None = None
+
+
+def set_trace(report: Callable[[str], None] | None) -> None:
+    """Report every request to the daemon (what, to which socket, how long, the outcome) to ``report``."""
+    global _trace
+    _trace = report
+
+
+def _traced(message: dict[str, Any], path: str, timeout: float, autostart: bool,
+            report: Callable[[str], None]) -> dict[str, Any]:
+    import time
+
+    fields = ", ".join(f"{key} {_shown(value)}" for key, value in message.items() if key not in ("v", "op"))
+    asked = f"asked the daemon on {path} for {message.get('op')}" + (f" ({fields})" if fields else "")
+    started = time.perf_counter()
+    set_trace(None)  # the call below is not traced again
+    try:
+        reply = call(message, socket_path=path, timeout=timeout, autostart=autostart)
+    except AadhelperError as exc:
+        report(f"{asked}: {exc.code} after {1000 * (time.perf_counter() - started):.1f} ms")
+        raise
+    finally:
+        set_trace(report)
+    report(f"{asked}: answered in {1000 * (time.perf_counter() - started):.1f} ms")
+    return reply
+
+
+def _shown(value: object) -> str:
+    """A request field for the trace: lists joined; a URL without any user:password part."""
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    text = str(value)
+    scheme, sep, rest = text.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        text = f"{scheme}{sep}***@{rest.split('@', 1)[1]}"
+    return text
+
+
+def _call(message: dict[str, Any], path: str, timeout: float, autostart: bool) -> dict[str, Any]:
     data = protocol.encode(message)
     if len(data) > protocol.MAX_REQUEST_BYTES:
         # The daemon's own limit, checked here too: one clear error, before any connection or autostart, instead
         # of the daemon's reply racing our unfinished send (a broken connection, exit 8).
         raise ProtocolError(f"request too large for the daemon: {len(data)} bytes, its limit is "
                             f"{protocol.MAX_REQUEST_BYTES} (is a URL or scope that long?)")
-    path = socket_path or paths.socket_path()
     check_socket_dir(path)
     sock = _connect(path, timeout)
     if sock is None:
@@ -55,15 +107,15 @@ def call(message: dict[str, Any], *, socket_path: str | None = None, timeout: fl
             line = _read_line(sock, protocol.MAX_REPLY_BYTES)
         except TimeoutError:
             raise DaemonNotRunning(f"the daemon on {path} did not answer within {timeout:g} s",
-                                   hint="check its log, or restart it") from None
+                                   hint=log_hint()) from None
         except OSError as exc:
             raise DaemonNotRunning(f"the connection to the daemon on {path} broke: {exc.strerror or exc}",
-                                   hint="check its log, or restart it") from None
+                                   hint=log_hint()) from None
     finally:
         sock.close()
     if not line:
         raise DaemonNotRunning(f"the daemon on {path} closed the connection without a reply",
-                               hint="check its log, or restart it")
+                               hint=log_hint())
     return _fields(line)
 
 
@@ -108,12 +160,20 @@ class Session:
             if fresh:
                 break
         raise DaemonNotRunning(f"the daemon on {self.path} closed the connection without a reply",
-                               hint="check its log, or restart it")
+                               hint=log_hint())
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def log_hint(*, restart: bool = True) -> str:
+    """Where to look when the daemon misbehaves: its log, wherever that is, and how to restart it."""
+    from . import autostart
+
+    hint = f"see the daemon's log (`aadhelper logs`: the journal under systemd, else {autostart.log_path()})"
+    return hint + (", or restart it with `aadhelper daemon restart`" if restart else "")
 
 
 #: Seconds between two pings while waiting for a daemon to answer, and how long a daemon that exited may take to be
@@ -127,6 +187,17 @@ def wait_for_daemon(path: str, timeout: float, *, exited: Callable[[], bool] = l
     ``exited()`` for EXITED_GRACE seconds without another answering (False). Autostart and the test kit use it."""
     import time
 
+    report = _trace
+    if report is not None:  # one line for the whole wait, not one per ping
+        set_trace(None)
+        try:
+            started = time.perf_counter()
+            answered = wait_for_daemon(path, timeout, exited=exited)
+            report(f"waited {1000 * (time.perf_counter() - started):.0f} ms for a daemon to answer on {path}: "
+                   f"{'it did' if answered else 'none did'}")
+            return answered
+        finally:
+            set_trace(report)
     deadline = time.monotonic() + timeout
     exited_at: float | None = None
     while time.monotonic() < deadline:

@@ -16,6 +16,7 @@ file (a symlink to one is fine), a file of another user or writable by everyone,
     proxy = "http://proxy.example.com:3128"  # HTTP(S) proxy for the daemon's fetches (default: none, direct)
     no_proxy = "internal.example.com,10.1.2.3"  # hosts (and their subdomains) reached directly all the same
     proxy_from_environment = false      # true: HTTPS_PROXY/ALL_PROXY/NO_PROXY of the daemon's start environment
+    log_level = "info"                  # error, warning, info, debug (env AADHELPER_LOG_LEVEL wins); read at start
 
     [profiles.graph]                    # name: letters, digits, '-', '_', '.'; at most 64
     tenant = "contoso.onmicrosoft.com"  # GUID or domain (common/organizations/consumers only for credential "user")
@@ -38,7 +39,7 @@ file (a symlink to one is fine), a file of another user or writable by everyone,
 
     [[profiles.ado.git]]                # git remotes served by profile "ado" (longest matching prefix wins)
     url = "https://dev.azure.com/contoso/"
-    username = "me@contoso.com"         # optional; default: the client id (client_secret) or "aadhelper"
+    username = "me@contoso.com"         # optional; default: the client id, or the signed-in account (user)
 
     [profiles.vm]                       # credential "managed_identity": no tenant, no secret
     credential = "managed_identity"
@@ -60,7 +61,6 @@ the key.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import stat
@@ -75,6 +75,7 @@ from .errors import ConfigError, UnknownProfile
 from .protocol import MAX_MIN_VALID
 from .proxy import DIRECT, InvalidProxy, ProxySetting, from_environment, parse_no_proxy, parse_proxy_url
 from .tokens import Secret
+from .suggest import did_you_mean
 from .urls import InvalidAuthority, match_key, normalize_git_url, resolve_authority_url
 
 CREDENTIALS = ("client_secret", "user", "certificate", "federated", "managed_identity")
@@ -93,7 +94,7 @@ _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,253}")
 # Printable, no whitespace: these travel as form fields, space-separated scope lists and git credential lines.
 _TOKEN_RE = re.compile(r"[!-~]{1,2000}")
 _TOP_KEYS = ("default_profile", "daemon", "profiles")
-_DAEMON_KEYS = ("autostart", "idle_exit", "proxy", "no_proxy", "proxy_from_environment")
+_DAEMON_KEYS = ("autostart", "idle_exit", "proxy", "no_proxy", "proxy_from_environment", "log_level")
 _PROFILE_KEYS: tuple[str, ...] = ("tenant", "client_id", "scopes", "authority", "credential", "min_valid",
                                    "ca_bundle", "git", "certificate_path", "x5c", "assertion_alg", "token_file",
                                    "token_command")
@@ -222,6 +223,8 @@ class Config:
     autostart: bool = True
     idle_exit: int = 0
     proxy: ProxySetting = DIRECT
+    #: The daemon's log level: ``$AADHELPER_LOG_LEVEL``, else ``[daemon] log_level``, else info (read at start).
+    log_level: str = "info"
 
     def profile(self, name: str | None) -> Profile:
         """The named profile, or the default one for ``None``."""
@@ -300,13 +303,16 @@ def parse_config(text: str, path: str, environ: Mapping[str, str] = os.environ,
                                            f"(profiles: {', '.join(profiles) or 'none'})")
     if default is None and len(profiles) == 1:
         default = next(iter(profiles))
-    return Config(path, MappingProxyType(profiles), default, autostart, idle_exit, proxy)
+    return Config(path, MappingProxyType(profiles), default, autostart, idle_exit, proxy,
+                  log_level=_log_level(daemon, where, environ))
 
 
 def unknown_profile(path: str, name: str, configured: Iterable[str]) -> UnknownProfile:
     """The error for a profile name that is not in the file."""
-    return UnknownProfile(f"{path}: profile {name!r} is not configured (profiles: {', '.join(configured) or 'none'})",
-                          profile=name, hint="see `aadhelper profile list`")
+    configured = list(configured)
+    return UnknownProfile(f"{path}: profile {name!r} is not configured{did_you_mean(name, configured)} "
+                          f"(profiles: {', '.join(configured) or 'none'})", profile=name,
+                          hint="see `aadhelper profile list`")
 
 
 def parse_toml(text: str, path: str) -> dict[str, Any]:
@@ -555,12 +561,28 @@ def _check_git_url_conflicts(profiles: Mapping[str, Profile], path: str) -> None
                                                                      f"{other!r}; a URL can belong to one profile only")
 
 
+#: The daemon's log levels, least to most verbose; and the variable that overrides ``[daemon] log_level``.
+LOG_LEVELS = ("error", "warning", "info", "debug")
+LOG_LEVEL_ENV = "AADHELPER_LOG_LEVEL"
+
+
+def _log_level(daemon: Mapping[str, object], where: _Where, environ: Mapping[str, str]) -> str:
+    choices = ", ".join(LOG_LEVELS)
+    level: str = _get(daemon, "log_level", str, where, f"must be one of {choices}", "info")
+    if level.lower() not in LOG_LEVELS:
+        raise where.error("log_level", f"must be one of {choices}, not {_shown(level)}")
+    value = environ.get(LOG_LEVEL_ENV, "").strip().lower()
+    if value and value not in LOG_LEVELS:
+        raise _Where(where.path).error(None, f"environment variable {LOG_LEVEL_ENV} must be one of {choices}, "
+                                             f"not {_shown(value)}")
+    return value or level.lower()
+
+
 def _check_keys(table: Mapping[str, object], allowed: tuple[str, ...], where: _Where) -> None:
     unknown = [key for key in table if key not in allowed]
     if unknown:
         key = unknown[0]
-        close = difflib.get_close_matches(key, allowed, n=1)
-        suggestion = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(allowed)})"
+        suggestion = did_you_mean(key, allowed) or f" (known keys: {', '.join(allowed)})"
         raise where.error(key, f"is not a known setting{suggestion}")
 
 

@@ -42,7 +42,11 @@ def add_profile(path: str | None, name: str, *, tenant: str | None, client_id: s
         profiles = _profiles(doc, where, create=True)
         if name in profiles and not replace:
             raise ConfigError(f"{where}: profile {name!r} already exists", profile=name,
-                              hint="pass --replace to overwrite it, or choose another name")
+                              hint="pass --replace to overwrite it, `aadhelper profile set` to change single "
+                                   "settings, or choose another name")
+        # --replace without --git-url keeps the git mappings: a re-add with new settings must not silently cut git
+        # remotes off (what `profile add --replace` once did); given --git-url values replace them.
+        kept_git = _git_entries(profiles[name], where, name) if name in profiles and not git_urls else []
         before = list(profiles)
         table = tomlkit.table()
         for key, text in (("tenant", tenant), ("client_id", client_id)):
@@ -57,6 +61,8 @@ def add_profile(path: str | None, name: str, *, tenant: str | None, client_id: s
         table.add(tomlkit.nl())
         for url in git_urls:
             _set_git_url(table, where, name, url, git_username)
+        if kept_git:
+            table["git"] = AoT([_copy_table(entry) for entry in kept_git])
         _end_with_blank_line(table)
         profiles[name] = table
         if make_default:
@@ -66,6 +72,33 @@ def add_profile(path: str | None, name: str, *, tenant: str | None, client_id: s
             doc["default_profile"] = before[0] if before else name
 
     return _edit(path, environ, change)
+
+
+def set_profile(path: str | None, name: str, settings: Mapping[str, object], unset: Sequence[str] = (), *,
+                environ: Mapping[str, str] = os.environ) -> Config:
+    """Change single settings of profile ``name`` in place (its git mappings, other keys and comments stay);
+    ``unset`` keys are removed, so their default applies again. The result is validated like every edit."""
+    if "git" in settings or "git" in unset:
+        raise ConfigError("git URL mappings are changed with `aadhelper profile git-url add|remove`", profile=name)
+
+    def change(doc: tomlkit.TOMLDocument, where: str) -> None:
+        table = _profile(_profiles(doc, where, create=False), where, name)
+        for key in unset:
+            if key in table:
+                del table[key]
+        for key, value in settings.items():
+            table[key] = list(value) if isinstance(value, (list, tuple)) else value
+
+    return _edit(path, environ, change)
+
+
+def _copy_table(entry: object) -> Any:
+    """A fresh tomlkit table with ``entry``'s keys (an item cannot belong to two documents' tables)."""
+    copy = tomlkit.table()
+    if isinstance(entry, Mapping):
+        for key, value in entry.items():
+            copy[key] = value.unwrap() if hasattr(value, "unwrap") else value
+    return copy
 
 
 def remove_profile(path: str | None, name: str, *, environ: Mapping[str, str] = os.environ) -> Config:

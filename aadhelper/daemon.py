@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from .fetcher import Fetcher, SignInStates
 
 log = logging.getLogger("aadhelper.daemon")
+#: The words of every hint that sends the user to the daemon's log; the daemon adds where that is.
+_SEE_LOG = "see the daemon's log"
 #: Credential kinds whose state status asks the fetcher for (a client secret has none worth a round trip).
 _STATEFUL = ("certificate", "federated")
 
@@ -63,6 +65,10 @@ class Daemon:
         self.socket_path = socket_path
         self.socket_activated = socket_activated
         self.started = time.time()
+        #: Set by a client's ``stop``; :func:`serve` then shuts down as on SIGTERM (after the reply is sent).
+        self.stop_requested = trio.Event()
+        #: Where this process's log goes (``status``: ``daemon.log``; ``aadhelper logs`` reads it).
+        self.log = log_destination()
         config.on_profile_changed = cache.forget_profile
 
     async def handle_line(self, line: bytes) -> dict[str, Any]:
@@ -74,14 +80,21 @@ class Daemon:
                 raise ProtocolError(f"unknown operation {op!r}" if isinstance(op, str) else "missing field 'op'",
                                     hint="client and daemon versions may differ")
             handler = {"ping": self._op_ping, "token": self._op_token, "invalidate": self._op_invalidate,
-                       "status": self._op_status, "reload": self._op_reload}[op]
+                       "status": self._op_status, "reload": self._op_reload, "stop": self._op_stop}[op]
             return await handler(message)
         except AadhelperError as exc:
-            return protocol.error_reply(exc.to_wire())
+            return protocol.error_reply(self.where_logged(exc.to_wire()))
         except Exception:
             log.exception("internal error while answering a request")
-            return protocol.error_reply(
-                AadhelperError("internal error in the daemon", hint="see the daemon's log").to_wire())
+            return protocol.error_reply(self.where_logged(
+                AadhelperError("internal error in the daemon", hint="see the daemon's log").to_wire()))
+
+    def where_logged(self, wire: dict[str, Any]) -> dict[str, Any]:
+        """An error object whose hint says "see the daemon's log" with where that log is (the one home of that)."""
+        hint, shown = wire.get("hint"), str(self.log["shown"])
+        if isinstance(hint, str) and _SEE_LOG in hint and shown not in hint:
+            wire["hint"] = hint.replace(_SEE_LOG, f"{_SEE_LOG} ({shown})", 1)
+        return wire
 
     async def _op_ping(self, message: dict[str, Any]) -> dict[str, Any]:
         return protocol.ok_reply(pid=os.getpid(), version=__version__, protocol=protocol.VERSION)
@@ -100,6 +113,12 @@ class Daemon:
         reply["min_valid"] = int(self.cache.served_min_valid(profile, request.scopes, request.min_valid))
         return reply
 
+    async def _op_stop(self, message: dict[str, Any]) -> dict[str, Any]:
+        # The reply goes out before serve() acts on the event: the connection's send does not yield first.
+        log.info("a client asked the daemon to stop (`aadhelper daemon stop`)")
+        self.stop_requested.set()
+        return protocol.ok_reply(pid=os.getpid())
+
     async def _op_invalidate(self, message: dict[str, Any]) -> dict[str, Any]:
         request = TokenRequest.from_message(message)
         profile, _ = await self._resolve(request)
@@ -108,7 +127,7 @@ class Daemon:
     async def _op_status(self, message: dict[str, Any]) -> dict[str, Any]:
         daemon = {"pid": os.getpid(), "version": __version__, "uptime": int(time.time() - self.started),
                   "socket": self.socket_path, "socket_activated": self.socket_activated,
-                  "config": self.config.path, "environment": environment_report()}
+                  "config": self.config.path, "log": self.log, "environment": environment_report()}
         try:
             config = await self.config.current()
         except ConfigError as exc:
@@ -124,6 +143,10 @@ class Daemon:
         logins, unsaved = await self._sign_in_states([p for p in configured.values() if p.credential == "user"])
         credentials = await self._credential_states([p for p in configured.values() if p.credential in _STATEFUL])
         profiles = []
+        for entry in records:
+            error = entry.get("last_error")
+            if error is not None:
+                entry["last_error"] = self.where_logged(dict(error))
         for name, profile in sorted(configured.items()):
             tokens = [r for r in records if r["profile"] == name]
             login = logins.get(name)
@@ -131,7 +154,7 @@ class Daemon:
                 # No refresh token, or a dead one: say so for the profile's scopes even before anyone asked.
                 tokens.append(login_required_status(profile, login))
             record = {"name": name, "credential": profile.credential, "default": name == default, "tokens": tokens,
-                      **credentials.get(name, {})}
+                      "min_valid": profile.min_valid, **credentials.get(name, {})}
             if name in unsaved:
                 record["unsaved_sign_in"] = True
             if profile.managed_identity is not None:
@@ -231,6 +254,7 @@ async def serve(fetcher: Fetcher, *, config_path: str | None = None, socket_path
                                activity)
             if handle_signals:
                 await nursery.start(_watch_signals, nursery.cancel_scope, watcher)
+            nursery.start_soon(_stop_when_asked, daemon.stop_requested, nursery.cancel_scope)
             idle_exit = _idle_exit(watcher)
             if activated and idle_exit:
                 nursery.start_soon(_exit_when_idle, activity, idle_exit, nursery.cancel_scope)
@@ -280,6 +304,28 @@ async def _watch_signals(scope: trio.CancelScope, watcher: ConfigWatcher,
             log.info("%s: shutting down", signal.Signals(signum).name)
             scope.cancel()
             return
+
+
+async def _stop_when_asked(requested: trio.Event, scope: trio.CancelScope) -> None:
+    await requested.wait()
+    log.info("stopping as a client asked")
+    scope.cancel()
+
+
+def log_destination() -> dict[str, Any]:
+    """Where this process's log lines (stderr) go: ``journal`` (systemd's journal), ``file`` (with its ``path``: the
+    autostart log) or ``terminal``/``other``; ``shown`` is that in words for messages."""
+    if os.environ.get("JOURNAL_STREAM"):
+        return {"kind": "journal", "path": None, "shown": "`journalctl --user -u aadhelper.service`"}
+    try:
+        target = os.readlink("/proc/self/fd/2")
+    except OSError:
+        target = ""
+    if target.startswith("/") and os.path.isfile(target):
+        return {"kind": "file", "path": target, "shown": target}
+    kind = "terminal" if target.startswith("/dev/") else "other"
+    return {"kind": kind, "path": None, "shown": "the stderr of the terminal that ran `aadhelper daemon`"
+            if kind == "terminal" else "wherever the stderr of `aadhelper daemon` goes"}
 
 
 async def _exit_when_idle(activity: Activity, idle_exit: int, scope: trio.CancelScope) -> None:

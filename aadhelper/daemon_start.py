@@ -27,6 +27,19 @@ log = logging.getLogger("aadhelper.daemon")
 _PATH_VARIABLES = ("AADHELPER_CONFIG", "AADHELPER_SOCKET", "AADHELPER_STATE_DIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
 
 
+def _log_level(config_path: str | None) -> str:
+    """``$AADHELPER_LOG_LEVEL``, else the config's ``[daemon] log_level``; a broken config is reported later,
+    when the daemon reads it for requests, with the variable alone deciding until then."""
+    from .config import LOG_LEVEL_ENV, LOG_LEVELS, load_config
+    from .errors import ConfigError
+
+    try:
+        return load_config(config_path).log_level
+    except ConfigError:
+        value = os.environ.get(LOG_LEVEL_ENV, "").strip().lower()
+        return value if value in LOG_LEVELS else "info"
+
+
 def run_daemon(*, config_path: str | None, socket_path: str | None, secret_store: str | None,
                verbose: bool) -> int:
     """Run the daemon in this process until it is stopped; returns the exit code."""
@@ -39,7 +52,7 @@ def run_daemon(*, config_path: str | None, socket_path: str | None, secret_store
             os.environ[name] = os.path.abspath(os.environ[name])
     kept = clean_start_environment()
     # 2.
-    configure_logging(verbose)
+    configure_logging(verbose, _log_level(config_path))
     log.debug("started in / with the environment variables %s (values not shown)", ", ".join(kept))
     # 3. Only now: no library reads the starter's environment at import time either.
     import trio

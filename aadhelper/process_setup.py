@@ -125,15 +125,16 @@ def environment_report(environ: Mapping[str, str] = os.environ) -> dict[str, str
     return report
 
 
-def configure_logging(verbose: bool) -> None:
-    """Log lines on stderr, tagged with the process id (the fetcher's lines land in the daemon's log too)."""
+def configure_logging(verbose: bool, level: str = "info") -> None:
+    """Log lines on stderr, tagged with the process id (the fetcher's lines land in the daemon's log too), at
+    ``level`` (a name of :data:`aadhelper.config.LOG_LEVELS`; ``verbose`` means debug)."""
     # Under systemd the journal stamps each line already; elsewhere add a timestamp.
     stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{stamp}aadhelper[%(process)d] %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("aadhelper")
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(logging.DEBUG if verbose else getattr(logging, level.upper(), logging.INFO))
     root.propagate = False
 
 

@@ -28,6 +28,7 @@ op             request fields                                   reply fields
 ``status``     --                                               ``daemon`` {pid, uptime, socket, ...},
                                                                 ``profiles`` [...]
 ``reload``     ``profile``?                                     ``profiles`` (names now configured)
+``stop``       --                                               ``pid`` (the daemon exits after replying)
 =============  ===============================================  ===========================================
 
 A missing ``profile`` means the configuration's default profile. ``url`` (the git credential helper's
@@ -67,7 +68,7 @@ ANSWER_DEADLINE = 45.0
 #: The largest minimum validity anyone may ask for (a day: longer than any access token Entra issues).
 MAX_MIN_VALID = 86400
 
-OPS = frozenset({"ping", "token", "invalidate", "status", "reload"})
+OPS = frozenset({"ping", "token", "invalidate", "status", "reload", "stop"})
 
 
 def encode(message: dict[str, Any]) -> bytes:

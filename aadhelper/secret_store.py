@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import sys
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
@@ -307,9 +308,15 @@ def _map_keyring_error(exc: Exception, action: str, profile: str | None, kind: s
 
 
 def _describe(exc: Exception) -> str:
+    """The backend's exception in a few words: its type and first sentence. The rest of keyring's messages is
+    advice for keyring's own users ("install keyrings.alt ...") that, cut to fit, used to leak into our line;
+    our hint says what to do instead. NoKeyringError's first sentence is no better: it gets ours."""
+    if type(exc).__name__ == "NoKeyringError":
+        return "keyring found no Secret Service or other usable backend"
     first_line = str(exc).strip().partition("\n")[0]
-    text = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
+    sentence = re.split(r"(?<=[.;!?])\s", first_line, maxsplit=1)[0].rstrip(".;")
+    text = f"{type(exc).__name__}: {sentence}" if sentence else type(exc).__name__
+    return text if len(text) <= 160 else text[:157].rsplit(" ", 1)[0] + "..."
 
 
 __all__ = ["MIN_VALUE_CHARS", "SERVICE", "ChunkedSecretStore", "KeyringSecretStore", "MemorySecretStore",

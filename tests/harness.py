@@ -188,7 +188,8 @@ def run_in_process(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> secr
     for key in [k for k in os.environ if k.startswith(("AADHELPER_", "AZURE_"))]:
         monkeypatch.delenv(key)
     for key, value in env.items():
-        if key.startswith("AADHELPER_"):
+        # Not the store's kind: the store is the test's (below), and `secret set`/`login` refuse a memory store.
+        if key.startswith("AADHELPER_") and key != secret_store.STORE_ENV:
             monkeypatch.setenv(key, value)
     store = secret_store.MemorySecretStore()
     monkeypatch.setattr(secret_store, "open_secret_store", lambda kind=None: store)

@@ -33,17 +33,23 @@ def env(isolated_env: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture
+def keyring_env(env: dict[str, str], secret_service: KeyringSecretStore) -> dict[str, str]:
+    """``env`` with the real Secret Service: `secret set` refuses the memory store, whose secret dies with it."""
+    return {k: v for k, v in env.items() if k != "AADHELPER_SECRET_STORE"}
+
+
+@pytest.fixture
 def store(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> secret_store.MemorySecretStore:
     return run_in_process(env, monkeypatch)
 
 
-def test_set_from_a_pipe_confirms_without_showing_the_secret(env: dict[str, str]) -> None:
+def test_set_from_a_pipe_confirms_without_showing_the_secret(keyring_env: dict[str, str]) -> None:
     """If the secret is piped in, then the command confirms in one stderr line and prints the secret nowhere."""
-    result = run(env, "secret", "set", "graph", stdin=SECRET + "\n")
+    result = run(keyring_env, "secret", "set", "graph", stdin=SECRET + "\n")
     assert (result.returncode, result.stdout) == (0, "")
     assert one_error_line(result) == "aadhelper: stored the client secret of profile 'graph' in the OS keyring"
     assert SECRET not in result.stderr
-    assert SECRET not in Path(env["AADHELPER_CONFIG"]).read_text()
+    assert SECRET not in Path(keyring_env["AADHELPER_CONFIG"]).read_text()
 
 
 @pytest.mark.parametrize("piped, stored", [
@@ -101,11 +107,11 @@ def test_profiles_without_a_client_secret_are_refused(env: dict[str, str], name:
     assert SECRET not in line
 
 
-def test_set_and_delete_tell_the_daemon_to_drop_the_profile(env: dict[str, str]) -> None:
+def test_set_and_delete_tell_the_daemon_to_drop_the_profile(keyring_env: dict[str, str]) -> None:
     """If a daemon runs, then `secret set` and `secret delete` each ask it to reload that one profile."""
-    stub = FakeDaemon(env["AADHELPER_SOCKET"]).start()
+    stub = FakeDaemon(keyring_env["AADHELPER_SOCKET"]).start()
     try:
-        stored = run(env, "secret", "set", "graph", stdin=SECRET)
+        stored = run(keyring_env, "secret", "set", "graph", stdin=SECRET)
         assert stored.returncode == 0
         assert "the running daemon reloaded" in stored.stderr
     finally:
@@ -141,12 +147,12 @@ def test_keyring_failure_is_one_line_with_exit_code_4(env: dict[str, str], store
     assert err == "aadhelper: the keyring collection is locked (profile 'graph')\n"
 
 
-def test_terminal_prompt_does_not_echo(env: dict[str, str]) -> None:
+def test_terminal_prompt_does_not_echo(keyring_env: dict[str, str]) -> None:
     """If stdin is a terminal, then the user is prompted and what they type is not echoed back."""
     pid, master = pty.fork()
     if pid == 0:  # the child: exec at once, so nothing of pytest runs here
         try:
-            os.execve(str(AADHELPER), [str(AADHELPER), "secret", "set", "graph"], env)
+            os.execve(str(AADHELPER), [str(AADHELPER), "secret", "set", "graph"], keyring_env)
         finally:
             os._exit(127)
     seen = b""

@@ -76,3 +76,20 @@ def test_client_paths_import_only_the_allow_list(fake_daemon: str, tmp_path: Pat
     if daemon_runs:
         assert result.returncode == 0, result.stderr
         assert "eyJ.fake.token" in result.stdout
+
+
+def test_completing_profile_names_imports_only_the_allow_list(tmp_path: Path) -> None:
+    """If the shell completion asks `aadhelper __complete profiles` (on every TAB after a verb taking a profile),
+    then the names are printed and nothing is imported beyond the client's allow-list and the completion module:
+    no argparse, tomllib, json or daemon module."""
+    config = tmp_path / "config.toml"
+    config.write_text('[profiles.graph]\ntenant = "t"\n')
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AADHELPER_")}
+    env.update(AADHELPER_CONFIG=str(config))
+    result = subprocess.run([sys.executable, "-c", PROBE, "__complete", "profiles"], capture_output=True, text=True,
+                            env=env, timeout=60)
+    added = set(result.stderr.split("MODULES ", 1)[1].split())
+    allowed = ALLOWED | {"aadhelper.cli.completion"}
+    assert added <= allowed, f"imports beyond the allow-list: {sorted(added - allowed)}"
+    assert not added & FORBIDDEN
+    assert (result.returncode, result.stdout) == (0, "graph\n")

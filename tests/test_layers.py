@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "cli": 6, "__main__": 6,
     "doctor": 6,  # its systemd check reads the units cli.service renders
     "": 0,  # the package itself: __version__
+    "accounts": 1, "suggest": 0,
 }
 #: Imports across the rule that are the design: the demo runs the simulated authority.
 ALLOWED = {("demo", "testing.authority"), ("demo", "testing.resource")}

@@ -22,6 +22,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
 
     def dispatch() -> int:
+        if args and args[0] == "__complete":  # the shell completion's profile names: fast, hidden
+            from .completion import complete_fast
+
+            return complete_fast(args[1:])
         if args and args[0] in ("header", "token"):
             from .token import run_fast
 

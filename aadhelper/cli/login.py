@@ -14,8 +14,8 @@ import json
 
 from ..errors import AadhelperError, KeyringLocked, KeyringUnavailable, SecretStoreError, UsageError
 from ..secret_chunks import REFRESH_TOKEN
-from .args import seconds
-from .common import load_profile, notify_daemon, say
+from .args import seconds, word
+from .common import delete_stored, forget_sign_in, load_profile, notify_daemon, require_persistent_store, say, warn
 
 KIND = REFRESH_TOKEN
 #: Seconds to wait for a running daemon's status (for its claims challenge) before going on without it.
@@ -35,13 +35,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        help="sign in with a browser on this machine instead of a device code")
     login.add_argument("--no-browser", action="store_true",
                        help="with --browser: only print the sign-in URL, do not start a browser")
-    login.add_argument("--scope", dest="scopes", action="append", metavar="SCOPE",
+    login.add_argument("--scope", dest="scopes", action="append", metavar="SCOPE", type=word("scope"),
                        help="consent to this scope instead of the profile's (repeatable; one resource)")
     login.add_argument("--claims", metavar="JSON",
                        help="a Conditional Access claims challenge to satisfy (default: the one the daemon last "
                             "received for the profile)")
-    login.add_argument("--timeout", type=seconds(1), default=600, metavar="SECONDS",
-                       help="with --browser: how long to wait for the browser (default 600)")
+    login.add_argument("--timeout", type=seconds(1), metavar="SECONDS",
+                       help="how long to wait for the sign-in (default: 600 with --browser, else until the device "
+                            "code expires, 15 min on Entra)")
     login.set_defaults(func=_login)
 
     logout = sub.add_parser(
@@ -60,6 +61,7 @@ def _login(args: argparse.Namespace) -> int:
         raise UsageError("--no-browser goes with --browser (it prints the sign-in URL instead of starting a "
                          "browser); the device code flow never starts one")
     profile = load_profile(args.name, "user")
+    require_persistent_store("the sign-in (its refresh token)")
     claims = _claims_option(args.claims) if args.claims is not None else _claims_from_daemon(profile.name)
     if claims and args.claims is None:
         say(f"passing on the Conditional Access challenge the daemon received for profile {profile.name!r}")
@@ -72,9 +74,10 @@ def _login(args: argparse.Namespace) -> int:
     except SecretStoreError:
         pass  # a corrupted old sign-in: this one replaces it
     result = sign_in(profile, LoginOptions(browser=args.browser, open_browser=not args.no_browser,
-                                           timeout=float(args.timeout), scopes=tuple(args.scopes or ()),
+                                           timeout=args.timeout, scopes=tuple(args.scopes or ()),
                                            claims=claims))
     store.set(profile.name, KIND, result.refresh_token)
+    _remember(profile.name, result.account, result.tenant)
     who = f" as {result.account}" if result.account else ""
     say(f"signed in{who}; stored the refresh token of profile {profile.name!r} in the OS keyring")
     notify_daemon(profile.name)
@@ -82,21 +85,29 @@ def _login(args: argparse.Namespace) -> int:
 
 
 def _logout(args: argparse.Namespace) -> int:
-    from ..secret_store import open_secret_store
-
     name = args.name
     if name is None:
         from ..config import load_config
 
         name = load_config().profile(None).name
-    # No config check for a named profile: this also cleans up after one removed from the file by hand.
-    if open_secret_store().delete(name, KIND):
+    forget_sign_in(name)
+    if delete_stored(name, [KIND], "refresh token", lambda: load_profile(name, "user")):
         say(f"signed out: deleted the refresh token of profile {name!r} from the OS keyring")
     else:
         say(f"profile {name!r} was not signed in (no refresh token stored)")
     # Also when nothing was stored: the daemon may still hold access tokens of an earlier sign-in.
     notify_daemon(name)
     return 0
+
+
+def _remember(name: str, account: str | None, tenant: str | None) -> None:
+    """Record who signed in, for `status` and `profile show`; a failure only costs that label."""
+    from .. import accounts
+
+    try:
+        accounts.record(name, account=account, tenant=tenant)
+    except OSError as exc:
+        warn(f"could not record the signed-in account in {accounts.file_path()}: {exc.strerror or exc}")
 
 
 def _claims_option(text: str) -> str:

@@ -14,14 +14,16 @@ import time
 from typing import Any
 
 from .. import git_helper
-from ..config import CREDENTIALS, MANAGED_IDENTITY_SOURCES, Config, Profile, load_config
+from ..config import CREDENTIALS, MANAGED_IDENTITY_SOURCES, Config, GitUrl, Profile, load_config
 from ..errors import SecretStoreError, UsageError
 from ..protocol import MAX_MIN_VALID
 from ..secret_chunks import SECRET_KINDS
 from ..urls import normalize_git_url
-from .common import help_handler, notify_daemon, say, warn
+from .args import seconds, word
+from .common import credential_state, forget_sign_in, help_handler, notify_daemon, say, warn
 
-#: Keyring entries a profile can own; `profile remove` deletes them all.
+#: The settings `profile set --unset` may remove (their defaults then apply).
+UNSETTABLE = ("authority", "min_valid", "ca_bundle")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -75,7 +77,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add.add_argument("--git-url", dest="git_urls", action="append", default=[], metavar="URL",
                      help="serve git remotes under this URL prefix with this profile; repeatable")
     add.add_argument("--git-username", metavar="USER", help="username git gets for --git-url "
-                     "(default: the client id, or 'aadhelper' with --user)")
+                     "(default: the client id, or with --user the signed-in account)")
     managed = add.add_argument_group("managed identity (--credential managed_identity)")
     managed.add_argument("--source", choices=MANAGED_IDENTITY_SOURCES,
                          help="where the identity's tokens come from (default: detected from the daemon's environment)")
@@ -83,8 +85,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     managed.add_argument("--msi-res-id", metavar="RESOURCE_ID", help="Azure resource id of a user-assigned identity")
     managed.add_argument("--endpoint", metavar="URL", help="the identity endpoint's token URL (tests)")
     add.add_argument("--default", action="store_true", help="make it the default profile")
-    add.add_argument("--replace", action="store_true", help="overwrite an existing profile of that name")
+    add.add_argument("--replace", action="store_true", help="overwrite an existing profile of that name (its git "
+                     "URL mappings are kept unless --git-url is given)")
     add.set_defaults(func=_add)
+
+    change = actions.add_parser(
+        "set", help="change single settings of a profile",
+        description="Change single settings of profile NAME; everything else (git URL mappings, comments, the "
+                    "stored secret or sign-in) stays. --unset KEY removes a setting so its default applies.")
+    change.add_argument("name", metavar="NAME", help="profile name")
+    change.add_argument("--tenant", help="tenant GUID or domain")
+    change.add_argument("--client-id", help="application (client) id")
+    change.add_argument("--scope", dest="scopes", action="append", metavar="SCOPE", type=word("scope"),
+                        help="default scope; repeat for several (replaces the profile's list)")
+    change.add_argument("--authority", help="public, usgov, china or an https:// URL")
+    change.add_argument("--ca-bundle", metavar="FILE", help="PEM file of CAs to trust for the authority's TLS")
+    change.add_argument("--min-valid", type=seconds(), metavar="SECONDS",
+                        help=f"seconds a served token must still be valid (0-{MAX_MIN_VALID})")
+    change.add_argument("--unset", action="append", default=[], choices=UNSETTABLE, metavar="KEY",
+                        help=f"remove a setting, back to its default ({', '.join(UNSETTABLE)}); repeatable")
+    change.set_defaults(func=_set)
 
     listing = actions.add_parser("list", help="list profiles", description="List profiles; * marks the default.")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -119,7 +139,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action.add_argument("url", metavar="URL", help="http(s) URL prefix, e.g. https://dev.azure.com/contoso/")
         if verb == "add":
             action.add_argument("--username", metavar="USER", help="username git gets with the token "
-                                "(default: the client id, or 'aadhelper' for user profiles)")
+                                "(default: the client id, or the signed-in account for user profiles)")
         action.set_defaults(func=func)
 
 
@@ -134,11 +154,8 @@ def _add(args: argparse.Namespace) -> int:
         return add_from_env(args)
     if args.keep_path:
         raise UsageError("--keep-path goes with --from-env")
-    ca_bundle = None
-    if args.ca_bundle is not None:
-        ca_bundle = os.path.abspath(os.path.expanduser(args.ca_bundle))
-        if not os.path.isfile(ca_bundle):
-            raise UsageError(f"--ca-bundle {args.ca_bundle}: no such file")
+    ca_bundle = _ca_bundle(args.ca_bundle)
+    replacing = args.replace and args.name in _configured_names()
     credential, options = _credential_options(args)
     password_needed = _check_certificate_file(options.get("certificate_path"))
     config = add_profile(
@@ -147,7 +164,13 @@ def _add(args: argparse.Namespace) -> int:
         git_urls=args.git_urls, git_username=args.git_username, make_default=args.default, replace=args.replace,
         options=options)
     marker = " as the default" if config.default_profile == args.name else ""
-    say(f"added profile {args.name!r} to {config.path}{marker}")
+    if replacing:
+        mappings = len(config.profile(args.name).git_urls)
+        kept = f"; its git URL mappings were {'replaced' if args.git_urls else 'kept'} ({mappings})" if mappings \
+            else ""
+        say(f"replaced profile {args.name!r} in {config.path}{marker}{kept}")
+    else:
+        say(f"added profile {args.name!r} to {config.path}{marker}")
     notify_daemon()
     for url in config.profile(args.name).git_urls:
         git_setup_hint(url.url)
@@ -161,6 +184,55 @@ def _add(args: argparse.Namespace) -> int:
         credential, f"aadhelper token {args.name}")
     say(f"next: `{nxt}`")
     return 0
+
+
+def _configured_names() -> list[str]:
+    from ..errors import ConfigError
+
+    try:
+        return list(load_config().profiles)
+    except ConfigError:
+        return []  # add_profile reports the broken file
+
+
+def _set(args: argparse.Namespace) -> int:
+    from ..config_edit import set_profile
+
+    settings: dict[str, object] = {key: value for key, value in (
+        ("tenant", args.tenant), ("client_id", args.client_id), ("scopes", args.scopes),
+        ("authority", args.authority), ("ca_bundle", _ca_bundle(args.ca_bundle)), ("min_valid", args.min_valid))
+        if value is not None}
+    clash = sorted(set(settings) & set(args.unset))
+    if clash:
+        raise UsageError(f"--unset {clash[0]} and a new value for it at once")
+    if not settings and not args.unset:
+        raise UsageError("nothing to change: give at least one setting, e.g. --min-valid 600",
+                         hint=f"the current ones: `aadhelper profile show {args.name}`")
+    before = load_config().profile(args.name).as_dict()
+    config = set_profile(None, args.name, settings, args.unset)
+    after = config.profile(args.name).as_dict()
+    changes = [f"{key} {_shown(before[key])} -> {_shown(after[key])}" for key in (*settings, *args.unset)
+               if before.get(key) != after.get(key)]
+    say(f"profile {args.name!r} in {config.path}: " + ("; ".join(changes) if changes else "nothing changed"))
+    if changes:
+        notify_daemon()
+    return 0
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, list):
+        return " ".join(map(str, value)) or "none"
+    return "default" if value is None else str(value)
+
+
+def _ca_bundle(value: str | None) -> str | None:
+    """A --ca-bundle argument as the absolute path the config keeps; an error for a file that is not there."""
+    if value is None:
+        return None
+    path = os.path.abspath(os.path.expanduser(value))
+    if not os.path.isfile(path):
+        raise UsageError(f"--ca-bundle {value}: no such file")
+    return path
 
 
 def _credential_options(args: argparse.Namespace) -> tuple[str, dict[str, object]]:
@@ -273,20 +345,27 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     config = load_config()
     profile = config.profile(args.name)
+    credential = credential_state(profile)
     if args.json:
-        _print_json({**_profile_json(config, profile), **_certificate_json(profile)})
+        data = {**_profile_json(config, profile), **_certificate_json(profile)}
+        data["secret_stored"] = credential["stored"]
+        if profile.credential == "user":
+            data["signed_in"] = {"account": credential.get("account"), "tenant": credential.get("tenant")}
+        _print_json(data)
         return 0
     rows = [("name", profile.name), ("default", "yes" if profile.name == config.default_profile else "no"),
             ("tenant", profile.tenant), ("client_id", profile.client_id), ("credential", profile.credential),
             ("scopes", " ".join(profile.scopes)), ("authority", profile.authority),
             ("token_endpoint", profile.token_endpoint), ("min_valid", str(profile.min_valid)),
             ("ca_bundle", profile.ca_bundle or "-"), ("config", config.path)]
+    if credential["text"]:
+        rows.insert(5, ("secret" if profile.credential != "user" else "sign-in", credential["text"]))
     if profile.credential == "federated":
         import shlex
 
         rows.insert(5, ("token_command", shlex.join(profile.token_command)) if profile.token_command else
                     ("token_file", profile.token_file or "- (AZURE_FEDERATED_TOKEN_FILE is not set: set token_file)"))
-    rows += [("git_url", f"{g.url} (username {profile.git_username(g)})") for g in profile.git_urls]
+    rows += [("git_url", f"{g.url} (username {git_user(profile, g)})") for g in profile.git_urls]
     rows += _certificate_rows(profile)
     if profile.managed_identity is not None:
         from ..config import describe_managed_identity
@@ -308,6 +387,7 @@ def _remove(args: argparse.Namespace) -> int:
     config = remove_profile(None, args.name)
     say(f"removed profile {args.name!r} from {config.path}")
     _delete_secrets(args.name)
+    forget_sign_in(args.name)
     if config.profiles and config.default_profile is None:
         say("there is no default profile now; choose one with `aadhelper profile default NAME`")
     notify_daemon()
@@ -329,8 +409,7 @@ def _git_url_add(args: argparse.Namespace) -> int:
     config = add_git_url(None, args.name, args.url, args.username)
     profile = config.profile(args.name)
     mapping = next(g for g in profile.git_urls if g.url == normalize_git_url(args.url))
-    say(f"git remotes under {mapping.url} now use profile {args.name!r} "
-        f"(username {profile.git_username(mapping)})")
+    say(f"git remotes under {mapping.url} now use profile {args.name!r} (username {git_user(profile, mapping)})")
     git_setup_hint(mapping.url)
     notify_daemon()
     return 0
@@ -356,6 +435,16 @@ def _delete_secrets(name: str) -> None:
         return
     if deleted:
         say(f"deleted its {' and '.join(k.replace('_', ' ') for k in deleted)} from the OS keyring")
+
+
+def git_user(profile: Profile, mapping: GitUrl) -> str:
+    """The username git gets for ``mapping``, in words: a user profile sends the signed-in account, which only the
+    sign-in knows (Profile.git_username's last resort is for a sign-in that carried no account name)."""
+    return "the signed-in account" if _sends_account(profile, mapping) else profile.git_username(mapping)
+
+
+def _sends_account(profile: Profile, mapping: GitUrl) -> bool:
+    return profile.credential == "user" and not mapping.username
 
 
 def _certificate_state(profile: Profile) -> tuple[dict[str, object] | None, str]:
@@ -400,7 +489,11 @@ def _certificate_json(profile: Profile) -> dict[str, Any]:
 
 
 def _profile_json(config: Config, profile: Profile) -> dict[str, Any]:
-    return {**profile.as_dict(), "default": profile.name == config.default_profile}
+    data = {**profile.as_dict(), "default": profile.name == config.default_profile}
+    # null: the signed-in account (see git_user), not the placeholder as_dict() would show.
+    data["git_urls"] = [{"url": g.url, "username": None if _sends_account(profile, g) else profile.git_username(g)}
+                        for g in profile.git_urls]
+    return data
 
 
 def _print_json(data: object) -> None:

@@ -16,7 +16,15 @@ from typing import TextIO
 from ..errors import Cancelled, UsageError
 from ..secret_chunks import CERTIFICATE, CERTIFICATE_PASSWORD, CLIENT_SECRET
 from ..tokens import Secret
-from .common import help_handler, load_profile, notify_daemon, say, warn
+from .common import (
+    delete_stored,
+    help_handler,
+    load_profile,
+    notify_daemon,
+    require_persistent_store,
+    say,
+    warn,
+)
 
 KIND = CLIENT_SECRET
 #: What `secret delete` removes: an application's credentials (a user's refresh token goes with `logout`/`remove`).
@@ -92,6 +100,7 @@ def _set(args: argparse.Namespace) -> int:
     if args.password_stdin:
         raise UsageError("--password-stdin goes with --certificate FILE")
     profile = load_profile(args.name, KIND)
+    require_persistent_store("the client secret")
     secret = read_secret(f"Client secret for profile {profile.name!r} (input hidden): ")
     secret_store.open_secret_store().set(profile.name, KIND, secret)
     say(f"stored the client secret of profile {profile.name!r} in the OS keyring")
@@ -103,6 +112,7 @@ def _set_certificate(args: argparse.Namespace) -> int:
     from ..certificates import PasswordNeeded, store_certificate, store_certificate_password
 
     profile = load_profile(args.name, "certificate")
+    require_persistent_store("the certificate")
     path = profile.certificate.path if profile.certificate else None
     if args.certificate_password:
         if args.certificate is not None or path is None:
@@ -148,12 +158,17 @@ def _read_certificate_input(path: str) -> bytes:
     return data
 
 
-def _delete(args: argparse.Namespace) -> int:
-    from .. import secret_store
+def _app_profile(name: str) -> None:
+    """Raise the ConfigError of a profile `secret delete` is not for: unknown, or a user's (whose sign-in goes with
+    `logout`)."""
+    from ..config import load_config
 
-    # No config check: this also cleans up after a profile that was removed from the file by hand.
-    store = secret_store.open_secret_store()
-    deleted = [kind for kind in _APP_KINDS if store.delete(args.name, kind)]
+    if load_config().profile(name).credential == "user":
+        load_profile(name, KIND)  # raises, saying what the profile uses instead
+
+
+def _delete(args: argparse.Namespace) -> int:
+    deleted = delete_stored(args.name, _APP_KINDS, "client secret or certificate", lambda: _app_profile(args.name))
     if not deleted:
         say(f"no client secret was stored for profile {args.name!r}")
         return 0

@@ -7,8 +7,9 @@ venv install needs no data files. The copies checked in under ``systemd/`` are t
 
 The first line of every rendered unit is a marker with a checksum of the rest. A unit whose checksum still matches
 is ours to replace or remove; one the user edited (or wrote) is left alone unless ``--force`` is given, and the
-message points at ``systemctl --user edit`` drop-ins, which survive reinstalls. Nothing here runs ``systemctl``:
-the commands to run are printed, so installing never starts anything behind the user's back.
+message points at ``systemctl --user edit`` drop-ins, which survive reinstalls. Installing runs no ``systemctl``:
+the commands to run are printed, so installing never starts anything behind the user's back. Uninstalling stops and
+disables the units first (through ``systemctl --user`` when the user manager answers), then removes them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import hashlib
 import os
 import re
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -24,9 +26,11 @@ from typing import Literal
 
 from .. import paths
 from ..errors import ConfigError
+from .common import SERVICE_UNIT as SERVICE_UNIT  # re-exported: the unit names belong with the units
+from .common import SOCKET_UNIT as SOCKET_UNIT
+from .common import systemctl as run_systemctl
+from .common import systemctl_failure, user_manager_answers
 
-SOCKET_UNIT = "aadhelper.socket"
-SERVICE_UNIT = "aadhelper.service"
 #: The command checked-in units run: whatever ``aadhelper`` the user manager's PATH finds.
 PORTABLE_COMMAND = ("/usr/bin/env", "aadhelper")
 DOCUMENTATION = "https://pypi.org/project/aadhelper/"
@@ -223,12 +227,34 @@ def install(unit_dir: str, command: Sequence[str], *, force: bool = False, dry_r
     _print_next(dry_run, "systemctl --user daemon-reload", f"systemctl --user enable --now {SOCKET_UNIT}")
 
 
-def uninstall(unit_dir: str, *, force: bool = False, dry_run: bool = False) -> None:
-    """Remove both units from ``unit_dir`` and print the systemctl commands that stop them."""
+def uninstall(unit_dir: str, *, force: bool = False, dry_run: bool = False,
+              systemctl: Callable[..., subprocess.CompletedProcess[str]] | None = None) -> None:
+    """Stop and disable both units, then remove them from ``unit_dir``.
+
+    Disabling comes first, while the unit files still exist (systemctl needs them to know what to stop): through
+    ``systemctl --user`` when the user manager answers; otherwise the enablement links in ``unit_dir``'s
+    ``*.wants`` directories, which is all ``disable`` would change on disk, are removed here.
+    """
+    run = systemctl or run_systemctl
     names = (SOCKET_UNIT, SERVICE_UNIT)
     states = {name: unit_state(os.path.join(unit_dir, name)) for name in names}
     if not force:
         _refuse_edited(unit_dir, states, "removing")
+    installed = [name for name in names if states[name] != "absent"]
+    reachable = bool(installed) and user_manager_answers(run)
+    disable = ("--user", "disable", "--now", *names)
+    if installed and reachable:
+        if dry_run:
+            print(f"Would run systemctl {' '.join(disable)}")
+        else:
+            result = run(*disable)
+            if result.returncode != 0:
+                raise ConfigError(f"`systemctl {' '.join(disable)}` failed: {systemctl_failure(result)}; "
+                                  "nothing was removed",
+                                  hint="fix that, then run `aadhelper service uninstall` again")
+            print(f"Stopped and disabled {' and '.join(names)}")
+    elif installed:
+        _remove_links(unit_dir, names, dry_run)
     for name in names:
         path = os.path.join(unit_dir, name)
         if states[name] == "absent":
@@ -236,16 +262,47 @@ def uninstall(unit_dir: str, *, force: bool = False, dry_run: bool = False) -> N
         elif dry_run:
             print(f"Would remove {path}")
         else:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise ConfigError(f"cannot remove {path}: {exc.strerror or exc}") from None
+            _unlink(path)
             print(f"Removed {path}")
-    # systemctl may warn that the unit files are gone; it still removes the links and stops the units.
-    _print_next(dry_run, f"systemctl --user disable --now {SOCKET_UNIT} {SERVICE_UNIT}",
-                "systemctl --user daemon-reload")
+    if not installed:
+        return
+    if reachable:
+        if dry_run:
+            print("Would run systemctl --user daemon-reload")
+        else:
+            run("--user", "daemon-reload")
+            print("Reloaded the systemd user manager")
+        return
+    print("systemd's user manager does not answer here (`systemctl --user`), so nothing was stopped; where it runs:")
+    print(f"  systemctl --user stop {' '.join(names)}")
+    print("  systemctl --user daemon-reload")
+
+
+def _remove_links(unit_dir: str, names: Sequence[str], dry_run: bool) -> None:
+    """What ``systemctl --user disable`` changes on disk: the symlinks to our units in ``*.wants`` directories."""
+    try:
+        wants = [entry.path for entry in os.scandir(unit_dir) if entry.name.endswith((".wants", ".requires"))
+                 and entry.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return
+    for directory in sorted(wants):
+        for name in names:
+            link = os.path.join(directory, name)
+            if os.path.islink(link):
+                if dry_run:
+                    print(f"Would remove the link {link}")
+                else:
+                    _unlink(link)
+                    print(f"Disabled: removed the link {link}")
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ConfigError(f"cannot remove {path}: {exc.strerror or exc}") from None
 
 
 def _show(path: str, text: str, note: str) -> None:

@@ -27,12 +27,30 @@ def run(args: argparse.Namespace) -> int:
     reply = client.status()
     reply.pop("v", None)
     reply.pop("ok", None)
+    _add_credentials(reply)
     if args.json:
         sys.stdout.write(json.dumps(reply, indent=2) + "\n")
     else:
         sys.stdout.write(render(reply, now=time.time()))
     failing = first_failure(reply)
     return failing.exit_code if failing else 0
+
+
+def _add_credentials(reply: dict[str, Any]) -> None:
+    """Per profile, what this process can tell about its credential (common.credential_state: whether a secret or
+    sign-in is stored, and as whom), under ``credential_state``; the daemon's reply has no such thing."""
+    from ..config import load_config
+    from ..errors import ConfigError
+    from .common import credential_state
+
+    try:
+        config = load_config()
+    except ConfigError:
+        return  # the daemon's reply reports the broken file
+    for record in reply.get("profiles", []):
+        profile = config.profiles.get(str(record.get("name"))) if isinstance(record, dict) else None
+        if profile is not None:
+            record["credential_state"] = credential_state(profile)
 
 
 def first_failure(reply: dict[str, Any]) -> AadhelperError | None:
@@ -65,11 +83,15 @@ def render(reply: dict[str, Any], *, now: float) -> str:
         lines.append("no profiles configured: add one with `aadhelper profile add NAME ...`")
     for profile in profiles:
         default = " (default)" if profile.get("default") else ""
-        lines.append(f"{profile.get('name')}{default}  {profile.get('credential')}")
+        min_valid = f"  min_valid {profile['min_valid']} s" if profile.get("min_valid") is not None else ""
+        lines.append(f"{profile.get('name')}{default}  {profile.get('credential')}{min_valid}")
         if isinstance(profile.get("managed_identity"), dict):
             from ..config import describe_managed_identity
 
             lines.append(f"  managed identity: {describe_managed_identity(profile['managed_identity'])}")
+        state = profile.get("credential_state")
+        if isinstance(state, dict) and state.get("text"):
+            lines.append(f"  {state['text']}")
         if profile.get("unsaved_sign_in"):
             lines.append("  a new sign-in is not yet saved to the keyring (retrying; unlock the keyring, or it is lost "
                          "when the daemon stops)")

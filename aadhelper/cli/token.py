@@ -61,16 +61,23 @@ def parse_fast(argv: Sequence[str]) -> FastArgs | None:
                     return None
                 value = rest.pop(0)
             if name == "--scope":
+                if not _word(value):
+                    return None
                 scopes.append(value)
                 continue
             min_valid = whole_seconds(value, 0, MAX_MIN_VALID)
             if min_valid is None:
                 return None
-        elif arg.startswith("-") or profile is not None:
+        elif arg.startswith("-") or profile is not None or not _word(arg):
             return None
         else:
             profile = arg
     return FastArgs(profile, scopes or None, min_valid, as_json)
+
+
+def _word(value: str) -> bool:
+    """What argparse's ``word`` type takes (cli/args.py); anything else goes to argparse, which says why."""
+    return bool(value) and value.isprintable() and " " not in value
 
 
 def run_fast(argv: Sequence[str]) -> int | None:
@@ -100,15 +107,16 @@ def emit(verb: str, *, profile: str | None, scopes: list[str] | None, min_valid:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from .args import seconds  # here, not at the top: the fast path must not import argparse
+    from .args import seconds, word  # here, not at the top: the fast path must not import argparse
 
     helps = {"header": "print `Authorization: Bearer <token>` for a profile (for curl -H)",
              "token": "print the access token of a profile"}
     for verb in VERBS:
         parser = sub.add_parser(verb, help=helps[verb], description=helps[verb] + ". Served from the daemon's "
                                 "memory; the daemon refreshes it before it expires.")
-        parser.add_argument("profile", nargs="?", help="profile name (default: the configured default profile)")
-        parser.add_argument("--scope", action="append", metavar="SCOPE",
+        parser.add_argument("profile", nargs="?", type=word("profile name"),
+                            help="profile name (default: the configured default profile)")
+        parser.add_argument("--scope", action="append", metavar="SCOPE", type=word("scope"),
                             help="ask for these scopes instead of the profile's (repeatable)")
         parser.add_argument("--min-valid", type=seconds(), metavar="SECONDS",
                             help="minimum remaining validity of the token (default: the profile's, 300)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import errno
 import json
 import logging
 import math
@@ -228,12 +229,17 @@ async def _exchange(client: httpx.AsyncClient, method: str, url: str, *, profile
     content_read: bytearray | None = None
     http_timeout = httpx.Timeout(deadline, connect=connect_timeout) if connect_timeout is not None else None
     options: dict[str, Any] = {"timeout": http_timeout} if http_timeout is not None else {}
+    started = time.monotonic()
     try:
         with trio.fail_after(deadline):
             async with client.stream(method, url, content=content, params=params, headers=headers,
                                      **options) as response:
                 replied = True
                 content_read = await _read_limited(response, profile)
+        # What `-v` shows: what was asked, of whom, how long it took (the URL holds no secret; a form or a
+        # managed identity's header does, and is not logged).
+        log.debug("%s %s (profile %s): HTTP %d in %.0f ms", method, url, profile, response.status_code,
+                  1000 * (time.monotonic() - started))
         return response.status_code, response.headers, _json_object(content_read)
     except httpx.ConnectTimeout:
         if unreachable is not None:
@@ -365,8 +371,8 @@ def _transport_error(exc: httpx.HTTPError, url: str, profile: str, *, replied: b
     reason = _reason(exc)
     if replied:
         message = f"the connection to {peer} at {host} broke in the middle of the reply ({reason})"
-    elif isinstance(exc, httpx.ConnectError):
-        message = f"cannot reach {peer} at {host}: {reason}"
+    elif isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        message = f"cannot reach {peer} at {host}: {_connect_failure(exc, reason)}"
     elif isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
         message = f"{peer} at {host} closed the connection without a reply ({reason})"
     else:
@@ -405,6 +411,28 @@ def _reason(exc: BaseException) -> str:
         if isinstance(cause, OSError) and cause.errno and cause.errno > 0:
             return os.strerror(cause.errno).lower()
     return _printable(str(exc), 120) or type(exc).__name__
+
+
+#: What a failed connect means, by errno, in words that tell refused from unreachable from timed out.
+_CONNECT_FAILURES = {
+    errno.ECONNREFUSED: "connection refused (nothing listens on that port, or a firewall rejects the connection)",
+    errno.ETIMEDOUT: "connecting timed out (no answer: a firewall dropping packets, or the host is down)",
+    errno.ENETUNREACH: "the network is unreachable (no route to it: offline, or a VPN is needed)",
+    errno.EHOSTUNREACH: "no route to the host (offline, or a VPN is needed)",
+    errno.ECONNRESET: "the connection was reset while connecting (a proxy or firewall in between?)",
+}
+
+
+def _connect_failure(exc: httpx.HTTPError, reason: str) -> str:
+    """Why a connection could not be made: the name does not resolve (DNS), refused, unreachable or timed out."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connecting timed out (no answer: a firewall dropping packets, or the host is down)"
+    for cause in _causes(exc):
+        if isinstance(cause, socket.gaierror):
+            return f"its name does not resolve (DNS: {reason})"
+        if isinstance(cause, OSError) and cause.errno in _CONNECT_FAILURES:
+            return _CONNECT_FAILURES[cause.errno]
+    return reason
 
 
 def raise_for_error(status: int, headers: Mapping[str, str], body: Mapping[str, Any] | None, *,
@@ -540,18 +568,27 @@ def parse_token_reply(body: Mapping[str, Any] | None, *, scopes: tuple[str, ...]
 def account_of(id_token: str) -> str | None:
     """The signed-in account an id token names (``preferred_username``), for display and git usernames only: the
     token is not verified, and nothing is decided by it."""
-    try:
-        payload = id_token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
-        return None
-    if not isinstance(claims, dict):
-        return None
+    claims = _id_token_claims(id_token)
     for key in ("preferred_username", "upn", "email", "name"):
         value = claims.get(key)
         if isinstance(value, str) and value.isprintable() and 0 < len(value) <= 256:
             return value
     return None
+
+
+def tenant_of(id_token: str) -> str | None:
+    """The tenant (``tid``) an id token's account signed in to, for display only (not verified, as above)."""
+    value = _id_token_claims(id_token).get("tid")
+    return value if isinstance(value, str) and value.isprintable() and 0 < len(value) <= 256 else None
+
+
+def _id_token_claims(id_token: str) -> dict[str, Any]:
+    try:
+        payload = id_token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, RecursionError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
 
 
 def _lifetime(value: object) -> float | None:

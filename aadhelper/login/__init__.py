@@ -26,8 +26,9 @@ class LoginOptions:
 
     browser: bool = False
     open_browser: bool = True
-    #: Seconds to wait for the browser's redirect.
-    timeout: float = DEFAULT_TIMEOUT
+    #: Seconds to wait for the sign-in: the browser's redirect (None: DEFAULT_TIMEOUT), or the device code
+    #: (None: until the code expires; a value past that changes nothing).
+    timeout: float | None = None
     #: Scopes to consent to instead of the profile's.
     scopes: tuple[str, ...] = ()
     #: A Conditional Access claims challenge (JSON) to satisfy.
@@ -52,8 +53,9 @@ def sign_in(profile: Profile, options: LoginOptions, *, console: Console | None 
             client = http.get(profile.ca_bundle, profile.proxy)
             if options.browser:
                 launcher = (opener or default_opener()) if options.open_browser else None
-                return await browser_login(client, request, out, opener=launcher, timeout=options.timeout)
-            return await device_code_login(client, request, out)
+                return await browser_login(client, request, out, opener=launcher,
+                                           timeout=DEFAULT_TIMEOUT if options.timeout is None else options.timeout)
+            return await device_code_login(client, request, out, timeout=options.timeout)
         finally:
             with trio.CancelScope(shield=True):
                 await http.aclose()

@@ -16,7 +16,7 @@ import httpx
 
 from ..config import Profile
 from ..errors import AuthorityError, LoginFailed, LoginRequired
-from ..grants.http import parse_token_reply, post_form, raise_for_error
+from ..grants.http import parse_token_reply, post_form, raise_for_error, tenant_of
 from ..grants.refresh_token import with_oidc_scopes
 from ..tokens import Secret
 
@@ -51,9 +51,12 @@ class LoginResult:
 
     refresh_token: Secret
     account: str | None = None
+    #: The tenant (``tid``) the account signed in to, when the id token says.
+    tenant: str | None = None
 
     def __repr__(self) -> str:
-        return f"LoginResult(account={self.account!r}, refresh_token=<{len(self.refresh_token)} chars>)"
+        return (f"LoginResult(account={self.account!r}, tenant={self.tenant!r}, "
+                f"refresh_token=<{len(self.refresh_token)} chars>)")
 
 
 def finish(body: Mapping[str, Any] | None, request: LoginRequest, *, now: float) -> LoginResult:
@@ -63,7 +66,9 @@ def finish(body: Mapping[str, Any] | None, request: LoginRequest, *, now: float)
     if response.refresh_token is None:
         raise LoginFailed("the authority signed you in but issued no refresh token", profile=name,
                           hint="the app registration must allow the offline_access scope (and public client flows)")
-    return LoginResult(response.refresh_token, response.token.account)
+    id_token = body.get("id_token") if body else None
+    return LoginResult(response.refresh_token, response.token.account,
+                       tenant_of(id_token) if isinstance(id_token, str) else None)
 
 
 async def redeem(client: httpx.AsyncClient, request: LoginRequest, form: Mapping[str, str], *,

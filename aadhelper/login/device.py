@@ -145,10 +145,24 @@ async def poll(client: httpx.AsyncClient, request: LoginRequest, code: DeviceCod
                 raise
 
 
-async def device_code_login(client: httpx.AsyncClient, request: LoginRequest, console: Console) -> LoginResult:
-    """The whole flow: request a code, show it, poll with a live countdown until the user is done."""
+async def device_code_login(client: httpx.AsyncClient, request: LoginRequest, console: Console, *,
+                            timeout: float | None = None) -> LoginResult:
+    """The whole flow: request a code, show it, poll with a live countdown until the user is done, the code
+    expires, or ``timeout`` seconds pass (``login --timeout``, for scripts that must not wait the code's 15 min)."""
     code = await start(client, request)
     console.say(code.instructions)
-    deadline = trio.current_time() + code.expires_in
-    return await run_showing(console, lambda: poll(client, request, code, deadline=deadline),
-                             doing="waiting for you to sign in", until="code expires in", deadline=deadline)
+    expires = trio.current_time() + code.expires_in
+    if timeout is None or timeout >= code.expires_in:
+        return await run_showing(console, lambda: poll(client, request, code, deadline=expires),
+                                 doing="waiting for you to sign in", until="code expires in", deadline=expires)
+    deadline = trio.current_time() + timeout
+
+    async def wait() -> LoginResult:
+        with trio.move_on_at(deadline):
+            return await poll(client, request, code, deadline=expires)
+        name = request.profile.name
+        raise LoginFailed(f"no sign-in within {timeout:g} s (--timeout); the device code was not used",
+                          profile=name, hint=f"run `aadhelper login {name}` again, with a longer --timeout or none")
+
+    return await run_showing(console, wait, doing="waiting for you to sign in", until="gives up in",
+                             deadline=deadline)
