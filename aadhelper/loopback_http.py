@@ -247,7 +247,10 @@ def split_target(target: str, example: str) -> tuple[str, str]:
     """(path, query) of an origin-form request target; ``example`` shows a good one in the refusal."""
     if not target.startswith("/"):
         raise Refusal(400, f"the request target must be a path (origin form), like {example}")
-    split = urlsplit(target)
+    try:
+        split = urlsplit(target)
+    except ValueError:  # "//[x/..." reads as an authority with a broken IPv6 literal: the client's fault, a 400
+        raise Refusal(400, f"malformed request target: use the origin form, like {example}") from None
     return split.path, split.query
 
 

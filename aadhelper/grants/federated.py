@@ -218,7 +218,8 @@ def jwt_assertion(raw: bytes, what: str, profile: str) -> str:
     text = raw.strip().decode("ascii", "replace")
     if _JWT.fullmatch(text):
         header = text.partition(".")[0]
-        with contextlib.suppress(ValueError):
+        # RecursionError: a header nested deeper than the parser goes (a file of "[[[[..." encoded) is no JWT either.
+        with contextlib.suppress(ValueError, RecursionError):
             if isinstance(json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))), dict):
                 return text
     raise _unavailable(f"{what} gave something that is not a JWT (expected three base64url parts separated by "
@@ -230,7 +231,7 @@ def _claims(assertion: str) -> dict[str, Any]:
     payload = assertion.split(".")[1]
     try:
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return claims if isinstance(claims, dict) else {}
 
