@@ -6,8 +6,11 @@ Why not ``http.server``: it bounds a line, not a request head, and its timeout i
 one byte every few seconds (slowloris) holds a thread for ever. Here:
 
 * a thread per connection, with keep-alive: SDK processes keep several connections open at once (one per
-  credential object), so a one-at-a-time server would deadlock them; at most ``max_connections`` are served at
-  once, one more is closed at once;
+  credential object), so a one-at-a-time server would deadlock them; at most ``max_connections`` are open at
+  once. One more makes room by closing the connection that has waited longest for a request head (an idle
+  keep-alive connection, which SDK connection pools replace, or a slow head); only when every connection is in
+  the middle of a request is the new one closed at once. Refusing the newcomer instead would let anyone who can
+  reach 127.0.0.1 starve the child's SDK by holding the slots with slow heads (the fault suite's slowloris case);
 * a request head is at most :data:`MAX_HEAD` bytes and :data:`MAX_HEADERS` lines and must arrive within
   ``head_deadline`` seconds of its first byte (measured on ``clock``, which tests move by hand); a connection idle
   between requests is closed quietly after ``idle_timeout``;
@@ -40,8 +43,9 @@ MAX_HEADERS = 64
 HEAD_DEADLINE = 10.0
 #: Seconds a keep-alive connection may stay idle between requests before it is closed.
 IDLE_TIMEOUT = 60.0
-#: Connections served at once; one more is closed at once (each holds a thread).
-MAX_CONNECTIONS = 64
+#: Connections open at once (each holds a thread): above the 200 concurrent keep-alive connections the fault
+#: suite's SDK load opens; one more closes the longest-waiting one (module docstring).
+MAX_CONNECTIONS = 256
 #: Bytes and seconds a closing connection's unread input is drained for (module docstring).
 DRAIN_BYTES = 65536
 DRAIN_SECONDS = 1.0
@@ -91,6 +95,8 @@ class JsonHttpServer:
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
+        #: The connections waiting for a request head, and since when (the eviction order when full).
+        self._waiting: dict[socket.socket, float] = {}
         self._closed = False
         self._acceptor = threading.Thread(target=self._accept_loop, name=name, daemon=True)
 
@@ -118,24 +124,42 @@ class JsonHttpServer:
             except OSError:
                 return  # closed
             with self._lock:
+                if not self._closed and len(self._connections) >= self._max_connections and self._waiting:
+                    self._evict(min(self._waiting, key=self._waiting.__getitem__))
                 if self._closed or len(self._connections) >= self._max_connections:
                     conn.close()
                     continue
                 self._connections.add(conn)
             threading.Thread(target=self._serve, args=(conn,), name=f"{self._name}-conn", daemon=True).start()
 
+    def _evict(self, victim: socket.socket) -> None:
+        """Close a connection waiting for a request head to make room (the lock is held); its thread sees the end
+        of its input and ends, quietly."""
+        del self._waiting[victim]
+        self._connections.discard(victim)
+        with contextlib.suppress(OSError):
+            victim.shutdown(socket.SHUT_RDWR)
+
     def _serve(self, conn: socket.socket) -> None:
         """Answer requests on one connection until the client closes it, a refusal ends it or it idles out."""
         buffer = bytearray()
         try:
             while True:
+                with self._lock:
+                    if conn not in self._connections:
+                        return  # evicted before it was first served
+                    self._waiting[conn] = self._clock()
                 try:
                     head = self._read_head(conn, buffer)
                 except Refusal as refusal:
+                    with self._lock:
+                        self._waiting.pop(conn, None)
                     self._send(conn, refusal.status, refusal.body(), keep_alive=False)
                     _drain(conn)
                     return
-                if head is None:
+                with self._lock:
+                    evicted = self._waiting.pop(conn, None) is None
+                if head is None or evicted:
                     return
                 keep_alive, status, body = self._answer(head)
                 self._send(conn, status, body, keep_alive=keep_alive)
@@ -147,6 +171,7 @@ class JsonHttpServer:
         finally:
             with self._lock:
                 self._connections.discard(conn)
+                self._waiting.pop(conn, None)
             conn.close()
             buffer[:] = bytes(len(buffer))
             if self._on_connection_end is not None:

@@ -270,27 +270,48 @@ def test_idle_keep_alive_connection_is_closed_quietly(daemon: FakeDaemon) -> Non
         assert conn.recv(100) == b""
 
 
-def test_connections_beyond_the_limit_are_closed_and_others_still_served(daemon: FakeDaemon) -> None:
-    """If more connections than the limit are open, then the extra one is closed at once, and once one is released
-    a new connection is served again."""
+def test_a_connection_beyond_the_limit_closes_the_one_waiting_longest(daemon: FakeDaemon) -> None:
+    """If the limit of connections is reached and all of them wait for a request (keep-alive, or a slowloris holding
+    the slots), then a new connection is served and the one that has waited longest is closed (once the new one
+    was refused, so that anyone reaching 127.0.0.1 could starve the child's SDK: found by the fault suite)."""
     with Endpoint("graph", socket_path=daemon.socket_path, secret=SECRET, max_connections=3) as served:
         held = [connect(served) for _ in range(3)]
-        for conn in held:  # each is accepted and its thread waits for a request
+        for conn in held:  # each is accepted, answered, and waits for its next request
             conn.sendall(request())
             assert read_reply(conn)[0] == 200
+        extras = []
+        for _ in range(2):  # kept open: each newcomer takes the slot of the one waiting longest
+            extras.append(connect(served))
+            extras[-1].sendall(request())
+            assert read_reply(extras[-1])[0] == 200
+        assert [conn.recv(100) for conn in held[:2]] == [b"", b""]
+        held[2].sendall(request())  # the youngest of the held ones was never closed
+        assert read_reply(held[2])[0] == 200
+        for conn in held + extras:
+            conn.close()
+
+
+def test_a_connection_beyond_the_limit_is_closed_when_all_are_in_a_request(tmp_path: Path) -> None:
+    """If the limit of connections is reached and every one is in the middle of a request, then a new connection is
+    closed at once, and the requests in flight are answered."""
+    release, entered = threading.Event(), threading.Semaphore(0)
+
+    def slow_fetch(scope: str) -> dict[str, Any]:
+        entered.release()
+        release.wait(30)
+        return {"access_token": "t", "token_type": "Bearer", "expires_on": int(time.time()) + 3600}
+
+    with Endpoint("graph", fetch=slow_fetch, secret=SECRET, max_connections=2) as served:
+        busy = [connect(served) for _ in range(2)]
+        for conn in busy:
+            conn.sendall(request())
+        for _ in busy:  # both heads read, both handlers waiting (no reply can come before release)
+            assert entered.acquire(timeout=30)
         with connect(served) as extra:
             assert extra.recv(100) == b""
-        held.pop().close()
-        deadline = time.monotonic() + 10
-        while True:  # the released slot is freed by the endpoint's thread: wait for what the endpoint does
-            with connect(served) as conn:
-                conn.sendall(request())
-                try:
-                    if read_reply(conn)[0] == 200:
-                        break
-                except AssertionError:
-                    assert time.monotonic() < deadline
-        for conn in held:
+        release.set()
+        assert [read_reply(conn)[0] for conn in busy] == [200, 200]
+        for conn in busy:
             conn.close()
 
 

@@ -76,11 +76,7 @@ class AuthorityCase(Case):
         else:
             shared.ready.release()
         injected, before = time.time(), entry_requests(daemon, self.profile)
-        if self.how == "fault":
-            assert self.fault is not None
-            authority.inject(self.fault(), times=FOR_EVER)
-        elif self.how == "refused":
-            authority.stop()
+        self.inject()
         cli: Background | None = None
         with Poller(daemon, self.profile) as poller:
             if self.how == "tls":
@@ -98,8 +94,8 @@ class AuthorityCase(Case):
             result.cached = None
         else:
             result.cached = poller.served(until=expires - MIN_VALID - 0.5)
-        if self.how == "fault":
-            times = requests_since(authority, injected)
+        if self.counted_by_peer:
+            times = self.request_times(injected)
             result.window = end - (times[0] if times else injected)
             result.requests = len(times)
             result.body_sent = max((r.body_sent or 0 for r in authority.requests), default=0)
@@ -110,12 +106,41 @@ class AuthorityCase(Case):
         # A TLS failure is a configuration error: one request, never retried.
         result.bound = 1 if self.how == "tls" else backoff_bound(result.window)
         result.bad_output = poller.bad_output()
-        authority.clear_faults()
-        if self.how == "refused":
-            authority.start()
-        if shared.world.store.get(self.profile, CLIENT_SECRET) is None:
+        self.repair()
+        if self.stores_secret and shared.world.store.get(self.profile, CLIENT_SECRET) is None:
             result.lost.append("the stored client secret")
         return result
+
+    # What the subclasses of other credential kinds (identity_cases) change: the fault, who counts the requests.
+
+    #: Whether the profile's secret is in the keyring (and must still be there after the fault).
+    stores_secret = True
+
+    @property
+    def counted_by_peer(self) -> bool:
+        """Whether the faulted peer counts the requests (:meth:`request_times`), else the daemon's status does
+        (nothing reaches a peer that refuses connections or fails the TLS handshake)."""
+        return self.how == "fault"
+
+    def inject(self) -> None:
+        """Start the fault (it lasts until :meth:`repair`)."""
+        assert self.authority is not None
+        if self.how == "fault":
+            assert self.fault is not None
+            self.authority.inject(self.fault(), times=FOR_EVER)
+        elif self.how == "refused":
+            self.authority.stop()
+
+    def request_times(self, since: float) -> list[float]:
+        """When the faulted peer received a request since ``since`` (Unix time), as the peer counted them."""
+        assert self.authority is not None
+        return requests_since(self.authority, since)
+
+    def repair(self) -> None:
+        assert self.authority is not None
+        self.authority.clear_faults()
+        if self.how == "refused":
+            self.authority.start()
 
 
 def authority_cases() -> list[Case]:

@@ -11,6 +11,7 @@ from typing import Final
 from .authority_cases import AuthorityCase, authority_cases
 from .base import CONTROL, SHARED, Case, Shared
 from .config_git_cases import GitCase, config_cases, git_cases
+from .identity_cases import exec_cases, identity_cases
 from .keyring_cases import keyring_cases
 from .measure import Poller, Result, Timing
 from .process_cases import process_cases
@@ -20,7 +21,8 @@ from .world import FaultWorld
 
 def all_cases() -> list[Case]:
     """Every case, in table order (fresh objects: a case keeps state between prepare and run)."""
-    return [*authority_cases(), *config_cases(), *git_cases(), *process_cases(), *keyring_cases(), *socket_cases()]
+    return [*authority_cases(), *identity_cases(), *config_cases(), *git_cases(), *process_cases(), *keyring_cases(),
+            *socket_cases(), *exec_cases()]
 
 
 def run_cases(cases: Sequence[Case], timing: Timing, *, progress: Callable[[str], None] = lambda _: None

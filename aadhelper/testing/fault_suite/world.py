@@ -19,7 +19,7 @@ import shutil
 import ssl
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
@@ -56,6 +56,7 @@ class FaultWorld:
         self._authorities: list[SimulatedAuthority] = []
         self._daemons: list[DaemonProcess] = []
         self._profiles: list[str] = []
+        self._servers: list[Any] = []
         #: Variables for the daemon of one config only (e.g. a D-Bus session of its own).
         self.extra_env: dict[str, dict[str, str]] = {}
         import trustme  # a test extra: only the suite needs it
@@ -81,6 +82,7 @@ class FaultWorld:
         # Side by side: a few dozen daemons and authorities each take a moment to stop.
         stops = [threading.Thread(target=_quietly, args=(daemon.stop, 5.0)) for daemon in self._daemons]
         stops += [threading.Thread(target=_quietly, args=(authority.stop,)) for authority in self._authorities]
+        stops += [threading.Thread(target=_quietly, args=(server.stop,)) for server in self._servers]
         for thread in stops:
             thread.start()
         for thread in stops:
@@ -133,6 +135,29 @@ class FaultWorld:
         if credential == "client_secret" and store:
             self.store.set(name, CLIENT_SECRET, Secret(secret))
         return secret
+
+    def add_kind_profile(self, config: str, name: str, credential: str, options: Mapping[str, object], *,
+                         authority: SimulatedAuthority | None = None, min_valid: int | None = None) -> str | None:
+        """Profile ``name`` of a credential kind with no secret in the keyring (``federated``: an app of its own at
+        ``authority``, whose client id is returned; ``managed_identity``: no app, no authority), with the kind's
+        ``options`` (``token_file``, ``source``...)."""
+        client_id = f"app-{name}" if authority is not None else None
+        if authority is not None and client_id is not None:
+            authority.add_client(client_id, tenant=TENANT)
+        with self._lock:
+            config_edit.add_profile(str(self.config_path(config)), name, tenant=TENANT if client_id else None,
+                                    client_id=client_id, scopes=[SCOPE],
+                                    authority=authority.url if authority is not None else None,
+                                    min_valid=min_valid, credential=credential,
+                                    ca_bundle=str(self.ca_bundle) if authority is not None else None,
+                                    environ={}, options=options)
+            self._profiles.append(name)
+        return client_id
+
+    def adopt(self, server: Any) -> None:
+        """Stop ``server`` (anything with ``stop()``: an identity endpoint) with the world."""
+        with self._lock:
+            self._servers.append(server)
 
     def add_profiles(self, config: str, names: Iterable[str], authority: SimulatedAuthority) -> None:
         for name in names:
