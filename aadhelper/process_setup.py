@@ -80,16 +80,37 @@ def clean_start_environment(environ: MutableMapping[str, str] = os.environ) -> l
     ``[daemon] proxy_from_environment = true`` only (:func:`start_proxy_environment`). systemd's variables are
     kept because :mod:`aadhelper.systemd` reads them later, while serving.
 
-    The kernel's copy of the environment the process was started with (``/proc/PID/environ``) cannot be changed;
-    the daemon is not dumpable (:func:`harden_process`), so only root can read it.
+    What ``/proc/PID/environ`` shows is the environment block the process was started with, not ``os.environ``:
+    the values kept aside (IDENTITY_HEADER is App Service's secret; a proxy URL may hold a password) are
+    overwritten there too (:func:`_scrub_start_value`), so not even root finds them in that file (the daemon is
+    not dumpable, :func:`harden_process`, so no one else can read it anyway).
     """
     global _start_proxies, _start_identity
     os.chdir("/")
     _start_proxies = MappingProxyType({name: environ[name] for name in PROXY_VARIABLES if name in environ})
     _start_identity = MappingProxyType({name: environ[name] for name in IDENTITY_VARIABLES if name in environ})
+    if environ is os.environ:
+        for name in (*_start_proxies, *_start_identity):
+            _scrub_start_value(name)
     for name in [name for name in environ if name not in KEPT_VARIABLES and not name.startswith(KEPT_PREFIXES)]:
         del environ[name]
     return sorted(environ)
+
+
+def _scrub_start_value(name: str) -> None:
+    """Overwrite the value of variable ``name`` in the C environment (for a variable the process was started with:
+    the block ``/proc/PID/environ`` reads) with ``*``; best effort, before the variable is unset. Found by
+    tests/test_leak_check_kinds.py: the App Service header stayed readable there after ``del os.environ[...]``."""
+    import ctypes
+
+    try:
+        getenv = ctypes.CDLL(None).getenv
+    except (OSError, AttributeError):  # pragma: no cover - no C library to ask (not Linux/macOS)
+        return
+    getenv.restype, getenv.argtypes = ctypes.c_void_p, [ctypes.c_char_p]
+    address = getenv(os.fsencode(name))
+    if address:
+        ctypes.memset(address, ord("*"), len(ctypes.string_at(address)))
 
 
 def start_proxy_environment() -> Mapping[str, str]:
