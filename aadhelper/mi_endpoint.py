@@ -37,7 +37,8 @@ Design, with the reasons:
 * **Who can reach it.** It binds 127.0.0.1 only, on a port the kernel picks; every local user can connect to it,
   so each request must carry the secret (:func:`new_secret`: 256 random bits, fresh per exec, compared with
   :func:`hmac.compare_digest`) before anything else about it is looked at. The secret goes only into the child's
-  environment, never into argv or a log line.
+  environment, never into argv or a log line; the child's ``NO_PROXY`` names 127.0.0.1, so that no proxy of its
+  environment gets the request and the secret with it (:func:`child_environment`).
 * **Refusals fail fast.** Every refusal is a 4xx other than 408 and 429 (the SDKs retry those, and 5xx, three
   times over several seconds) with JSON ``{"statusCode": N, "message": "<one line>"}``, which msal and
   azure-identity put in the exception they raise after that one request. The message is aadhelper's own one-line
@@ -60,7 +61,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from . import client, protocol
 from .errors import (
@@ -73,6 +74,7 @@ from .errors import (
     SecretStoreError,
 )
 from .loopback_http import HEAD_DEADLINE, IDLE_TIMEOUT, MAX_CONNECTIONS, JsonHttpServer, Refusal, split_target
+from .proxy import NO_PROXY_VARIABLES
 
 #: Where the endpoint answers (App Service's own is ``/msi/token`` too); the query carries the request.
 PATH = "/msi/token"
@@ -115,14 +117,24 @@ def new_secret() -> str:
 
 
 def child_environment(base: Mapping[str, str], url: str, secret: str) -> dict[str, str]:
-    """``base`` without :data:`REMOVED_VARIABLES`, with the endpoint's address and secret.
+    """``base`` without :data:`REMOVED_VARIABLES`, with the endpoint's address and secret, and the endpoint's host
+    added to both spellings of ``NO_PROXY``.
 
+    The proxy exception keeps the request, and so the secret header, off any proxy the child's environment names:
+    @azure/identity sends even a plain-http request to ``HTTPS_PROXY`` (or ``ALL_PROXY``/``HTTP_PROXY``) unless
+    ``NO_PROXY`` names its host, and Python's requests does so with ``HTTP_PROXY``/``ALL_PROXY``; either way a
+    proxy would see the secret, and one that is unreachable from here fails every token request.
     ``AZURE_TOKEN_CREDENTIALS`` is neither set nor removed: its accepted values differ across azure-identity
     versions, and a value the user set is theirs.
     """
     env = {key: value for key, value in base.items() if key not in REMOVED_VARIABLES}
     env[ENDPOINT_VARIABLE] = url
     env[HEADER_VARIABLE] = secret
+    host = urlsplit(url).hostname or ""
+    for name in NO_PROXY_VARIABLES:  # @azure/identity reads NO_PROXY first, requests no_proxy: set both
+        entries = [entry.strip() for entry in env.get(name, "").split(",") if entry.strip()]
+        if host not in entries and "*" not in entries:
+            env[name] = ",".join([*entries, host])
     return env
 
 
