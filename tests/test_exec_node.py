@@ -182,3 +182,14 @@ def test_a_proxy_in_the_childs_environment_never_sees_the_endpoints_requests(
         assert status == 0 and out is not None and "tokens" in out, f"{out} {stderr}"
         assert out["tokens"][ARM]["token"] == token
     assert counting_proxy.lines == []
+
+
+def test_the_javascript_sdk_caches_the_endpoints_reply(tools: ToolsWorld, child_env: dict[str, str]) -> None:
+    """If one node process asks for the same resource three times, each through a new ManagedIdentityCredential,
+    then @azure/identity sends the endpoint one request (msal-node caches the reply under its `resource` field and
+    keeps it while more than 300 s are left), and every call gets the daemon's token."""
+    child_env["AZURE_LOG_LEVEL"] = "info"
+    status, out, stderr = finish(start_exec(child_env, *node_command("ManagedIdentityCredential", ARM, ARM, ARM)))
+    assert status == 0 and out is not None and "tokens" in out, f"{out} {stderr}"
+    assert out["tokens"][ARM]["token"] == daemon_tokens(tools, [ARM])[ARM]["access_token"]
+    assert stderr.count(REQUEST_LOG_LINE) == 1, stderr
