@@ -40,7 +40,7 @@ Design, with the reasons:
   environment, never into argv or a log line; the child's ``NO_PROXY`` names 127.0.0.1, so that no proxy of its
   environment gets the request and the secret with it (:func:`child_environment`).
 * **Refusals fail fast.** Every refusal is a 4xx other than 408 and 429 (the SDKs retry those, and 5xx, three
-  times over several seconds) with JSON ``{"statusCode": N, "message": "<one line>"}``, which msal and
+  times over several seconds; @azure/identity also retries 404 and 410, so a wrong path is a 400) with JSON ``{"statusCode": N, "message": "<one line>"}``, which msal and
   azure-identity put in the exception they raise after that one request. The message is aadhelper's own one-line
   error (:meth:`~aadhelper.errors.AadhelperError.one_line`): what failed, the profile, the authority's error, the
   fix. The daemon already retries the authority with backoff, so nothing is gained by the SDK retrying as well.
@@ -78,7 +78,8 @@ from .proxy import NO_PROXY_VARIABLES
 
 #: Where the endpoint answers (App Service's own is ``/msi/token`` too); the query carries the request.
 PATH = "/msi/token"
-#: The App Service protocol version the SDKs send (azure-identity 1.27 and msal 1.39: 2019-08-01 only).
+#: The App Service protocol version the SDKs send (azure-identity 1.27, msal 1.39 and @azure/identity 4.13.1 through
+#: msal-node 5.6: 2019-08-01 only).
 API_VERSION = "2019-08-01"
 #: The request header carrying the secret, in lower case (HTTP header names are case-insensitive).
 SECRET_HEADER = "x-identity-header"
@@ -206,7 +207,9 @@ class Endpoint:
             raise Refusal(405, f"method {method} is not supported: GET {PATH}?api-version={API_VERSION}&resource=R")
         path, query = split_target(target, f"{PATH}?api-version={API_VERSION}&resource=R")
         if path.rstrip("/") != PATH:
-            raise Refusal(404, f"no endpoint at {path[:100]!r}: use {PATH}")
+            # 400, not 404: @azure/identity retries 404 and 410 (its IMDS retry policy, applied to every source)
+            # five times over ~16 s before it shows the reason.
+            raise Refusal(400, f"no endpoint at {path[:100]!r}: use {PATH}")
         resource = self._resource(query)
         scope = resource + "/.default"
         if self.allowed is not None and _scope_base(scope) not in self.allowed:
@@ -221,6 +224,8 @@ class Endpoint:
             "access_token": reply["access_token"],
             # A string of whole epoch seconds, as App Service sends it: azure-identity and msal parse it with int().
             "expires_on": str(expires_on),
+            # Echoed as asked: msal-node (@azure/identity) files the token under it, and would miss its cache on
+            # every later call for a reply that spelled the resource otherwise.
             "resource": resource,
             "token_type": reply.get("token_type", "Bearer"),
             # Older clients read expires_in (IMDS style: a string).

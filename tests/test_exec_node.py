@@ -149,16 +149,20 @@ REQUEST_LOG_LINE = "azure:core-rest-pipeline:info Request: {"
 
 def test_a_refusal_fails_the_javascript_sdk_after_one_request_with_aadhelpers_message(
         tools: ToolsWorld, child_env: dict[str, str]) -> None:
-    """If @azure/identity's ManagedIdentityCredential sends a wrong secret header, or asks for a resource outside
-    `aadhelper exec --scope`, then it fails after that one request (its own log shows one request: 401 and 403 are
-    not in its retry policies) with aadhelper's one-line reason in the error, and the authority sees nothing."""
+    """If @azure/identity's ManagedIdentityCredential sends a wrong secret header, asks for a resource outside
+    `aadhelper exec --scope`, or is pointed at another path of the endpoint, then it fails after that one request
+    (its own log shows one request: it retries 404 and 410, never 400, 401 or 403) with aadhelper's one-line reason
+    in the error, and the authority sees nothing."""
     child_env["AZURE_LOG_LEVEL"] = "info"
-    wrong = start_exec(child_env, "env", "IDENTITY_HEADER=not-the-secret-of-this-exec",
-                       *node_command("ManagedIdentityCredential", ARM))
-    outside = start_exec(child_env, *node_command("ManagedIdentityCredential", ARM),
-                         options=("--scope", f"{GRAPH}/.default"))
+    mic = node_command("ManagedIdentityCredential", ARM)
+    wrong = start_exec(child_env, "env", "IDENTITY_HEADER=not-the-secret-of-this-exec", *mic)
+    outside = start_exec(child_env, *mic, options=("--scope", f"{GRAPH}/.default"))
+    imds_path = "/metadata/identity/oauth2/token"
+    elsewhere = start_exec(child_env, "sh", "-c", f'IDENTITY_ENDPOINT="${{IDENTITY_ENDPOINT%/msi/token}}{imds_path}" '
+                           'exec "$@"', "sh", *mic)
     for process, reason in ((wrong, "aadhelper: the X-IDENTITY-HEADER header is wrong"),
-                            (outside, f"aadhelper: resource '{ARM}' is not one this aadhelper exec serves")):
+                            (outside, f"aadhelper: resource '{ARM}' is not one this aadhelper exec serves"),
+                            (elsewhere, f"aadhelper: no endpoint at '{imds_path}'")):
         status, out, stderr = finish(process)
         assert status == 1 and out is not None, stderr
         assert out["error"].startswith("ManagedIdentityCredential: Authentication failed.")

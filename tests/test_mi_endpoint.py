@@ -124,7 +124,7 @@ def test_missing_or_wrong_secret_is_refused_before_anything_else(endpoint: Endpo
     (request(extra="&=&&;"), 400, "malformed query string"),
     (request(resource="%ff%fe"), 400, "malformed query string"),
     (request(resource="x" * 3000), 400, "at most"),
-    (request(path="/metadata/identity/oauth2/token"), 404, "no endpoint"),
+    (request(path="/metadata/identity/oauth2/token"), 400, "no endpoint"),
     (request().replace(b"GET ", b"POST ", 1), 405, "method POST"),
 ], ids=["api-version", "no-resource", "repeated", "malformed", "not-utf8", "long-resource", "path", "method"])
 def test_bad_requests_get_a_clear_refusal(endpoint: Endpoint, daemon: FakeDaemon, data: bytes, status: int,
