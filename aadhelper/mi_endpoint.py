@@ -40,8 +40,9 @@ Design, with the reasons:
   environment, never into argv or a log line; the child's ``NO_PROXY`` names 127.0.0.1, so that no proxy of its
   environment gets the request and the secret with it (:func:`child_environment`).
 * **Refusals fail fast.** Every refusal is a 4xx other than 408 and 429 (the SDKs retry those, and 5xx, three
-  times over several seconds; @azure/identity also retries 404 and 410, so a wrong path is a 400) with JSON ``{"statusCode": N, "message": "<one line>"}``, which msal and
-  azure-identity put in the exception they raise after that one request. The message is aadhelper's own one-line
+  times over several seconds; @azure/identity also retries 404 and 410, so a wrong path is a 400) with JSON
+  ``{"statusCode": N, "message": "<one line>"}``, which msal, azure-identity and @azure/identity put in the
+  exception they raise after that one request. The message is aadhelper's own one-line
   error (:meth:`~aadhelper.errors.AadhelperError.one_line`): what failed, the profile, the authority's error, the
   fix. The daemon already retries the authority with backoff, so nothing is gained by the SDK retrying as well.
 * **One identity.** The endpoint serves its profile's identity only. The parameters App Service uses to pick a
