@@ -182,9 +182,12 @@ WAIT_INTERVAL = 0.02
 EXITED_GRACE = 2.0
 
 
-def wait_for_daemon(path: str, timeout: float, *, exited: Callable[[], bool] = lambda: False) -> bool:
+def wait_for_daemon(path: str, timeout: float, *, exited: Callable[[], bool] = lambda: False,
+                    grace: float = EXITED_GRACE, interval: float = WAIT_INTERVAL) -> bool:
     """Wait until a daemon answers a ping on ``path`` (True), ``timeout`` seconds pass, or the one we started has
-    ``exited()`` for EXITED_GRACE seconds without another answering (False). Autostart and the test kit use it."""
+    ``exited()`` for ``grace`` seconds without another answering (False); ping every ``interval`` seconds.
+    Autostart and the test kit's :class:`~aadhelper.testing.daemon_process.DaemonProcess` use it (the kit with no
+    grace: its own daemon exiting is the failure it reports)."""
     import time
 
     report = _trace
@@ -192,7 +195,7 @@ def wait_for_daemon(path: str, timeout: float, *, exited: Callable[[], bool] = l
         set_trace(None)
         try:
             started = time.perf_counter()
-            answered = wait_for_daemon(path, timeout, exited=exited)
+            answered = wait_for_daemon(path, timeout, exited=exited, grace=grace, interval=interval)
             report(f"waited {1000 * (time.perf_counter() - started):.0f} ms for a daemon to answer on {path}: "
                    f"{'it did' if answered else 'none did'}")
             return answered
@@ -208,9 +211,9 @@ def wait_for_daemon(path: str, timeout: float, *, exited: Callable[[], bool] = l
             pass
         if exited_at is None and exited():
             exited_at = time.monotonic()
-        if exited_at is not None and time.monotonic() - exited_at > EXITED_GRACE:
+        if exited_at is not None and time.monotonic() - exited_at >= grace:
             return False
-        time.sleep(WAIT_INTERVAL)
+        time.sleep(interval)
     return False
 
 

@@ -37,10 +37,12 @@ Design, with the reasons:
 * **Who can reach it.** It binds 127.0.0.1 only, on a port the kernel picks; every local user can connect to it,
   so each request must carry the secret (:func:`new_secret`: 256 random bits, fresh per exec, compared with
   :func:`hmac.compare_digest`) before anything else about it is looked at. The secret goes only into the child's
-  environment, never into argv or a log line.
+  environment, never into argv or a log line; the child's ``NO_PROXY`` names 127.0.0.1, so that no proxy of its
+  environment gets the request and the secret with it (:func:`child_environment`).
 * **Refusals fail fast.** Every refusal is a 4xx other than 408 and 429 (the SDKs retry those, and 5xx, three
-  times over several seconds) with JSON ``{"statusCode": N, "message": "<one line>"}``, which msal and
-  azure-identity put in the exception they raise after that one request. The message is aadhelper's own one-line
+  times over several seconds; @azure/identity also retries 404 and 410, so a wrong path is a 400) with JSON
+  ``{"statusCode": N, "message": "<one line>"}``, which msal, azure-identity and @azure/identity put in the
+  exception they raise after that one request. The message is aadhelper's own one-line
   error (:meth:`~aadhelper.errors.AadhelperError.one_line`): what failed, the profile, the authority's error, the
   fix. The daemon already retries the authority with backoff, so nothing is gained by the SDK retrying as well.
 * **One identity.** The endpoint serves its profile's identity only. The parameters App Service uses to pick a
@@ -60,7 +62,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from . import client, protocol
 from .errors import (
@@ -73,10 +75,12 @@ from .errors import (
     SecretStoreError,
 )
 from .loopback_http import HEAD_DEADLINE, IDLE_TIMEOUT, MAX_CONNECTIONS, JsonHttpServer, Refusal, split_target
+from .proxy import NO_PROXY_VARIABLES
 
 #: Where the endpoint answers (App Service's own is ``/msi/token`` too); the query carries the request.
 PATH = "/msi/token"
-#: The App Service protocol version the SDKs send (azure-identity 1.27 and msal 1.39: 2019-08-01 only).
+#: The App Service protocol version the SDKs send (azure-identity 1.27, msal 1.39 and @azure/identity 4.13.1 through
+#: msal-node 5.6: 2019-08-01 only).
 API_VERSION = "2019-08-01"
 #: The request header carrying the secret, in lower case (HTTP header names are case-insensitive).
 SECRET_HEADER = "x-identity-header"
@@ -115,14 +119,24 @@ def new_secret() -> str:
 
 
 def child_environment(base: Mapping[str, str], url: str, secret: str) -> dict[str, str]:
-    """``base`` without :data:`REMOVED_VARIABLES`, with the endpoint's address and secret.
+    """``base`` without :data:`REMOVED_VARIABLES`, with the endpoint's address and secret, and the endpoint's host
+    added to both spellings of ``NO_PROXY``.
 
+    The proxy exception keeps the request, and so the secret header, off any proxy the child's environment names:
+    @azure/identity sends even a plain-http request to ``HTTPS_PROXY`` (or ``ALL_PROXY``/``HTTP_PROXY``) unless
+    ``NO_PROXY`` names its host, and Python's requests does so with ``HTTP_PROXY``/``ALL_PROXY``; either way a
+    proxy would see the secret, and one that is unreachable from here fails every token request.
     ``AZURE_TOKEN_CREDENTIALS`` is neither set nor removed: its accepted values differ across azure-identity
     versions, and a value the user set is theirs.
     """
     env = {key: value for key, value in base.items() if key not in REMOVED_VARIABLES}
     env[ENDPOINT_VARIABLE] = url
     env[HEADER_VARIABLE] = secret
+    host = urlsplit(url).hostname or ""
+    for name in NO_PROXY_VARIABLES:  # @azure/identity reads NO_PROXY first, requests no_proxy: set both
+        entries = [entry.strip() for entry in env.get(name, "").split(",") if entry.strip()]
+        if host not in entries and "*" not in entries:
+            env[name] = ",".join([*entries, host])
     return env
 
 
@@ -194,7 +208,9 @@ class Endpoint:
             raise Refusal(405, f"method {method} is not supported: GET {PATH}?api-version={API_VERSION}&resource=R")
         path, query = split_target(target, f"{PATH}?api-version={API_VERSION}&resource=R")
         if path.rstrip("/") != PATH:
-            raise Refusal(404, f"no endpoint at {path[:100]!r}: use {PATH}")
+            # 400, not 404: @azure/identity retries 404 and 410 (its IMDS retry policy, applied to every source)
+            # five times over ~16 s before it shows the reason.
+            raise Refusal(400, f"no endpoint at {path[:100]!r}: use {PATH}")
         resource = self._resource(query)
         scope = resource + "/.default"
         if self.allowed is not None and _scope_base(scope) not in self.allowed:
@@ -209,6 +225,8 @@ class Endpoint:
             "access_token": reply["access_token"],
             # A string of whole epoch seconds, as App Service sends it: azure-identity and msal parse it with int().
             "expires_on": str(expires_on),
+            # Echoed as asked: msal-node (@azure/identity) files the token under it, and would miss its cache on
+            # every later call for a reply that spelled the resource otherwise.
             "resource": resource,
             "token_type": reply.get("token_type", "Bearer"),
             # Older clients read expires_in (IMDS style: a string).

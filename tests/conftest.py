@@ -3,8 +3,9 @@
 - ``@pytest.mark.requires("git", ...)`` or the ``require`` fixture: a test needing a real component SKIPS on a
   developer machine without it and FAILS when ``CI=true``, so CI can never pass by skipping.
   Components are executables on PATH, ``secret-service`` (the private session of
-  ``scripts/with-secret-service``; the ``keyring`` marker means the same), ``root``, or a kernel feature
-  (``PR_SET_MDWE``).
+  ``scripts/with-secret-service``; the ``keyring`` marker means the same), ``root``, a kernel feature
+  (``PR_SET_MDWE``), or ``node`` (node >= the major version the pinned @azure/identity needs, and tests/node's
+  packages installed by scripts/setup).
   Never call ``pytest.skip`` for a missing component directly: go through :func:`require`.
 - ``secret_service``: a :class:`KeyringSecretStore` on the real gnome-keyring, cleaned up after the test;
   ``keyring_entries`` lists the raw entries; ``locked_keyring`` locks the collection for one test
@@ -20,8 +21,10 @@ import base64
 import ctypes
 import json
 import os
+import re
 import shutil
 import ssl
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -49,6 +52,9 @@ MDWE = "PR_SET_MDWE"
 PR_SET_MDWE = 65
 PR_GET_MDWE = 66
 PR_MDWE_REFUSE_EXEC_GAIN = 1
+#: The JavaScript Azure SDK: node on PATH and tests/node's packages (``npm ci`` in scripts/setup).
+NODE = "node"
+NODE_PROJECT = Path(__file__).resolve().parent / "node"
 # Longest AF_UNIX path we hand out, leaving room under the kernel's 108 bytes.
 _MAX_SOCKET_PATH = 100
 
@@ -56,7 +62,7 @@ _MAX_SOCKET_PATH = 100
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "requires(*components): needs real components (executables, 'secret-service', "
-        "'root', 'PR_SET_MDWE'); "
+        "'root', 'PR_SET_MDWE', 'node'); "
         "skipped locally when missing, failed when CI=true")
 
 
@@ -80,7 +86,26 @@ def missing(component: str) -> str | None:
         if ctypes.CDLL(None, use_errno=True).prctl(PR_GET_MDWE, 0, 0, 0, 0) < 0:
             return f"this kernel ({os.uname().release}) has no PR_SET_MDWE (Linux >= 6.3 has it)"
         return None
+    if component == NODE:
+        return _missing_node()
     return None if shutil.which(component) else f"{component!r} is not on PATH"
+
+
+def _missing_node() -> str | None:
+    """Why the JavaScript SDK cannot run here: node missing or older than @azure/identity's ``engines``, or
+    tests/node's packages not installed."""
+    node = shutil.which("node")
+    if node is None:
+        return "'node' is not on PATH (scripts/setup installs nodejs and npm as root)"
+    installed = NODE_PROJECT / "node_modules" / "@azure" / "identity" / "package.json"
+    if not installed.is_file():
+        return f"{installed.parent} is missing (scripts/setup runs npm ci in {NODE_PROJECT})"
+    needed = re.search(r"\d+", json.loads(installed.read_text()).get("engines", {}).get("node", ""))
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    major = re.match(r"v(\d+)", version)
+    if needed and (major is None or int(major.group(1)) < int(needed.group())):
+        return f"node {version or '(no version)'} is older than {needed.group()}, which @azure/identity needs"
+    return None
 
 
 def require(component: str) -> None:

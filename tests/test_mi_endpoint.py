@@ -124,7 +124,7 @@ def test_missing_or_wrong_secret_is_refused_before_anything_else(endpoint: Endpo
     (request(extra="&=&&;"), 400, "malformed query string"),
     (request(resource="%ff%fe"), 400, "malformed query string"),
     (request(resource="x" * 3000), 400, "at most"),
-    (request(path="/metadata/identity/oauth2/token"), 404, "no endpoint"),
+    (request(path="/metadata/identity/oauth2/token"), 400, "no endpoint"),
     (request().replace(b"GET ", b"POST ", 1), 405, "method POST"),
 ], ids=["api-version", "no-resource", "repeated", "malformed", "not-utf8", "long-resource", "path", "method"])
 def test_bad_requests_get_a_clear_refusal(endpoint: Endpoint, daemon: FakeDaemon, data: bytes, status: int,
@@ -337,9 +337,26 @@ def test_child_environment_removes_other_sources_and_sets_the_endpoint() -> None
     env = child_environment(base, "http://127.0.0.1:1/msi/token", SECRET)
     assert not set(mi_endpoint.REMOVED_VARIABLES) & set(env)
     assert env == {"PATH": "/bin", "AZURE_CLIENT_ID": "x", "AZURE_TOKEN_CREDENTIALS": "dev",
-                   "IDENTITY_ENDPOINT": "http://127.0.0.1:1/msi/token", "IDENTITY_HEADER": SECRET}
+                   "IDENTITY_ENDPOINT": "http://127.0.0.1:1/msi/token", "IDENTITY_HEADER": SECRET,
+                   "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
     first, second = mi_endpoint.new_secret(), mi_endpoint.new_secret()
     assert len(first) >= 32 and first != second
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ({}, {"NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}),
+    ({"NO_PROXY": "localhost, .corp", "no_proxy": ""},
+     {"NO_PROXY": "localhost,.corp,127.0.0.1", "no_proxy": "127.0.0.1"}),
+    ({"NO_PROXY": "127.0.0.1,x", "no_proxy": "*"}, {"NO_PROXY": "127.0.0.1,x", "no_proxy": "*"}),
+])
+def test_child_proxy_exceptions_name_the_endpoint(given: dict[str, str], expected: dict[str, str]) -> None:
+    """If the caller's NO_PROXY/no_proxy are unset, lists without the endpoint's host, or already cover it, then
+    the child's name 127.0.0.1 in both spellings (appended, the user's entries kept) or stay as they were, so no
+    proxy of the child's environment gets the request with its secret header."""
+    env = child_environment({"HTTPS_PROXY": "http://proxy.invalid:3128", **given}, "http://127.0.0.1:1/msi/token",
+                            SECRET)
+    assert {key: env[key] for key in ("NO_PROXY", "no_proxy")} == expected
+    assert env["HTTPS_PROXY"] == "http://proxy.invalid:3128"
 
 
 def test_repr_hides_the_secret(endpoint: Endpoint) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..config import Profile, load_config
-from ..errors import AadhelperError, ConfigError, SecretStoreError
+from ..errors import AadhelperError, ConfigError, SecretStoreError, UsageError
 
 # What a profile of each credential kind does instead, and how to give it its credential.
 _CREDENTIAL_USE = {
@@ -180,3 +180,19 @@ def help_handler(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespac
         return 2
 
     return show_help
+
+
+def read_certificate_input(path: str, label: str = "--certificate") -> bytes:
+    """The bytes of a certificate file named on the command line (or by ``AZURE_CLIENT_CERTIFICATE_PATH`` for
+    ``profile add --from-env``: ``label`` says which), at most :data:`~aadhelper.certificates.MAX_CERTIFICATE_BYTES`;
+    a usage error naming ``label`` and the path otherwise."""
+    from ..certificates import MAX_CERTIFICATE_BYTES
+
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_CERTIFICATE_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"{label} {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_CERTIFICATE_BYTES:
+        raise UsageError(f"{label} {path}: over {MAX_CERTIFICATE_BYTES} bytes; is it the right file?")
+    return data

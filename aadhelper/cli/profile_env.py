@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import SecretStoreError, UsageError
 from ..secret_chunks import CLIENT_SECRET
-from .common import notify_daemon, say, warn
+from .common import notify_daemon, read_certificate_input, say, warn
 from .from_env import CERTIFICATE_PATH, EnvProfile, from_environment
 
 if TYPE_CHECKING:
@@ -97,7 +97,8 @@ def _store_secrets(name: str, env: EnvProfile, *, keep_path: bool) -> int:
             store_certificate_password(name, env.certificate_path, env.certificate_password)
         elif env.certificate_path is not None:
             what, fix = "certificate", f"aadhelper secret set {name} --certificate {env.certificate_path}"
-            store_certificate(name, _read_certificate(env.certificate_path), env.certificate_password)
+            store_certificate(name, read_certificate_input(env.certificate_path, f"--from-env: {CERTIFICATE_PATH}"),
+                              env.certificate_password)
         else:
             return 0
     except SecretStoreError as exc:
@@ -115,21 +116,7 @@ def _check_certificate(env: EnvProfile, *, keep_path: bool) -> CertificateSummar
     assert env.certificate_path is not None
     path = env.certificate_path
     source = f"the certificate file {path} ({CERTIFICATE_PATH})"
-    data = read_certificate_file(path) if keep_path else _read_certificate(path)
+    data = read_certificate_file(path) if keep_path else read_certificate_input(path, f"--from-env: {CERTIFICATE_PATH}")
     certificate = load_certificate(data, env.certificate_password, source=source)
     check_validity(certificate, time.time(), source=source)
     return certificate.summary()
-
-
-def _read_certificate(path: str) -> bytes:
-    from ..certificates import MAX_CERTIFICATE_BYTES
-
-    try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_CERTIFICATE_BYTES + 1)
-    except OSError as exc:
-        raise UsageError(f"--from-env: {CERTIFICATE_PATH} {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_CERTIFICATE_BYTES:
-        raise UsageError(f"--from-env: {CERTIFICATE_PATH} {path} is over {MAX_CERTIFICATE_BYTES} bytes; is it the "
-                         "right file?")
-    return data

@@ -21,6 +21,7 @@ from .common import (
     help_handler,
     load_profile,
     notify_daemon,
+    read_certificate_input,
     require_persistent_store,
     say,
     warn,
@@ -127,7 +128,7 @@ def _set_certificate(args: argparse.Namespace) -> int:
             raise UsageError(f"profile {profile.name!r} reads its certificate from {path} (certificate_path)",
                              hint="remove certificate_path from the profile to keep the certificate in the keyring, "
                                   f"or run `aadhelper secret set {profile.name} --certificate-password`")
-        data = _read_certificate_input(args.certificate)
+        data = read_certificate_input(args.certificate)
         prompt = f"Password of {args.certificate} (input hidden): "
         given = read_secret(prompt) if args.password_stdin else None
         try:
@@ -143,19 +144,6 @@ def _set_certificate(args: argparse.Namespace) -> int:
         warn(f"the certificate expires in {summary.days_left(time.time()):.0f} days")
     notify_daemon(profile.name)
     return 0
-
-
-def _read_certificate_input(path: str) -> bytes:
-    from ..certificates import MAX_CERTIFICATE_BYTES
-
-    try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_CERTIFICATE_BYTES + 1)
-    except OSError as exc:
-        raise UsageError(f"--certificate {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_CERTIFICATE_BYTES:
-        raise UsageError(f"--certificate {path}: over {MAX_CERTIFICATE_BYTES} bytes; is it the right file?")
-    return data
 
 
 def _app_profile(name: str) -> None:
