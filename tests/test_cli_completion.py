@@ -109,19 +109,19 @@ def test_fish_completes(env: dict[str, str], tmp_path: Path, words: list[str], e
 
 @pytest.mark.requires("bash")
 def test_a_subcommand_added_later_is_completed(env: dict[str, str], tmp_path: Path) -> None:
-    """If another module adds a subcommand to the parser (as `kubeconfig` will), then the generated script completes
-    it and its options without any list to update."""
+    """If another module adds a subcommand to the parser, then the generated script completes it and its options
+    without any list to update."""
     parser = build_parser()
     for action in parser._actions:
         if action.dest == "command":
-            added = action.choices["kubeconfig"] = type(parser)(prog="aadhelper kubeconfig")  # type: ignore[index]
+            added = action.choices["zz-later"] = type(parser)(prog="aadhelper zz-later")  # type: ignore[index]
             added.add_argument("--context")
             added.add_argument("profile", nargs="?")
     path = tmp_path / "later.bash"
     path.write_text(script("bash", parser))
-    for words, expected in ((["aadhelper", "kube"], ["kubeconfig"]),
-                            (["aadhelper", "kubeconfig", "--co"], ["--context"]),
-                            (["aadhelper", "kubeconfig", "gr"], ["graph"])):
+    for words, expected in ((["aadhelper", "zz-l"], ["zz-later"]),
+                            (["aadhelper", "zz-later", "--co"], ["--context"]),
+                            (["aadhelper", "zz-later", "gr"], ["graph"])):
         result = subprocess.run(["bash", "-c", BASH_DRIVER, "driver", str(path), *words], env=env,
                                 capture_output=True, text=True, timeout=60)
         assert result.stdout.split() == expected, words

@@ -63,6 +63,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--scope", action="append", metavar="SCOPE",
                         help="serve only these scopes' resources (repeatable; e.g. https://management.azure.com/"
                              ".default); default: any resource the profile's app may use")
+    # Shown in --help and the man page, and parsed (the examples are held to the parser); run_exec takes CMD from
+    # after `--` itself, before argparse could read CMD's own options as exec's.
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD", help="the command to run, after `--`")
     parser.set_defaults(func=lambda args: _missing_command())
 
 

@@ -59,6 +59,20 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "completion": ("aadhelper completion bash > ~/.local/share/bash-completion/completions/aadhelper",
                    "aadhelper completion zsh > ~/.zfunc/_aadhelper",
                    "aadhelper completion fish > ~/.config/fish/completions/aadhelper.fish"),
+    "exec": ("aadhelper exec arm -- python deploy.py    # DefaultAzureCredential in deploy.py gets arm's tokens",
+             "aadhelper exec arm --scope https://management.azure.com/.default -- terraform plan"),
+    "kubectl-credential": ("aadhelper kubeconfig aks --kubeconfig ~/.kube/config --context my-aks    # kubectl "
+                           "then runs it",
+                           "KUBERNETES_EXEC_INFO='{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":"
+                           "\"ExecCredential\",\"spec\":{\"interactive\":false}}' aadhelper kubectl-credential aks"),
+    "kubeconfig": ("aadhelper kubeconfig aks    # prints the users: entry",
+                   "aadhelper kubeconfig aks --kubeconfig ~/.kube/config --context my-aks",
+                   "aadhelper kubeconfig aks --server-id SERVER_APP_ID --kubeconfig ./kubeconfig --context dev"),
+    "az": ("aadhelper az account get-access-token --profile arm --resource https://management.azure.com",
+           "aadhelper az install-shim ~/.local/lib/aadhelper-az --profile arm && "
+           "export PATH=\"$HOME/.local/lib/aadhelper-az:$PATH\""),
+    "man": ("aadhelper man | man -l -",
+            "aadhelper man > ~/.local/share/man/man1/aadhelper.1"),
 }
 
 VERBOSE_HELP = "say on stderr what was asked, of whom, and how long it took"
