@@ -568,7 +568,7 @@ def parse_token_reply(body: Mapping[str, Any] | None, *, scopes: tuple[str, ...]
 def account_of(id_token: str) -> str | None:
     """The signed-in account an id token names (``preferred_username``), for display and git usernames only: the
     token is not verified, and nothing is decided by it."""
-    claims = _id_token_claims(id_token)
+    claims = unverified_claims(id_token)
     for key in ("preferred_username", "upn", "email", "name"):
         value = claims.get(key)
         if isinstance(value, str) and value.isprintable() and 0 < len(value) <= 256:
@@ -578,13 +578,15 @@ def account_of(id_token: str) -> str | None:
 
 def tenant_of(id_token: str) -> str | None:
     """The tenant (``tid``) an id token's account signed in to, for display only (not verified, as above)."""
-    value = _id_token_claims(id_token).get("tid")
+    value = unverified_claims(id_token).get("tid")
     return value if isinstance(value, str) and value.isprintable() and 0 < len(value) <= 256 else None
 
 
-def _id_token_claims(id_token: str) -> dict[str, Any]:
+def unverified_claims(jwt: str) -> dict[str, Any]:
+    """The claims of a JWT, read without verifying its signature (for display and checks of our own, never for a
+    decision the token's issuer should make); empty when it is not a JWT with a JSON object as its payload."""
     try:
-        payload = id_token.split(".")[1]
+        payload = jwt.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (IndexError, ValueError, RecursionError):
         return {}
