@@ -60,7 +60,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
                    "aadhelper completion zsh > ~/.zfunc/_aadhelper",
                    "aadhelper completion fish > ~/.config/fish/completions/aadhelper.fish"),
     "exec": ("aadhelper exec arm -- python deploy.py    # DefaultAzureCredential in deploy.py gets arm's tokens",
-             "aadhelper exec arm --scope https://management.azure.com/.default -- terraform plan"),
+             "aadhelper exec --scope https://management.azure.com/.default arm -- terraform plan",
+             "aadhelper exec --az-shim arm -- ./deploy.sh    # its `az account get-access-token` too"),
     "kubectl-credential": ("aadhelper kubeconfig aks --kubeconfig ~/.kube/config --context my-aks    # kubectl "
                            "then runs it",
                            "KUBERNETES_EXEC_INFO='{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":"
