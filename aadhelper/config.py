@@ -74,8 +74,8 @@ from . import paths
 from .errors import ConfigError, UnknownProfile
 from .protocol import MAX_MIN_VALID
 from .proxy import DIRECT, InvalidProxy, ProxySetting, from_environment, parse_no_proxy, parse_proxy_url
-from .tokens import Secret
 from .suggest import did_you_mean
+from .tokens import Secret
 from .urls import InvalidAuthority, match_key, normalize_git_url, resolve_authority_url
 
 CREDENTIALS = ("client_secret", "user", "certificate", "federated", "managed_identity")

@@ -8,9 +8,25 @@ from collections.abc import Callable, Sequence
 from .. import __version__
 from ..errors import EXIT_CODES, UsageError
 from ..suggest import did_you_mean
-from . import az, completion, daemon, demo, doctor, git, kubectl, login, logs, man, profile, secret, service, status
+from . import (
+    az,
+    completion,
+    daemon,
+    demo,
+    doctor,
+    git,
+    kubectl,
+    login,
+    logs,
+    man,
+    profile,
+    secret,
+    service,
+    status,
+    token,
+    tree,
+)
 from . import exec as exec_verb
-from . import token, tree
 
 VERB_MODULES = (profile, secret, daemon, token, status, login, git, service, demo, logs, completion, kubectl, az,
                 exec_verb, doctor, man)
