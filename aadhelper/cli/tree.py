@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 
+from . import az_format
+
 #: Examples shown at the end of each subcommand's --help, by command path. A subcommand without an entry here
 #: can carry its own ``epilog`` (tests/test_cli_help.py checks that every one has examples).
 EXAMPLES: dict[str, tuple[str, ...]] = {
@@ -69,9 +71,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "kubeconfig": ("aadhelper kubeconfig aks    # prints the users: entry",
                    "aadhelper kubeconfig aks --kubeconfig ~/.kube/config --context my-aks",
                    "aadhelper kubeconfig aks --server-id SERVER_APP_ID --kubeconfig ./kubeconfig --context dev"),
-    "az": ("aadhelper az account get-access-token --profile arm --resource https://management.azure.com",
-           "aadhelper az install-shim ~/.local/lib/aadhelper-az --profile arm && "
-           "export PATH=\"$HOME/.local/lib/aadhelper-az:$PATH\""),
+    "az": az_format.EXAMPLES,  # also in `aadhelper az --help`, which az's own parser answers
     "man": ("aadhelper man | man -l -",
             "aadhelper man > ~/.local/share/man/man1/aadhelper.1"),
 }
