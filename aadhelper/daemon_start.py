@@ -52,7 +52,8 @@ def run_daemon(*, config_path: str | None, socket_path: str | None, secret_store
             os.environ[name] = os.path.abspath(os.environ[name])
     kept = clean_start_environment()
     # 2.
-    configure_logging(verbose, _log_level(config_path))
+    level = _log_level(config_path)
+    configure_logging(verbose, level)
     log.debug("started in / with the environment variables %s (values not shown)", ", ".join(kept))
     # 3. Only now: no library reads the starter's environment at import time either.
     import trio
@@ -63,7 +64,7 @@ def run_daemon(*, config_path: str | None, socket_path: str | None, secret_store
     from .secret_store import store_kind
 
     # Checked here (the fetcher process opens the store): a bad $AADHELPER_SECRET_STORE stops the start.
-    fetcher = ProcessFetcher(secret_store=store_kind(secret_store), verbose=verbose)
+    fetcher = ProcessFetcher(secret_store=store_kind(secret_store), verbose=verbose, log_level=level)
     preload()
     # 4.
     gc.freeze()

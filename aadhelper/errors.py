@@ -21,7 +21,7 @@ raises the same class the daemon raised, and a distinct ``exit_code`` so scripts
     │   └── AuthorityUnavailable       code "authority_unavailable" exit 7   network, 5xx, 429, malformed reply
     ├── DaemonNotRunning               code "daemon_not_running"    exit 8   nothing answers on the socket
     ├── DaemonAlreadyRunning           code "daemon_already_running" exit 11 another daemon owns the socket path
-    ├── ProtocolError                  code "protocol"              exit 9   a malformed message on the socket
+    ├── ProtocolError                  code "protocol"              exit 9   a malformed message (socket, fetcher, git)
     ├── UnsafeSocket                   code "unsafe_socket"         exit 10  the socket's directory or peer is not ours
     └── Cancelled                      code "cancelled"             exit 130 the user pressed Ctrl-C
 
@@ -264,6 +264,9 @@ class DaemonAlreadyRunning(AadhelperError):
 
 
 class ProtocolError(AadhelperError):
+    """A malformed message on one of aadhelper's channels: client and daemon (their versions differ, or something
+    else speaks on the socket), daemon and token fetcher, git and the credential helper (see EXIT_CODES)."""
+
     code = "protocol"
     exit_code = 9
 
@@ -292,7 +295,8 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (6, "login required or login failed (run `aadhelper login NAME`)"),
     (7, "authority unavailable (network, 5xx, throttling, malformed reply)"),
     (8, "daemon not running"),
-    (9, "protocol error between client and daemon"),
+    (9, "malformed message: between client and daemon (e.g. a client and a daemon of different aadhelper versions: "
+        "restart the daemon), between the daemon and its token fetcher, or from git to the credential helper"),
     (10, "the daemon's socket is not safe (its directory or the process on it belongs to another user)"),
     (11, "another daemon already runs on this socket"),
     (130, "cancelled"),

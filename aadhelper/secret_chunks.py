@@ -45,6 +45,13 @@ _FIXES = {CLIENT_SECRET: "aadhelper secret set {}", REFRESH_TOKEN: "aadhelper lo
           CERTIFICATE_PASSWORD: "aadhelper secret set {} --certificate-password"}
 
 
+
+def store_command(kind: str, profile: str) -> str:
+    """The command that stores a secret of ``kind`` for ``profile`` (``aadhelper secret set NAME --certificate FILE``);
+    empty for an unknown kind."""
+    return _FIXES.get(kind, "").format(profile)
+
+
 @dataclass(frozen=True)
 class _Header:
     slot: int
@@ -127,7 +134,7 @@ class ChunkedSecretStore:
                 if again == stored:
                     break
                 stored = again
-        fix = _FIXES.get(kind, "").format(profile)
+        fix = store_command(kind, profile)
         raise SecretStoreError(
             f"the stored {kind} of profile {profile!r} is corrupted: {reason}",
             profile=profile,

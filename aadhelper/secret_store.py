@@ -288,6 +288,16 @@ def _map_keyring_error(exc: Exception, action: str, profile: str | None, kind: s
         locked += (ss.LockedException,)
     except ImportError:  # not on Linux
         pass
+    if isinstance(exc, EOFError):
+        # A backend that asks for its own password with getpass (keyrings.alt's EncryptedKeyring) and finds no
+        # terminal: getpass falls back to stdin, which is closed or was already read (`secret set`'s value).
+        return KeyringLocked(
+            f"the OS keyring is locked: cannot {action} {what}: its backend asked for its password and had no "
+            "terminal to read it from",
+            profile=profile,
+            hint="run the command in a terminal to type the keyring's password, or use a backend that needs none "
+            "(see \"Headless machines\" in aadhelper's README)",
+        )
     if isinstance(exc, locked):
         return KeyringLocked(
             f"the OS keyring is locked: cannot {action} {what}",

@@ -80,3 +80,18 @@ def test_verbose_says_what_was_asked_of_whom_and_how_long(env: dict[str, str]) -
     line = result.stderr.strip()
     assert line.startswith(f"aadhelper: asked the daemon on {path} for token (profile graph, scopes https://x/.default)")
     assert line.endswith(" ms") and "answered in " in line
+
+
+def test_az_help_shows_examples_that_az_parses(env: dict[str, str]) -> None:
+    """If `aadhelper az --help` runs (answered by az's own parser, not argparse), then it ends with examples too, and
+    each `aadhelper az ...` example parses with that parser."""
+    from aadhelper.cli import az_format
+
+    result = run(env, "az", "--help")
+    assert result.returncode == 0 and "\nexamples:\n" in result.stdout
+    examples = result.stdout.split("\nexamples:\n", 1)[1].splitlines()
+    assert examples
+    for line in examples:
+        words = shlex.split(line.split(" && ")[0])
+        assert words[:2] == ["aadhelper", "az"]
+        assert az_format.parse(words[2:]).action in ("token", "install-shim")

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,10 @@ from aadhelper.doctor.git import git_url_matches, is_aadhelper
 from aadhelper.doctor.secrets import CREDENTIAL_CHECKS, check_credential
 from aadhelper.proxy import redact
 from aadhelper.testing import SimulatedAuthority
+from aadhelper.testing.certificates import make_client_certificate
+from aadhelper.testing.federation import OidcIssuer
 from aadhelper.testing.keyring_control import lock_keyring, unlock_keyring
+from aadhelper.testing.managed_identity import SimulatedManagedIdentity
 from aadhelper.testing.pytest_plugin import APP_ID, APP_PROFILE, GRAPH_SCOPE, PUBLIC_APP_ID, TENANT, Home, Tls
 from tests.harness import DaemonProcess
 
@@ -253,6 +257,201 @@ def test_credential_kinds_without_a_check_warn() -> None:
     from aadhelper.config import CREDENTIALS
 
     assert set(CREDENTIALS) <= set(CREDENTIAL_CHECKS)
+
+
+# -- certificate, federated and managed-identity credentials ---------------------------------------------------
+
+def add_kind(home: Home, authority: SimulatedAuthority, tls: Tls, name: str, *extra: str) -> None:
+    add_profile(home, authority.url, "--ca-bundle", str(tls.ca_pem), *extra, name=name)
+
+
+def write_private(path: Path, data: bytes | str, mode: int = 0o600) -> Path:
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.chmod(path, mode)
+    return path
+
+
+def test_certificate_in_the_keyring(home: Home, aad_authority: SimulatedAuthority, aad_tls: Tls,
+                                    tmp_path: Path) -> None:
+    """If a certificate profile has nothing in the keyring, then its credential check fails with `secret set
+    --certificate`; once stored, it is ok with the thumbprint and expiry, and the key is never printed."""
+    material = make_client_certificate(days=365)
+    add_kind(home, aad_authority, aad_tls, "cert", "--credential", "certificate")
+    code, findings = doctor(home.env, "cert")
+    assert code == 1 and verdict(findings, "credential") == "fail"
+    assert finding(findings, "credential")["fix"] == "store it with `aadhelper secret set cert --certificate FILE`"
+    pem = write_private(tmp_path / "cert.pem", material.pem())
+    home.aadhelper("secret", "set", "cert", "--certificate", str(pem))
+    key = material.key_pem().decode().splitlines()[1]
+    code, findings = doctor(home.env, "cert", secrets=(key,))
+    credential = finding(findings, "credential")
+    assert code == 0 and credential["status"] == "ok", credential
+    assert credential["certificate"]["sha256_thumbprint"] in credential["message"]
+    assert "in the keyring" in credential["message"]
+
+
+def test_certificate_file_open_to_others_fails(home: Home, aad_authority: SimulatedAuthority, aad_tls: Tls,
+                                               tmp_path: Path) -> None:
+    """If a profile's certificate_path is readable by its group, then the credential check fails naming the file and
+    the chmod that fixes it."""
+    path = write_private(tmp_path / "cert.pem", make_client_certificate().pem())
+    add_kind(home, aad_authority, aad_tls, "cert", "--credential", "certificate", "--certificate-path", str(path))
+    assert verdict(doctor(home.env, "cert")[1], "credential") == "ok"
+    os.chmod(path, 0o640)
+    code, findings = doctor(home.env, "cert")
+    credential = finding(findings, "credential")
+    assert code == 1 and credential["status"] == "fail" and str(path) in credential["message"]
+    assert credential["fix"] == f"run `chmod 600 {path}`"
+
+
+def test_encrypted_certificate_file_needs_its_stored_password(home: Home, aad_authority: SimulatedAuthority,
+                                                              aad_tls: Tls, tmp_path: Path) -> None:
+    """If a profile's certificate file is encrypted and no password is stored for it, then the credential check
+    fails with `secret set --certificate-password`; once the password is stored, it is ok (and not printed)."""
+    password = "pfx-pass-" + os.urandom(6).hex()
+    path = write_private(tmp_path / "cert.pem", make_client_certificate().pem(password.encode()))
+    add_kind(home, aad_authority, aad_tls, "cert", "--credential", "certificate", "--certificate-path", str(path))
+    code, findings = doctor(home.env, "cert")
+    credential = finding(findings, "credential")
+    assert code == 1 and credential["status"] == "fail" and "no password for it is stored" in credential["message"]
+    assert credential["fix"] == "store it with `aadhelper secret set cert --certificate-password`"
+    home.aadhelper("secret", "set", "cert", "--certificate-password", input=password + "\n")
+    code, findings = doctor(home.env, "cert", secrets=(password,))
+    assert code == 0 and verdict(findings, "credential") == "ok"
+
+
+@pytest.mark.parametrize("days, status, said", [(10, "warn", "expires in 10 days"), (-1, "fail", "expired on")])
+def test_certificate_near_or_past_its_expiry(home: Home, aad_authority: SimulatedAuthority, aad_tls: Tls,
+                                             tmp_path: Path, days: float, status: str, said: str) -> None:
+    """If a profile's certificate expires within 30 days, then its credential check warns (exit 0); if it has
+    expired, then the check fails (exit 1); both say how to renew it."""
+    path = write_private(tmp_path / "cert.pem", make_client_certificate().pem())
+    add_kind(home, aad_authority, aad_tls, "cert", "--credential", "certificate", "--certificate-path", str(path))
+    write_private(path, make_client_certificate(days=days + 0.01, not_before=time.time() - 400 * 86400).pem())
+    code, findings = doctor(home.env, "cert")
+    credential = finding(findings, "credential")
+    assert credential["status"] == status and said in credential["message"], credential
+    assert code == (1 if status == "fail" else 0)
+    assert credential["fix"] == f"deploy a renewed certificate to {path} and upload it to the app registration"
+
+
+@pytest.fixture
+def issuer() -> OidcIssuer:
+    return OidcIssuer("https://token.actions.githubusercontent.com")
+
+
+def add_federated(home: Home, authority: SimulatedAuthority, tls: Tls, *source: str) -> None:
+    add_kind(home, authority, tls, "fed", "--credential", "federated", *source)
+
+
+def test_federated_token_file_that_is_good(home: Home, aad_authority: SimulatedAuthority, aad_tls: Tls,
+                                           tmp_path: Path, issuer: OidcIssuer) -> None:
+    """If a federated profile's token file holds a current JWT for Entra's audience, then its credential check is ok
+    and names the token's issuer and subject, never the token."""
+    token = issuer.token("repo:contoso/app:ref:refs/heads/main")
+    path = write_private(tmp_path / "token", token, 0o644)
+    add_federated(home, aad_authority, aad_tls, "--token-file", str(path))
+    code, findings = doctor(home.env, "fed", secrets=(token, token.split(".")[2]))
+    credential = finding(findings, "credential")
+    assert code == 0 and credential["status"] == "ok", credential
+    assert issuer.url in credential["message"] and "repo:contoso/app" in credential["message"]
+
+
+@pytest.mark.parametrize("content, status, said", [
+    (None, "fail", "No such file"),
+    ("", "fail", "is empty"),
+    ("not a token", "fail", "is not a JWT"),
+    ("expired", "fail", "that expired at"),
+    ("expiring", "warn", "that expires at"),
+    ("audience", "warn", "whose audience is not api://AzureADTokenExchange"),
+])
+def test_federated_token_file_faults(home: Home, aad_authority: SimulatedAuthority, aad_tls: Tls, tmp_path: Path,
+                                     issuer: OidcIssuer, content: str | None, status: str, said: str) -> None:
+    """If a federated profile's token file is missing, empty, not a JWT or expired, then its credential check fails
+    (exit 1); if the token expires within minutes or is for another audience, then it warns (exit 0)."""
+    path = tmp_path / "token"
+    add_federated(home, aad_authority, aad_tls, "--token-file", str(path))
+    tokens = {"expired": issuer.token("ci", now=time.time() - 7200),
+              "expiring": issuer.token("ci", lifetime=60),
+              "audience": issuer.token("ci", audience="api://something-else")}
+    if content is not None:
+        write_private(path, tokens.get(content, content))
+    code, findings = doctor(home.env, "fed", secrets=tuple(tokens.values()))
+    credential = finding(findings, "credential")
+    assert credential["status"] == status and said in credential["message"], credential
+    assert str(path) in credential["message"] and code == (1 if status == "fail" else 0)
+
+
+def test_federated_token_command_is_resolved_not_run(home: Home, aad_authority: SimulatedAuthority, aad_tls: Tls,
+                                                     tmp_path: Path) -> None:
+    """If a federated profile's token_command names no program on PATH or a file that is not executable, then its
+    credential check fails saying which; an executable one is ok, and doctor never runs it."""
+    ran = tmp_path / "ran"
+    script = write_private(tmp_path / "get-token", f"#!/bin/sh\ntouch {ran}\necho x.y.z\n", 0o600)
+    add_federated(home, aad_authority, aad_tls, "--token-command", f"{script} --audience api://AzureADTokenExchange")
+    code, findings = doctor(home.env, "fed")
+    credential = finding(findings, "credential")
+    assert code == 1 and "is not an executable file" in credential["message"] and str(script) in credential["message"]
+    os.chmod(script, 0o700)
+    code, findings = doctor(home.env, "fed")
+    assert code == 0 and verdict(findings, "credential") == "ok"
+    home.aadhelper("profile", "remove", "fed")
+    add_federated(home, aad_authority, aad_tls, "--token-command", "no-such-oidc-helper-xyz")
+    code, findings = doctor(home.env, "fed")
+    credential = finding(findings, "credential")
+    assert code == 1 and "'no-such-oidc-helper-xyz' is not found on PATH" in credential["message"]
+    assert not ran.exists()
+
+
+def add_identity(home: Home, *extra: str) -> None:
+    home.aadhelper("profile", "add", "vm", "--credential", "managed_identity", "--scope",
+                   "https://management.azure.com/.default", *extra)
+
+
+def test_managed_identity_endpoint_that_nothing_serves_fails(home: Home) -> None:
+    """If a managed-identity profile's endpoint accepts no connection, then its credential check fails saying there
+    is no managed identity here."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    add_identity(home, "--source", "imds", "--endpoint", f"http://127.0.0.1:{port}/metadata/identity/oauth2/token")
+    code, findings = doctor(home.env, "vm")
+    credential = finding(findings, "credential")
+    assert code == 1 and credential["status"] == "fail"
+    assert "source imds (set in the profile)" in credential["message"] and "connection refused" in \
+        credential["message"]
+    assert "no managed identity here" in credential["fix"]
+
+
+def test_managed_identity_detected_from_this_shell_warns(home: Home, aad_authority: SimulatedAuthority) -> None:
+    """If a managed-identity profile's source is detected from this shell's IDENTITY_ENDPOINT/IDENTITY_HEADER, then
+    its credential check says so and warns that the daemon detects from its own environment; the endpoint is asked
+    for no token and its secret header is not printed. With the header missing, it fails."""
+    with SimulatedManagedIdentity(aad_authority, source="app_service", tenant=TENANT) as endpoint:
+        env = dict(home.env, IDENTITY_ENDPOINT=endpoint.endpoint, IDENTITY_HEADER=endpoint.header)
+        add_identity(home)
+        code, findings = doctor(env, "vm", secrets=(endpoint.header,))
+        credential = finding(findings, "credential")
+        assert code == 0 and credential["status"] == "warn", [f for f in findings if f["status"] != "ok"]
+        assert "source app_service (detected from this shell's environment)" in credential["message"]
+        assert "the daemon detects the source from its own environment" in credential["message"]
+        assert [(r.resource, r.status) for r in endpoint.requests] == [(None, 401)] * 2  # --json, then text
+        home.aadhelper("profile", "remove", "vm")
+        add_identity(home, "--source", "app_service")
+        code, findings = doctor(dict(env, IDENTITY_HEADER=""), "vm")
+        credential = finding(findings, "credential")
+        assert code == 1 and "IDENTITY_HEADER (the endpoint's secret) is not set" in credential["message"]
+
+
+def test_managed_identity_set_in_the_profile_and_answering_is_ok(home: Home,
+                                                                 aad_authority: SimulatedAuthority) -> None:
+    """If a managed-identity profile names its source and its endpoint accepts connections, then its credential
+    check is ok."""
+    with SimulatedManagedIdentity(aad_authority, source="imds", tenant=TENANT) as endpoint:
+        add_identity(home, "--source", "imds", "--endpoint", endpoint.endpoint)
+        code, findings = doctor(home.env, "vm")
+        assert code == 0 and verdict(findings, "credential") == "ok"
+        assert all(request.resource is None for request in endpoint.requests)
 
 
 # -- the authority, TLS and the clock ------------------------------------------------------------------------------

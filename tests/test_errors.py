@@ -51,3 +51,22 @@ def test_every_exit_code_is_documented() -> None:
     documented = {code for code, _ in errors.EXIT_CODES}
     classes = [cls for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, AadhelperError)]
     assert {cls.exit_code for cls in classes} <= documented
+
+
+def test_exit_9_says_what_exits_9() -> None:
+    """If git hands the credential helper something that is not a credential dialogue, then it exits 9 with one
+    line, and exit 9's meaning in `aadhelper --help` (EXIT_CODES, which the man page shows too) names that cause
+    as well as the client-daemon and daemon-fetcher links."""
+    import subprocess
+
+    from aadhelper import paths
+
+    helper = subprocess.run([*paths.console_script(), "git-credential", "get"], input="garbage\n\n",
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert helper.returncode == 9 and helper.stderr.count("\n") == 1
+    usage = subprocess.run([*paths.console_script(), "--help"], capture_output=True, text=True, timeout=60,
+                           check=True).stdout
+    meaning = " ".join(usage.split("\n    9  ", 1)[1].split("\n   10  ", 1)[0].split())
+    for cause in ("between client and daemon", "different aadhelper versions", "token fetcher",
+                  "from git to the credential helper"):
+        assert cause in meaning

@@ -187,6 +187,37 @@ def test_child_environment_holds_no_token_or_secret(env: dict[str, str], app_sec
     assert first["IDENTITY_HEADER"] != second["IDENTITY_HEADER"]
 
 
+AZ_SHIM_SCRIPT = """
+    import json, os, shutil, stat, subprocess
+    from azure.identity import AzureCliCredential
+    az = shutil.which("az")
+    out = {"az": az, "mode": stat.S_IMODE(os.stat(os.path.dirname(az)).st_mode),
+           "tokens": {r: list(AzureCliCredential().get_token(r + "/.default")) for r in (%r, %r)}}
+    print(json.dumps(out))
+"""
+
+
+def test_az_shim_gives_the_child_an_az_with_the_daemons_tokens(env: dict[str, str], authority: SimulatedAuthority,
+                                                                 tmp_path: Path) -> None:
+    """If a child under `aadhelper exec --az-shim` runs azure-identity's AzureCliCredential, then it finds an `az`
+    in a private (0700) directory first on its PATH and gets exactly the daemon's token and expiry for each of two
+    resources; the directory is gone when exec ends, and `-- az ...` runs that shim too."""
+    env = dict(env, PATH=os.pathsep.join(["/usr/bin", "/bin"]))  # no real az anywhere
+    with DaemonProcess(env):
+        out = child_json(run_exec(env, AZ_SHIM_SCRIPT % (ARM, GRAPH), "--az-shim"))
+        for resource in (ARM, GRAPH):
+            reply = json.loads(cli(env, "token", "graph", "--scope", f"{resource}/.default", "--json",
+                                   check=True).stdout)
+            sensitive(reply["access_token"])
+            assert out["tokens"][resource] == [reply["access_token"], reply["expires_on"]]
+        assert authority.count("token") == 2
+        direct = cli(env, "exec", "graph", "--az-shim", "--", "az", "account", "get-access-token", "--resource",
+                     ARM, check=True)
+        assert json.loads(direct.stdout)["accessToken"] == out["tokens"][ARM][0]
+    assert os.path.basename(out["az"]) == "az" and out["mode"] == 0o700
+    assert not os.path.exists(os.path.dirname(out["az"]))
+
+
 def test_endpoint_refuses_after_the_command_exits(env: dict[str, str]) -> None:
     """If CMD exits, then its endpoint's port refuses connections."""
     with DaemonProcess(env):

@@ -26,6 +26,7 @@ from aadhelper.fetcher.parent import ChildProcess, _Child
 from aadhelper.fetcher.wire import LineLink, profile_from_wire, profile_to_wire, token_from_wire, token_to_wire
 from aadhelper.secret_store import MemorySecretStore
 from aadhelper.testing import SimulatedAuthority
+from aadhelper.testing import daemon_process as testing_daemon
 from aadhelper.tokens import Secret, Token
 from tests.harness import (
     FETCHER_APP as APP,
@@ -235,6 +236,29 @@ def test_daemon_forks_its_fetcher_and_restarts_it_after_a_crash(daemon_env: dict
         log = daemon.log()
     assert f"token fetcher forked (pid {first})" in log
     assert f"token fetcher started (pid {second})" in log
+
+
+@pytest.mark.requires("secret-service")
+def test_every_fetcher_logs_at_the_configured_level(daemon_env: dict[str, str]) -> None:
+    """If the config says `[daemon] log_level = "debug"` (no -v), then the forked fetcher and the one started after
+    it was killed both log at debug level, as the daemon does."""
+    with open(daemon_env["AADHELPER_CONFIG"], "a") as config:
+        config.write('\n[daemon]\nlog_level = "debug"\n')
+    log_path = Path(daemon_env["AADHELPER_STATE_DIR"]) / "daemon-log-level.log"
+    daemon = testing_daemon.DaemonProcess(daemon_env, log_path).start()  # without the harness's -v
+    try:
+        running = re.compile(r"DEBUG aadhelper\.fetcher: token fetcher running \(pid (\d+),")
+        wait_until(lambda: running.search(daemon.log()), timeout=30)
+        first = int(running.findall(daemon.log())[0])
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: f"token fetcher (pid {first}) stopped" in daemon.log(), timeout=30)
+        client.invalidate("graph", socket_path=daemon.socket_path)
+        cli(daemon_env, "header", "graph", check=True)
+        wait_until(lambda: len(running.findall(daemon.log())) == 2, timeout=30)
+        second = int(running.findall(daemon.log())[1])
+        assert second != first and f"token fetcher started (pid {second})" in daemon.log()
+    finally:
+        daemon.stop()
 
 
 @pytest.mark.requires("secret-service")

@@ -127,3 +127,13 @@ def test_no_import_cycles_between_modules() -> None:
 
     cycles = [module for module in graph if module and reaches(module, module, set())]
     assert not cycles, f"modules that import themselves back: {sorted(cycles)}"
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    """If a module imports a name from another aadhelper module, then that name is public (no leading underscore):
+    what two modules share has one documented home, not a private helper reached into from outside."""
+    wrong = [f"aadhelper.{module_name(path)} imports {alias.name} from {'.' * node.level}{node.module or ''}"
+             for path in sorted(ROOT.rglob("*.py")) for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("aadhelper"))
+             for alias in node.names if alias.name.startswith("_") and not alias.name.startswith("__")]
+    assert not wrong, "\n".join(wrong)

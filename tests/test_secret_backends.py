@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from aadhelper import paths
 from aadhelper.errors import ConfigError
 from aadhelper.secret_service import APPLICATION, SecretServiceKeyring
 from aadhelper.secret_store import (
@@ -35,7 +36,7 @@ from aadhelper.secret_store import (
     open_secret_store,
 )
 from aadhelper.tokens import Secret
-from tests.harness import KIND, assert_no_secret, token
+from tests.harness import GRAPH_PROFILE, KIND, assert_no_secret, cli_env, run, token
 
 # -- the Secret Service reached directly ---------------------------------------------------------------------
 
@@ -223,12 +224,16 @@ except AadhelperError as exc:
 """
 
 
+#: What our line says for keyring's NoKeyringError (its own text is advice for keyring's users: secret_store._describe).
+NO_BACKEND = "(keyring found no Secret Service or other usable backend)"
+
+
 @pytest.mark.parametrize(("setting", "expected"), [
-    ("config fail", ("keyring_unavailable", "no Secret Service or other usable backend")),
+    ("config fail", ("keyring_unavailable", NO_BACKEND)),
     ("config secret service", ("ok", "keyring.backends.SecretService.Keyring (direct)")),
     ("env missing module", ("keyring_unavailable", "cannot load the configured keyring backend "
                                                    "(ModuleNotFoundError: No module named 'nowhere')")),
-    ("no bus", ("keyring_unavailable", "no Secret Service or other usable backend")),
+    ("no bus", ("keyring_unavailable", NO_BACKEND)),
 ])
 def test_configured_backend_is_honoured(isolated_env: dict[str, str], require: Callable[[str], None],
                                         setting: str, expected: tuple[str, str]) -> None:
@@ -280,9 +285,31 @@ def test_no_keyring_backend_is_keyring_unavailable(isolated_env: dict[str, str])
     assert [(name, code) for name, code, _ in replies] == [
         ("get", "keyring_unavailable"), ("set", "keyring_unavailable"), ("delete", "keyring_unavailable")]
     for _, _, line in replies:
-        assert "client_secret of profile 'work'" in line and "no Secret Service or other usable backend" in line
+        assert "client_secret of profile 'work'" in line and NO_BACKEND in line
         assert "PYTHON_KEYRING_BACKEND" in line and '"Headless machines" in aadhelper\'s README' in line
         assert "\n" not in line
+    assert_no_secret(result.stdout + result.stderr, Secret(secret))
+
+
+def test_backend_asking_for_its_password_without_a_terminal_is_one_line(isolated_env: dict[str, str]) -> None:
+    """If the keyring backend asks for its own password with getpass (keyrings.alt's EncryptedKeyring) and there is
+    no terminal, then `secret set` ends with one KeyringLocked line (exit 4) naming the profile and what to do, not
+    getpass's EOFError traceback, and the secret is not shown."""
+    secret = token(40)
+    env = cli_env(isolated_env)
+    assert run(env, *GRAPH_PROFILE).returncode == 0
+    env.update(PYTHON_KEYRING_BACKEND="tests.prompting_keyring.PromptingKeyring", AADHELPER_SECRET_STORE="keyring",
+               PYTHONPATH=str(Path(__file__).parent.parent))
+    result = subprocess.run([*paths.console_script(), "secret", "set", "graph"], env=env, input=secret + "\n",
+                            capture_output=True, text=True, timeout=60, check=False,
+                            start_new_session=True)  # no controlling terminal: getpass falls back to stdin
+    assert result.returncode == 4 and "Traceback" not in result.stderr, result.stderr
+    # Before it, only what getpass itself wrote: its warning and the backend's prompt (no newline after it).
+    assert result.stderr.count("aadhelper: ") == 1 and result.stderr.endswith("\n"), result.stderr
+    ours = "aadhelper: " + result.stderr.split("aadhelper: ")[1]
+    assert ours.count("\n") == 1 and ours.startswith("aadhelper: the OS keyring is locked: cannot store the "
+                                                      "client_secret of profile 'graph'")
+    assert "run the command in a terminal" in ours
     assert_no_secret(result.stdout + result.stderr, Secret(secret))
 
 

@@ -99,6 +99,15 @@ def test_checked_in_units_are_the_portable_rendering(home: dict[str, str], tmp_p
     assert "ExecStart=/usr/bin/env aadhelper daemon\n" in (CHECKED_IN / service.SERVICE_UNIT).read_text()
 
 
+def test_units_point_at_no_documentation_that_does_not_exist(home: dict[str, str], tmp_path: Path) -> None:
+    """If the units are rendered, then they name no Documentation= (the project has no web page, and the man page
+    is only where man(1) finds it once the user installs it), so `systemctl status` shows no dead link."""
+    result = install(home, "install", "--portable", "--unit-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    for name in UNITS:
+        assert "Documentation=" not in (tmp_path / name).read_text()
+
+
 @needs_analyze
 @pytest.mark.parametrize("xdg_config_home", [True, False], ids=["XDG_CONFIG_HOME", "HOME-only"])
 def test_install_writes_verifiable_units_for_this_installation(home: dict[str, str], xdg_config_home: bool) -> None:

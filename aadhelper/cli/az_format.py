@@ -26,9 +26,15 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
+#: The examples of ``aadhelper az --help`` (below) and of the argparse tree's ``az`` (the man page: cli/tree.py).
+EXAMPLES = ("aadhelper az account get-access-token --profile arm --resource https://management.azure.com",
+            "aadhelper az install-shim ~/.local/lib/aadhelper-az --profile arm && "
+            "export PATH=\"$HOME/.local/lib/aadhelper-az:$PATH\"")
+#: All of ``aadhelper az --help``: the two command lines, and the examples.
 USAGE = ("usage: aadhelper az [--profile PROFILE] account get-access-token [--resource RESOURCE | --scope SCOPE "
          "[SCOPE ...]] [--tenant TENANT | --subscription SUBSCRIPTION] [--output json]\n"
-         "       aadhelper az install-shim --profile PROFILE [--force] DIR")
+         "       aadhelper az install-shim --profile PROFILE [--force] DIR\n\nexamples:\n"
+         + "\n".join(f"  {line}" for line in EXAMPLES))
 _ANSWERS = "the aadhelper az shim answers only `az account get-access-token`"
 _HINT = "see `aadhelper az --help`"
 

@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                              "memory is for tests and demos")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details (never secrets)")
     parser.set_defaults(func=run)
-    # prog given: argparse would otherwise build the actions' names from the two-line usage above.
+    # prog given: argparse would otherwise build the actions' prog from the two-line usage above, and their --help,
+    # usage errors and man page sections would be named by it.
     actions = parser.add_subparsers(dest="daemon_action", metavar="ACTION", prog="aadhelper daemon")
     for name, help_text, handler in (
             ("start", "start the daemon in the background (nothing to do when one answers)", _start),

@@ -19,10 +19,10 @@ The signals are blocked in exec (before any endpoint thread exists, so no thread
 ``sigtimedwait``, which also says who sent each; CMD starts with an empty signal mask and default dispositions
 for the signals Python ignores (SIGPIPE, SIGXFSZ), as a shell would give it.
 
-``--az-shim`` (an ``az`` on CMD's PATH that runs ``aadhelper az``) is not offered yet: the shim writer belongs to
-the ``aadhelper az`` work. :func:`child_path_dirs` is the hook: when ``aadhelper.az_shim`` provides
-``write_shim(directory, profile)``, a flag added in :func:`register` can call it for a temporary directory and
-prepend that directory here.
+``--az-shim`` also puts an ``az`` first on CMD's PATH that answers ``az account get-access-token`` with PROFILE's
+tokens (:func:`aadhelper.cli.az.write_az_shim`), for what in CMD shells out to the Azure CLI (AzureCliCredential,
+scripts): it lives in a private temporary directory (0700, :func:`child_path_dirs`) removed when exec ends, and a
+CMD named without a slash is looked up on CMD's PATH, so ``-- az ...`` itself runs the shim.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 
 from .. import client, protocol
 from ..config import load_config
@@ -39,7 +41,7 @@ from ..errors import UsageError
 from ..mi_endpoint import Endpoint, child_environment
 from .common import say
 
-USAGE = "aadhelper exec PROFILE [--scope SCOPE ...] -- CMD [ARG ...]"
+USAGE = "aadhelper exec PROFILE [--scope SCOPE ...] [--az-shim] -- CMD [ARG ...]"
 #: Signals forwarded to CMD (SIGQUIT too: a Ctrl-backslash that CMD handles, e.g. a JVM's thread dump, must not
 #: kill exec and its endpoint under CMD); SIGCHLD only wakes the wait.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
@@ -63,6 +65,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--scope", action="append", metavar="SCOPE",
                         help="serve only these scopes' resources (repeatable; e.g. https://management.azure.com/"
                              ".default); default: any resource the profile's app may use")
+    parser.add_argument("--az-shim", action="store_true",
+                        help="also put an `az` first on CMD's PATH that answers `az account get-access-token` with "
+                             "PROFILE's tokens (AzureCliCredential, scripts); removed when exec ends")
+    # Shown in --help and the man page, and parsed (the examples are held to the parser); run_exec takes CMD from
+    # after `--` itself, before argparse could read CMD's own options as exec's.
+    parser.add_argument("command", nargs="*", metavar="CMD", help="the command to run, after `--`")
     parser.set_defaults(func=lambda args: _missing_command())
 
 
@@ -79,33 +87,45 @@ def run_exec(argv: Sequence[str], build_parser: Callable[[], argparse.ArgumentPa
     args = build_parser().parse_args(["exec", *options])  # --help exits here; bad options raise UsageError
     if not command:
         _missing_command()
-    return execute(args.profile, args.scope, command)
+    return execute(args.profile, args.scope, command, az_shim=args.az_shim)
 
 
 def _missing_command() -> int:
     raise UsageError("exec: no command: put it after `--`", hint=f"usage: {USAGE}")
 
 
-def child_path_dirs(profile: str) -> list[str]:
-    """Directories to put first on CMD's PATH (the ``--az-shim`` hook; none until the shim writer exists)."""
-    del profile
-    return []
+@contextlib.contextmanager
+def child_path_dirs(profile: str, *, az_shim: bool) -> Iterator[list[str]]:
+    """Directories to put first on CMD's PATH while it runs: with ``az_shim``, a private temporary one (0700, as
+    mkdtemp makes it) holding the ``az`` shim of ``profile``, removed on exit whatever happens."""
+    if not az_shim:
+        yield []
+        return
+    from .az import write_az_shim
+
+    with tempfile.TemporaryDirectory(prefix="aadhelper-az-shim-") as directory:
+        write_az_shim(directory, profile)
+        yield [directory]
 
 
-def execute(profile_name: str, scopes: list[str] | None, command: list[str]) -> int:
+def execute(profile_name: str, scopes: list[str] | None, command: list[str], *, az_shim: bool = False) -> int:
     """Run ``command`` with the endpoint of ``profile_name``; CMD's exit status (module docstring)."""
     profile = load_config().profile(profile_name)  # an unknown profile fails here, before CMD runs
     client.call(protocol.request("ping"), autostart=True)  # likewise a daemon that cannot start
     wanted = {*FORWARDED, signal.SIGCHLD}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
     try:
-        with Endpoint(profile.name, client_id=profile.client_id, scopes=scopes) as endpoint:
+        with (Endpoint(profile.name, client_id=profile.client_id, scopes=scopes) as endpoint,
+              child_path_dirs(profile.name, az_shim=az_shim) as extra):
             env = child_environment(os.environ, endpoint.url, endpoint.secret)
-            extra = child_path_dirs(profile.name)
+            program = command[0]
             if extra:
                 env["PATH"] = os.pathsep.join([*extra, env.get("PATH", os.defpath)])
+                # posix_spawnp searches exec's own PATH, not the one CMD is given.
+                if os.sep not in program:
+                    program = shutil.which(program, path=env["PATH"]) or program
             try:
-                pid = os.posix_spawnp(command[0], command, env, setsigmask=(), setsigdef=RESTORED)
+                pid = os.posix_spawnp(program, command, env, setsigmask=(), setsigdef=RESTORED)
             except FileNotFoundError:
                 say(f"exec: {command[0]}: command not found")
                 return NOT_FOUND

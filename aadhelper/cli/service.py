@@ -33,7 +33,6 @@ from .common import systemctl_failure, user_manager_answers
 
 #: The command checked-in units run: whatever ``aadhelper`` the user manager's PATH finds.
 PORTABLE_COMMAND = ("/usr/bin/env", "aadhelper")
-DOCUMENTATION = "https://pypi.org/project/aadhelper/"
 
 _MARKER = "# Managed by `aadhelper service install` (sha256:{digest})."
 _MARKER_RE = re.compile(r"# Managed by `aadhelper service install` \(sha256:(?P<digest>[0-9a-f]{16})\)\.")
@@ -44,10 +43,11 @@ _PREAMBLE = """\
 
 # Modelled on gpg-agent's user units: the user manager owns the socket, so clients can connect before the daemon
 # runs and across its restarts; the daemon starts on the first connection.
+# No Documentation=: the project has no web page, and the manual page (`aadhelper man`) is not installed where
+# man(1) finds it unless the user puts it there (systemd-analyze verify then warns of a man: link that fails).
 _SOCKET_TEMPLATE = """\
 [Unit]
 Description=aadhelper credential daemon socket (Entra ID access tokens)
-Documentation={documentation}
 
 [Socket]
 # %t is $XDG_RUNTIME_DIR: the same path `aadhelper` clients compute (aadhelper.paths.socket_path).
@@ -64,7 +64,6 @@ WantedBy=sockets.target
 _SERVICE_TEMPLATE = """\
 [Unit]
 Description=aadhelper credential daemon (Entra ID access tokens)
-Documentation={documentation}
 Requires={socket}
 After={socket}
 
@@ -151,8 +150,8 @@ def exec_start(command: Sequence[str]) -> str:
 def render_units(command: Sequence[str]) -> dict[str, str]:
     """The unit files (name -> text) whose service runs ``command daemon``."""
     bodies = {
-        SOCKET_UNIT: _SOCKET_TEMPLATE.format(documentation=DOCUMENTATION),
-        SERVICE_UNIT: _SERVICE_TEMPLATE.format(documentation=DOCUMENTATION, socket=SOCKET_UNIT,
+        SOCKET_UNIT: _SOCKET_TEMPLATE,
+        SERVICE_UNIT: _SERVICE_TEMPLATE.format(socket=SOCKET_UNIT,
                                                exec_start=exec_start(command)),
     }
     return {name: _with_marker(_PREAMBLE.format(name=name) + "\n" + body) for name, body in bodies.items()}

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterator
 
+from . import az_format
+
 #: Examples shown at the end of each subcommand's --help, by command path. A subcommand without an entry here
 #: can carry its own ``epilog`` (tests/test_cli_help.py checks that every one has examples).
 EXAMPLES: dict[str, tuple[str, ...]] = {
@@ -59,6 +61,19 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "completion": ("aadhelper completion bash > ~/.local/share/bash-completion/completions/aadhelper",
                    "aadhelper completion zsh > ~/.zfunc/_aadhelper",
                    "aadhelper completion fish > ~/.config/fish/completions/aadhelper.fish"),
+    "exec": ("aadhelper exec arm -- python deploy.py    # DefaultAzureCredential in deploy.py gets arm's tokens",
+             "aadhelper exec --scope https://management.azure.com/.default arm -- terraform plan",
+             "aadhelper exec --az-shim arm -- ./deploy.sh    # its `az account get-access-token` too"),
+    "kubectl-credential": ("aadhelper kubeconfig aks --kubeconfig ~/.kube/config --context my-aks    # kubectl "
+                           "then runs it",
+                           "KUBERNETES_EXEC_INFO='{\"apiVersion\":\"client.authentication.k8s.io/v1\",\"kind\":"
+                           "\"ExecCredential\",\"spec\":{\"interactive\":false}}' aadhelper kubectl-credential aks"),
+    "kubeconfig": ("aadhelper kubeconfig aks    # prints the users: entry",
+                   "aadhelper kubeconfig aks --kubeconfig ~/.kube/config --context my-aks",
+                   "aadhelper kubeconfig aks --server-id SERVER_APP_ID --kubeconfig ./kubeconfig --context dev"),
+    "az": az_format.EXAMPLES,  # also in `aadhelper az --help`, which az's own parser answers
+    "man": ("aadhelper man | man -l -",
+            "aadhelper man > ~/.local/share/man/man1/aadhelper.1"),
 }
 
 VERBOSE_HELP = "say on stderr what was asked, of whom, and how long it took"

@@ -25,9 +25,13 @@ CLOCK_FAIL = 300.0
 
 
 def authority_groups(profiles: Iterable[Profile]) -> list[list[Profile]]:
-    """Profiles that reach the same discovery document the same way (CA, proxy): one request for each group."""
+    """Profiles that reach the same discovery document the same way (CA, proxy): one request for each group.
+    Managed-identity profiles are left out: their tokens come from the identity endpoint, never from the authority
+    (their credential check probes that endpoint)."""
     groups: dict[tuple[Any, ...], list[Profile]] = {}
     for profile in profiles:
+        if profile.credential == "managed_identity":
+            continue
         key = (profile.authority, profile.tenant.lower(), profile.ca_bundle, profile.proxy)
         groups.setdefault(key, []).append(profile)
     return list(groups.values())

@@ -29,6 +29,7 @@ from typing import Any
 import trio
 
 from .. import protocol
+from ..config import LOG_LEVELS
 from ..errors import AadhelperError, ConfigError, ProtocolError
 from ..process_setup import configure_logging, harden_process, run_at_idle_priority, set_process_name
 from ..secret_store import SecretStore, open_secret_store
@@ -47,9 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build", required=True, help="the daemon's build id (the fetcher must be the same)")
     parser.add_argument("--secret-store", choices=("keyring", "memory"))
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="the daemon's log level")
     args = parser.parse_args(argv)
     return run(socket.socket(fileno=args.fd), secret_store=args.secret_store, verbose=args.verbose,
-               daemon_build=args.build)
+               log_level=args.log_level, daemon_build=args.build)
 
 
 def preload() -> None:
@@ -59,10 +61,11 @@ def preload() -> None:
     from ..grants import certificate, client_credentials, managed_identity, refresh_token  # noqa: F401
 
 
-def run(sock: socket.socket, *, secret_store: str | None, verbose: bool, daemon_build: str | None = None) -> int:
+def run(sock: socket.socket, *, secret_store: str | None, verbose: bool, log_level: str = "info",
+        daemon_build: str | None = None) -> int:
     """The fetcher process's life, forked (``daemon_build`` None: the daemon's own code) or executed: answer on
-    ``sock`` until the daemon hangs up."""
-    configure_logging(verbose)
+    ``sock`` until the daemon hangs up, logging at the daemon's ``log_level``."""
+    configure_logging(verbose, log_level)
     harden_process()
     set_process_name("aadhelper-fetch")
     priority = run_at_idle_priority()  # before trio starts threads: they inherit it

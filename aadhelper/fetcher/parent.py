@@ -238,9 +238,11 @@ class FetcherStopped(AadhelperError):
 class ProcessFetcher:
     """A :class:`~aadhelper.fetcher.Fetcher` whose work runs in a child process."""
 
-    def __init__(self, *, secret_store: str | None = None, verbose: bool = False) -> None:
+    def __init__(self, *, secret_store: str | None = None, verbose: bool = False, log_level: str = "info") -> None:
         self._secret_store = secret_store
         self._verbose = verbose
+        #: The daemon's log level (``AADHELPER_LOG_LEVEL``/``[daemon] log_level``), which every fetcher logs at.
+        self._log_level = log_level
         self._early: tuple[ChildProcess, socket.socket] | None = None
         self._child: _Child | None = None
         self._nursery_cm: Any = None
@@ -264,7 +266,8 @@ class ProcessFetcher:
             try:
                 ours.close()
                 _keep_only_standard_fds_and(theirs.fileno())
-                code = fetcher_child.run(theirs, secret_store=self._secret_store, verbose=self._verbose)
+                code = fetcher_child.run(theirs, secret_store=self._secret_store, verbose=self._verbose,
+                                         log_level=self._log_level)
             except BaseException:  # nothing may escape into the daemon's code
                 log.exception("the token fetcher failed")
             finally:
@@ -367,6 +370,7 @@ class ProcessFetcher:
             argv += ["--secret-store", self._secret_store]
         if self._verbose:
             argv.append("--verbose")
+        argv += ["--log-level", self._log_level]
         try:
             with theirs:
                 os.set_inheritable(theirs.fileno(), True)

@@ -104,7 +104,7 @@ class CertificateSource(AppCredentialSource):
     def _check(self, summary: CertificateSummary, now: float, *, warn: bool = True) -> None:
         profile = self._profile
         source = f"the certificate of profile {profile.name!r}"
-        check_validity(summary, now, source=source, profile=profile.name, fix=_fix(profile))
+        check_validity(summary, now, source=source, profile=profile.name, fix=renewal_fix(profile))
         key = (profile.name, summary.sha256_thumbprint)
         if warn and summary.expiring(now) and key not in _warned:
             _warned.add(key)
@@ -115,7 +115,8 @@ class CertificateSource(AppCredentialSource):
         return f"CertificateSource(profile={self._profile.name!r})"
 
 
-def _fix(profile: Profile) -> str:
+def renewal_fix(profile: Profile) -> str:
+    """What to do about the profile's certificate expiring or expired (the file it is deployed to, or the keyring)."""
     if profile.certificate is not None and profile.certificate.path is not None:
         return f"deploy a renewed certificate to {profile.certificate.path} and upload it to the app registration"
     return (f"upload a new certificate to the app registration, then `aadhelper secret set {profile.name} "

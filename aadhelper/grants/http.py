@@ -365,7 +365,7 @@ def _transport_error(exc: httpx.HTTPError, url: str, profile: str, *, replied: b
         host = f"{host} through the proxy {proxy.shown_url()} ({where})"
     for cause in _causes(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):
-            reason = _printable(cause.verify_message or str(cause), 200)
+            reason = printable(cause.verify_message or str(cause), 200)
             return ConfigError(f"the TLS certificate of {peer} at {host} does not verify ({reason})",
                                profile=profile, hint=_TLS_HINT)
     reason = _reason(exc)
@@ -405,12 +405,12 @@ def _reason(exc: BaseException) -> str:
     for cause in _causes(exc):
         # Both are OSErrors whose errno is no errno: an OpenSSL error code, a resolver (EAI_*) code.
         if isinstance(cause, ssl.SSLError):
-            return "TLS error: " + (_printable(cause.reason or str(cause), 80) or "").lower().replace("_", " ")
+            return "TLS error: " + (printable(cause.reason or str(cause), 80) or "").lower().replace("_", " ")
         if isinstance(cause, socket.gaierror):
-            return _printable(cause.strerror or str(cause), 80) or "the name does not resolve"
+            return printable(cause.strerror or str(cause), 80) or "the name does not resolve"
         if isinstance(cause, OSError) and cause.errno and cause.errno > 0:
             return os.strerror(cause.errno).lower()
-    return _printable(str(exc), 120) or type(exc).__name__
+    return printable(str(exc), 120) or type(exc).__name__
 
 
 #: What a failed connect means, by errno, in words that tell refused from unreachable from timed out.
@@ -438,7 +438,7 @@ def _connect_failure(exc: httpx.HTTPError, reason: str) -> str:
 def raise_for_error(status: int, headers: Mapping[str, str], body: Mapping[str, Any] | None, *,
                     profile: str, action: str = "token request") -> None:
     """Raise the aadhelper error for a non-200 reply (or a 200 that carries an ``error``)."""
-    error = _printable(body.get("error"), 80) if body else None
+    error = printable(body.get("error"), 80) if body else None
     if status == 200 and not error:
         return
     retry_after = parse_retry_after(headers.get("retry-after"))
@@ -491,11 +491,13 @@ def _summary(body: Mapping[str, Any] | None) -> str:
     text = re.split(r"\r?\n|\s+Trace ID:", text, maxsplit=1)[0]
     sentence = re.match(r"(.+?\.)(\s|$)", text)
     text = sentence.group(1) if sentence else text
-    return _printable(text, 200) or ""
+    return printable(text, 200) or ""
 
 
-def _printable(value: object, limit: int) -> str | None:
-    """Text from the authority made safe for a one-line message: printable and bounded (None if not text)."""
+def printable(value: object, limit: int) -> str | None:
+    """Text from a peer (the authority, a managed-identity endpoint, a TLS or resolver error) made safe for a
+    one-line message: every character that is not printable (newlines, escapes, controls) becomes a space, and at
+    most ``limit`` characters are kept. None when ``value`` is not text (a JSON number, null, an object)."""
     if not isinstance(value, str):
         return None
     return "".join(ch if ch.isprintable() else " " for ch in value)[:limit]
@@ -541,7 +543,7 @@ def parse_token_reply(body: Mapping[str, Any] | None, *, scopes: tuple[str, ...]
     # We send the token as "Bearer <token>". Entra issues Bearer, or "pop" only when a proof-of-possession token
     # is asked for (never here); a token of another type does not work as a Bearer header at Graph or ARM.
     if token_type.lower() != "bearer":
-        raise malformed(f"token_type {_printable(token_type, 20)!r} is not Bearer")
+        raise malformed(f"token_type {printable(token_type, 20)!r} is not Bearer")
     expires_in = _lifetime(body.get("expires_in"))
     if expires_in is None:
         raise malformed("bad expires_in")
@@ -568,7 +570,7 @@ def parse_token_reply(body: Mapping[str, Any] | None, *, scopes: tuple[str, ...]
 def account_of(id_token: str) -> str | None:
     """The signed-in account an id token names (``preferred_username``), for display and git usernames only: the
     token is not verified, and nothing is decided by it."""
-    claims = _id_token_claims(id_token)
+    claims = unverified_claims(id_token)
     for key in ("preferred_username", "upn", "email", "name"):
         value = claims.get(key)
         if isinstance(value, str) and value.isprintable() and 0 < len(value) <= 256:
@@ -578,13 +580,15 @@ def account_of(id_token: str) -> str | None:
 
 def tenant_of(id_token: str) -> str | None:
     """The tenant (``tid``) an id token's account signed in to, for display only (not verified, as above)."""
-    value = _id_token_claims(id_token).get("tid")
+    value = unverified_claims(id_token).get("tid")
     return value if isinstance(value, str) and value.isprintable() and 0 < len(value) <= 256 else None
 
 
-def _id_token_claims(id_token: str) -> dict[str, Any]:
+def unverified_claims(jwt: str) -> dict[str, Any]:
+    """The claims of a JWT, read without verifying its signature (for display and checks of our own, never for a
+    decision the token's issuer should make); empty when it is not a JWT with a JSON object as its payload."""
     try:
-        payload = id_token.split(".")[1]
+        payload = jwt.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (IndexError, ValueError, RecursionError):
         return {}

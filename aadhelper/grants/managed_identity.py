@@ -42,7 +42,7 @@ import httpx
 from ..config import ManagedIdentity, Profile
 from ..errors import AuthenticationFailed, AuthorityUnavailable, ConfigError
 from ..tokens import Secret, TokenResponse
-from .http import _printable, get_json, parse_retry_after, parse_token_reply
+from .http import get_json, parse_retry_after, parse_token_reply, printable
 
 #: api-version of each source's token request.
 API_VERSIONS: Mapping[str, str] = {"imds": "2018-02-01", "app_service": "2019-08-01", "arc": "2020-06-01"}
@@ -158,11 +158,11 @@ def read_arc_key(headers: Mapping[str, str], key_dir: str, profile: str) -> Secr
     realm = realm.strip().strip('"')
     if scheme.strip().lower() != "basic realm" or not realm:
         raise AuthenticationFailed(f"{_PEERS['arc']} answered 401 without a Basic realm challenge "
-                                   f"({_printable(challenge, 80) or 'no WWW-Authenticate header'})", profile=profile,
+                                   f"({printable(challenge, 80) or 'no WWW-Authenticate header'})", profile=profile,
                                    hint="check that the Azure Arc agent (himds) answers on that port")
     path = os.path.normpath(realm)
     if os.path.dirname(path) != key_dir or not path.endswith(".key"):
-        raise AuthenticationFailed(f"{_PEERS['arc']} pointed to the key file {_printable(realm, 120)!r}, which is "
+        raise AuthenticationFailed(f"{_PEERS['arc']} pointed to the key file {printable(realm, 120)!r}, which is "
                                    f"not a .key file in {key_dir}; refusing to read it", profile=profile,
                                    hint="something other than the Azure Arc agent may answer on its port")
     try:
@@ -200,7 +200,7 @@ def raise_for_reply(source: str, status: int, headers: Mapping[str, str], body: 
     retry_after = parse_retry_after(headers.get("retry-after"))
     later = f", retry after {retry_after:.0f} s" if retry_after is not None else ""
     common: dict[str, Any] = {"profile": profile, "retry_after": retry_after, "reason": said or None,
-                              "error": _printable(body.get("error"), 80) if body else None}
+                              "error": printable(body.get("error"), 80) if body else None}
     if status == 429:
         raise AuthorityUnavailable(f"{peer} throttled the request (HTTP 429{later}){detail}", hint=_RETRY_HINT,
                                    **common)
@@ -227,7 +227,7 @@ def _said(body: Mapping[str, Any] | None) -> str:
     if not body:
         return ""
     for key in ("error_description", "message", "error"):
-        text = _printable(body.get(key), 200)
+        text = printable(body.get(key), 200)
         if text:
             return text.strip()
     return ""
@@ -250,7 +250,7 @@ def token_of_reply(identity: ManagedIdentity, body: Mapping[str, Any] | None, *,
     if "expires_on" in body:
         expires_on = _epoch(body["expires_on"])
         if expires_on is None:
-            raise malformed(f"bad expires_on {_printable(str(body['expires_on']), 40)!r}: not whole epoch seconds")
+            raise malformed(f"bad expires_on {printable(str(body['expires_on']), 40)!r}: not whole epoch seconds")
         if expires_on <= now:
             raise malformed(f"expires_on {expires_on} is not in the future")
         normal["expires_in"] = expires_on - now
