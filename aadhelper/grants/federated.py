@@ -48,6 +48,7 @@ from ..config import FEDERATED_TOKEN_FILE_VARIABLE, FEDERATION_AUDIENCE, Profile
 from ..errors import AuthenticationFailed, AuthorityUnavailable, ConfigError, FederationRefused
 from ..tokens import TokenResponse, wipe
 from .client_credentials import AppCredentialSource, assertion_proof
+from .http import unverified_claims
 
 #: Longest a token command may run (seconds): azure-identity gives `az` 10 s; an OIDC endpoint answers in < 1 s.
 COMMAND_TIMEOUT = 10.0
@@ -111,7 +112,7 @@ class FederatedSource(AppCredentialSource):
             raw = await trio.to_thread.run_sync(read_token_file, profile.token_file, what, profile.name)
             shown["written"] = os.stat(profile.token_file).st_mtime
             try:
-                claims = _claims(jwt_assertion(raw, what, profile.name))
+                claims = unverified_claims(jwt_assertion(raw, what, profile.name))
             finally:
                 wipe(raw)
             shown.update({key: claims[key] for key in ("iss", "sub", "exp") if isinstance(claims.get(key), (str, int))})
@@ -224,16 +225,6 @@ def jwt_assertion(raw: bytes, what: str, profile: str) -> str:
                 return text
     raise _unavailable(f"{what} gave something that is not a JWT (expected three base64url parts separated by "
                        "dots)", profile)
-
-
-def _claims(assertion: str) -> dict[str, Any]:
-    """The (unverified) claims of a JWT already checked by :func:`jwt_assertion`; empty when unreadable."""
-    payload = assertion.split(".")[1]
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (ValueError, RecursionError):
-        return {}
-    return claims if isinstance(claims, dict) else {}
 
 
 def _when(epoch: float) -> str:
