@@ -39,21 +39,36 @@ def table_after(marker: str) -> list[str]:
     return rows[2:]  # header and separator
 
 
+def named_options(parser: argparse.ArgumentParser) -> list[str]:
+    """The options of a command the README must name: each long option, and a short one that has no long form."""
+    return [option for action in parser._actions if not isinstance(action, argparse._HelpAction)
+            for option in action.option_strings
+            if option.startswith("--") or not any(o.startswith("--") for o in action.option_strings)]
+
+
+def names(text: str, option: str) -> bool:
+    """Whether ``text`` names ``option`` (as `--opt ...`, `-v/--verbose` or `... --opt`)."""
+    return f"`{option}" in text or f"/{option}`" in text or f" {option}" in text
+
+
 def test_the_command_table_names_every_subcommand_and_option() -> None:
     """If the parser has a subcommand or an option, then the README's command table has a row for the subcommand
-    that names the option (add the row when you add a command)."""
+    that names the option (add the row when you add a command); an option every command has (-v/--verbose) is
+    named once, in the text above the table, instead of in every row."""
+    leaves = list(leaf_commands(build_parser()))
+    everywhere = set.intersection(*(set(named_options(parser)) for _, parser in leaves))
+    text = README.read_text()
+    intro = text[text.index("### Commands"):text.index("<!-- commands table")]
+    for option in sorted(everywhere):
+        assert names(intro, option), f"the text above the README's command table does not name {option}"
     rows = table_after("<!-- commands table")
-    for command, parser in leaf_commands(build_parser()):
+    for command, parser in leaves:
         matching = [row for row in rows if re.match(rf"\| `aadhelper {re.escape(command)}(`| )", row)]
         assert matching, f"the README's command table has no row for `aadhelper {command}`"
         (row,) = matching
-        for action in parser._actions:
-            if isinstance(action, argparse._HelpAction):
-                continue
-            for option in action.option_strings:
-                if option.startswith("--") or not any(o.startswith("--") for o in action.option_strings):
-                    assert f"`{option}" in row or f"/{option}`" in row or f" {option}" in row, \
-                        f"the README's row for `aadhelper {command}` does not name {option}"
+        for option in named_options(parser):
+            if option not in everywhere:
+                assert names(row, option), f"the README's row for `aadhelper {command}` does not name {option}"
 
 
 def test_the_exit_code_table_lists_every_exit_code() -> None:
