@@ -96,3 +96,44 @@ def test_links_lead_somewhere() -> None:
             if anchor:
                 headings = re.findall(r"^#+ (.+)$", linked.read_text(), re.M)
                 assert anchor in {slug(heading) for heading in headings}, f"{page.name}: no heading for #{anchor}"
+
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def module_table_rows() -> list[str]:
+    """The rows of docs/architecture.md's module table."""
+    rows, inside = [], False
+    for line in ARCHITECTURE.read_text().splitlines():
+        if line.startswith("| module | responsibility |"):
+            inside = True
+        elif inside and line.startswith("|"):
+            rows.append(line)
+        elif inside:
+            break
+    return rows[1:]  # the separator
+
+
+def test_the_module_table_names_every_module() -> None:
+    """If aadhelper has a module or a package, then docs/architecture.md's module table names it: by its path
+    (`grants/federated.py`, `doctor/`), or by its bare name in a row whose first cell names its package
+    (`federated` in the `grants/` row)."""
+    rows = module_table_rows()
+    assert rows, "docs/architecture.md has no module table"
+    table = "\n".join(rows)
+    package_root = ROOT / "aadhelper"
+    missing = []
+    for path in sorted(package_root.rglob("*.py")):
+        relative = path.relative_to(package_root)
+        package = "".join(f"{part}/" for part in relative.parts[:-1])
+        if path.name == "__init__.py":
+            if not package:
+                continue  # aadhelper itself
+            named = f"`{package}`" in table
+        else:
+            named = f"`{relative.as_posix()}`" in table or any(
+                f"`{package}`" in row.split("|")[1] and (f"`{path.stem}`" in row or f"`{path.name}`" in row)
+                for row in rows)
+        if not named:
+            missing.append(relative.as_posix())
+    assert not missing, f"docs/architecture.md's module table does not name: {', '.join(missing)}"
