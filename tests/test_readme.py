@@ -39,21 +39,36 @@ def table_after(marker: str) -> list[str]:
     return rows[2:]  # header and separator
 
 
+def named_options(parser: argparse.ArgumentParser) -> list[str]:
+    """The options of a command the README must name: each long option, and a short one that has no long form."""
+    return [option for action in parser._actions if not isinstance(action, argparse._HelpAction)
+            for option in action.option_strings
+            if option.startswith("--") or not any(o.startswith("--") for o in action.option_strings)]
+
+
+def names(text: str, option: str) -> bool:
+    """Whether ``text`` names ``option`` (as `--opt ...`, `-v/--verbose` or `... --opt`)."""
+    return f"`{option}" in text or f"/{option}`" in text or f" {option}" in text
+
+
 def test_the_command_table_names_every_subcommand_and_option() -> None:
     """If the parser has a subcommand or an option, then the README's command table has a row for the subcommand
-    that names the option (add the row when you add a command)."""
+    that names the option (add the row when you add a command); an option every command has (-v/--verbose) is
+    named once, in the text above the table, instead of in every row."""
+    leaves = list(leaf_commands(build_parser()))
+    everywhere = set.intersection(*(set(named_options(parser)) for _, parser in leaves))
+    text = README.read_text()
+    intro = text[text.index("### Commands"):text.index("<!-- commands table")]
+    for option in sorted(everywhere):
+        assert names(intro, option), f"the text above the README's command table does not name {option}"
     rows = table_after("<!-- commands table")
-    for command, parser in leaf_commands(build_parser()):
+    for command, parser in leaves:
         matching = [row for row in rows if re.match(rf"\| `aadhelper {re.escape(command)}(`| )", row)]
         assert matching, f"the README's command table has no row for `aadhelper {command}`"
         (row,) = matching
-        for action in parser._actions:
-            if isinstance(action, argparse._HelpAction):
-                continue
-            for option in action.option_strings:
-                if option.startswith("--") or not any(o.startswith("--") for o in action.option_strings):
-                    assert f"`{option}" in row or f"/{option}`" in row or f" {option}" in row, \
-                        f"the README's row for `aadhelper {command}` does not name {option}"
+        for option in named_options(parser):
+            if option not in everywhere:
+                assert names(row, option), f"the README's row for `aadhelper {command}` does not name {option}"
 
 
 def test_the_exit_code_table_lists_every_exit_code() -> None:
@@ -81,3 +96,44 @@ def test_links_lead_somewhere() -> None:
             if anchor:
                 headings = re.findall(r"^#+ (.+)$", linked.read_text(), re.M)
                 assert anchor in {slug(heading) for heading in headings}, f"{page.name}: no heading for #{anchor}"
+
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def module_table_rows() -> list[str]:
+    """The rows of docs/architecture.md's module table."""
+    rows, inside = [], False
+    for line in ARCHITECTURE.read_text().splitlines():
+        if line.startswith("| module | responsibility |"):
+            inside = True
+        elif inside and line.startswith("|"):
+            rows.append(line)
+        elif inside:
+            break
+    return rows[1:]  # the separator
+
+
+def test_the_module_table_names_every_module() -> None:
+    """If aadhelper has a module or a package, then docs/architecture.md's module table names it: by its path
+    (`grants/federated.py`, `doctor/`), or by its bare name in a row whose first cell names its package
+    (`federated` in the `grants/` row)."""
+    rows = module_table_rows()
+    assert rows, "docs/architecture.md has no module table"
+    table = "\n".join(rows)
+    package_root = ROOT / "aadhelper"
+    missing = []
+    for path in sorted(package_root.rglob("*.py")):
+        relative = path.relative_to(package_root)
+        package = "".join(f"{part}/" for part in relative.parts[:-1])
+        if path.name == "__init__.py":
+            if not package:
+                continue  # aadhelper itself
+            named = f"`{package}`" in table
+        else:
+            named = f"`{relative.as_posix()}`" in table or any(
+                f"`{package}`" in row.split("|")[1] and (f"`{path.stem}`" in row or f"`{path.name}`" in row)
+                for row in rows)
+        if not named:
+            missing.append(relative.as_posix())
+    assert not missing, f"docs/architecture.md's module table does not name: {', '.join(missing)}"
