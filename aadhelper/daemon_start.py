@@ -27,17 +27,19 @@ log = logging.getLogger("aadhelper.daemon")
 _PATH_VARIABLES = ("AADHELPER_CONFIG", "AADHELPER_SOCKET", "AADHELPER_STATE_DIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
 
 
-def _log_level(config_path: str | None) -> str:
-    """``$AADHELPER_LOG_LEVEL``, else the config's ``[daemon] log_level``; a broken config is reported later,
-    when the daemon reads it for requests, with the variable alone deciding until then."""
+def _start_settings(config_path: str | None) -> tuple[str, bool]:
+    """What the start needs from the config: the log level (``$AADHELPER_LOG_LEVEL``, else the config's
+    ``[daemon] log_level``) and whether a profile uses a certificate. A broken config is reported later, when the
+    daemon reads it for requests, with the variable alone deciding the level until then."""
     from .config import LOG_LEVEL_ENV, LOG_LEVELS, load_config
     from .errors import ConfigError
 
     try:
-        return load_config(config_path).log_level
+        config = load_config(config_path)
     except ConfigError:
         value = os.environ.get(LOG_LEVEL_ENV, "").strip().lower()
-        return value if value in LOG_LEVELS else "info"
+        return (value if value in LOG_LEVELS else "info"), False
+    return config.log_level, any(profile.credential == "certificate" for profile in config.profiles.values())
 
 
 def run_daemon(*, config_path: str | None, socket_path: str | None, secret_store: str | None,
@@ -52,7 +54,7 @@ def run_daemon(*, config_path: str | None, socket_path: str | None, secret_store
             os.environ[name] = os.path.abspath(os.environ[name])
     kept = clean_start_environment()
     # 2.
-    level = _log_level(config_path)
+    level, certificates = _start_settings(config_path)
     configure_logging(verbose, level)
     log.debug("started in / with the environment variables %s (values not shown)", ", ".join(kept))
     # 3. Only now: no library reads the starter's environment at import time either.
@@ -65,7 +67,7 @@ def run_daemon(*, config_path: str | None, socket_path: str | None, secret_store
 
     # Checked here (the fetcher process opens the store): a bad $AADHELPER_SECRET_STORE stops the start.
     fetcher = ProcessFetcher(secret_store=store_kind(secret_store), verbose=verbose, log_level=level)
-    preload()
+    preload(certificates=certificates)
     # 4.
     gc.freeze()
     # 5.
