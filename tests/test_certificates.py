@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes
 
-from aadhelper.certificates import ClientCertificate, check_validity, load_certificate, read_certificate_file
+from aadhelper.certificates import (
+    STORED_HEADER,
+    ClientCertificate,
+    StoredCertificate,
+    check_validity,
+    load_certificate,
+    load_stored_certificate,
+    read_certificate_file,
+)
 from aadhelper.errors import ConfigError
 from aadhelper.grants.assertion import sign_assertion
 from aadhelper.testing.authority import SimulatedAuthority
@@ -85,6 +93,55 @@ def test_the_keyring_form_loads_back_to_the_same_key(certificate: ClientCertific
     again = load_certificate(certificate.to_pem().reveal().encode(), source="keyring", checked=True)
     assert again.chain == certificate.chain
     assert again.key.private_numbers() == certificate.key.private_numbers()
+
+
+def test_the_keyring_form_is_signed_from_without_x509_parsing(certificate: ClientCertificate,
+                                                              material: CertificateMaterial) -> None:
+    """If the fetcher reads the keyring form, then it gets the same key, chain, thumbprints and validity as a full
+    parse, without X.509 parsing, and what it signs passes the simulated authority's check."""
+    stored = load_stored_certificate(certificate.to_pem().reveal().encode(), source="keyring")
+    assert isinstance(stored, StoredCertificate)
+    assert stored.chain_der() == certificate.chain_der()
+    assert stored.summary() == certificate.summary()
+    assert stored.key.private_numbers() == certificate.key.private_numbers()
+    for algorithm in ("PS256", "RS256"):
+        verify(*authority_for(material), sign_assertion(stored, client_id=APP, audience=ENDPOINT, now=time.time(),
+                                                        algorithm=algorithm, x5c=True))
+    assert "SHA-256" not in repr(stored) and "PRIVATE" not in repr(stored) and "sha256=" in repr(stored)
+
+
+def test_signing_from_the_keyring_form_imports_no_x509(certificate: ClientCertificate) -> None:
+    """If a fresh interpreter signs an assertion from the keyring form, then cryptography's X.509 module is never
+    imported (~12 ms that the first certificate fetch after a daemon start would otherwise pay: bench row 7)."""
+    import subprocess
+    import sys
+
+    program = ("import sys, time\n"
+               "from aadhelper.certificates import load_stored_certificate\n"
+               "from aadhelper.grants.assertion import sign_assertion\n"
+               "stored = load_stored_certificate(sys.stdin.buffer.read(), source='keyring')\n"
+               "sign_assertion(stored, client_id='app', audience='https://a/t', now=time.time())\n"
+               "print('cryptography.x509' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", program], input=certificate.to_pem().reveal().encode(),
+                            capture_output=True, check=True)
+    assert result.stdout.strip() == b"False", result.stderr
+
+
+def test_a_keyring_entry_without_the_header_or_damaged_is_handled(certificate: ClientCertificate) -> None:
+    """If a keyring entry predates the header line, then it is read by a full parse; if its header or armor is
+    damaged, then reading it is one ConfigError line that shows none of it."""
+    text = certificate.to_pem().reveal()
+    old = text.partition("\n")[2].encode()
+    assert not old.startswith(STORED_HEADER.encode())
+    assert load_stored_certificate(old, source="keyring").summary() == certificate.summary()
+    for damaged in (STORED_HEADER + "{not json\n" + text.partition("\n")[2],
+                    STORED_HEADER + '{"not_before": 1}\n' + text.partition("\n")[2],
+                    text.replace("-----BEGIN CERTIFICATE-----", "-----BEGIN NOTHING-----"),
+                    text.replace("PRIVATE KEY-----", "PUBLIC KEY-----")):
+        with pytest.raises(ConfigError) as caught:
+            load_stored_certificate(damaged.encode(), source="the stored certificate")
+        line = caught.value.one_line()
+        assert "\n" not in line and "PRIVATE" not in line and "MII" not in line
 
 
 def unknown_key_type(material: CertificateMaterial) -> bytes:

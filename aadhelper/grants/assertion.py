@@ -23,7 +23,7 @@ import json
 import uuid
 from collections.abc import Mapping
 
-from ..certificates import ClientCertificate
+from ..certificates import SigningCertificate
 
 #: Seconds an assertion is valid: a few minutes, like MSAL's 600 s (it is sent within milliseconds of signing).
 LIFETIME = 600
@@ -31,7 +31,7 @@ LIFETIME = 600
 ALGORITHMS = ("PS256", "RS256")
 
 
-def sign_assertion(certificate: ClientCertificate, *, client_id: str, audience: str, now: float,
+def sign_assertion(certificate: SigningCertificate, *, client_id: str, audience: str, now: float,
                    algorithm: str = "PS256", x5c: bool = False, lifetime: int = LIFETIME) -> str:
     """A fresh client assertion for ``client_id`` at token endpoint ``audience``."""
     header: dict[str, object] = {"typ": "JWT", "alg": algorithm}
@@ -50,7 +50,7 @@ def sign_assertion(certificate: ClientCertificate, *, client_id: str, audience: 
     return f"{signing_input.decode('ascii')}.{b64url(_sign(certificate, algorithm, signing_input))}"
 
 
-def _sign(certificate: ClientCertificate, algorithm: str, data: bytes) -> bytes:
+def _sign(certificate: SigningCertificate, algorithm: str, data: bytes) -> bytes:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding
 

@@ -19,10 +19,11 @@ import httpx
 
 from ..certificates import (
     CertificateSummary,
-    ClientCertificate,
     PasswordNeeded,
+    SigningCertificate,
     check_validity,
     load_certificate,
+    load_stored_certificate,
     read_certificate_file,
 )
 from ..config import CertificateSettings, Profile
@@ -59,7 +60,7 @@ class CertificateSource(AppCredentialSource):
                                               audience=profile.token_endpoint, now=now,
                                               algorithm=self._settings.assertion_alg, x5c=self._settings.x5c))
 
-    async def certificate(self) -> ClientCertificate:
+    async def certificate(self) -> SigningCertificate:
         """The key and chain, read afresh (keyring or file)."""
         profile = self._profile
         path = self._settings.path
@@ -87,7 +88,7 @@ class CertificateSource(AppCredentialSource):
                                 hint=f"store it with `aadhelper secret set {profile.name} --certificate FILE`")
         data = stored.reveal().encode("ascii")
         try:
-            return load_certificate(data, checked=True, source=f"the stored certificate of profile {profile.name!r}")
+            return load_stored_certificate(data, source=f"the stored certificate of profile {profile.name!r}")
         finally:
             wipe(data)  # our own copy of the key's PEM: one less left in freed memory per refresh
 
