@@ -58,3 +58,24 @@ def test_kubectl_credential_parser_reads_what_argparse_reads_or_declines(argv: l
     except (UsageError, SystemExit) as exc:  # pragma: no cover - the failure being tested for
         raise AssertionError(f"the fast parser read {fast!r} from {argv!r}, argparse refused it: {exc}") from None
     assert fast == (namespace.profile, namespace.scope)
+
+
+DAEMON_PIECES = ["--socket", "/tmp/s.sock", "--config", "c.toml", "--secret-store", "memory", "keyring", "bogus",
+                 "-v", "--verbose", "--sock", "-h", "start", "stop", "--timeout", "5", "--", "x", "--config=a"]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(argv=st.lists(st.sampled_from(DAEMON_PIECES), max_size=6))
+def test_the_daemons_fast_parser_reads_what_argparse_reads_or_declines(argv: list[str]) -> None:
+    """If `aadhelper daemon ARGS` is read by the fast path (which skips building the whole parser: bench row 7),
+    then argparse reads the same options and runs the daemon in the foreground; whatever it declines, argparse
+    handles (an action, --help, a usage error)."""
+    from aadhelper.cli import daemon
+
+    fast = daemon.parse_fast(argv)
+    if fast is None:
+        return
+    full = build_parser().parse_args(["daemon", *argv])
+    assert full.func is daemon.run and getattr(full, "daemon_action", None) is None
+    for field in ("socket", "config", "secret_store", "verbose"):
+        assert getattr(fast, field) == getattr(full, field), field

@@ -42,6 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .az import run as run_az
 
             return run_az(args[1:])
+        if args and args[0] == "daemon":
+            from .daemon import parse_fast
+            from .daemon import run as run_daemon
+
+            parsed = parse_fast(args[1:])
+            if parsed is not None:
+                return run_daemon(parsed)
         if args and args[0] == "exec":  # CMD's own words after `--` must not reach argparse
             from .app import build_parser
             from .exec import run_exec

@@ -36,14 +36,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Run the daemon: keeps secrets in the OS keyring, tokens in memory, refreshes them ahead of "
                     "expiry and answers clients on a Unix socket. Uses systemd's socket when socket-activated. "
                     "With an ACTION, manage the daemon that serves the socket instead.")
-    parser.add_argument("--socket", metavar="PATH", help="socket path (default: $AADHELPER_SOCKET or "
-                        "$XDG_RUNTIME_DIR/aadhelper/daemon.sock)")
-    parser.add_argument("--config", metavar="FILE", help="config file (default: $AADHELPER_CONFIG or the "
-                        "user config dir)")
-    parser.add_argument("--secret-store", choices=("keyring", "memory"),
-                        help="where secrets live (default: $AADHELPER_SECRET_STORE or keyring); "
-                             "memory is for tests and demos")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details (never secrets)")
+    _run_options(parser)
     parser.set_defaults(func=run)
     # prog given: argparse would otherwise build the actions' prog from the two-line usage above, and their --help,
     # usage errors and man page sections would be named by it.
@@ -57,6 +50,39 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action.add_argument("--timeout", type=seconds(1, 600), default=int(STOP_TIMEOUT), metavar="SECONDS",
                             help=f"how long to wait for the daemon to stop or answer (default {STOP_TIMEOUT:g})")
         action.set_defaults(func=handler)
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the daemon in the foreground (one home: the full parser and :func:`run_fast` take them)."""
+    parser.add_argument("--socket", metavar="PATH", help="socket path (default: $AADHELPER_SOCKET or "
+                        "$XDG_RUNTIME_DIR/aadhelper/daemon.sock)")
+    parser.add_argument("--config", metavar="FILE", help="config file (default: $AADHELPER_CONFIG or the "
+                        "user config dir)")
+    parser.add_argument("--secret-store", choices=("keyring", "memory"),
+                        help="where secrets live (default: $AADHELPER_SECRET_STORE or keyring); "
+                             "memory is for tests and demos")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details (never secrets)")
+
+
+def parse_fast(argv: list[str]) -> argparse.Namespace | None:
+    """``aadhelper daemon [OPTIONS]`` (the daemon in the foreground, as systemd and autostart run it) read without
+    building the whole command line's parser, whose other verbs' imports cost ~10 ms of every daemon start (bench
+    row 7); None for anything else (an action, --help, a mistake), which the full parser then reads and reports."""
+
+    class Declined(Exception):
+        pass
+
+    class Quiet(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            raise Declined
+
+    parser = Quiet(prog="aadhelper daemon", add_help=False)
+    _run_options(parser)
+    try:
+        args, extras = parser.parse_known_args(argv)
+    except Declined:
+        return None
+    return None if extras else args
 
 
 def run(args: argparse.Namespace) -> int:
