@@ -327,7 +327,7 @@ def test_authority_refuses_bad_assertions(certificate: ClientCertificate, materi
 def test_authority_accepts_what_msal_signs(material: CertificateMaterial) -> None:
     """If the real MSAL signs an assertion with the same certificate (its padded x5t#S256, no nbf), then the
     simulated authority accepts it: the check is Entra's rule, not our signer's habits."""
-    from msal.oauth2cli.assertion import JwtAssertionCreator  # type: ignore[import-untyped]
+    from msal.oauth2cli.assertion import JwtAssertionCreator
 
     creator = JwtAssertionCreator(material.key_pem().decode(), "PS256",
                                   sha256_thumbprint=material.chain[0].fingerprint(hashes.SHA256()).hex())
@@ -417,7 +417,7 @@ def test_real_msal_gets_a_token_from_the_simulated_authority(material: Certifica
     """If the real MSAL (ConfidentialClientApplication with a private key and public certificate, so PS256 with
     x5t#S256 and an x5c of PEM lines) asks the simulated authority over HTTPS for a token, then it gets one: the
     simulated checks accept what Entra accepts from MSAL."""
-    import msal  # type: ignore[import-untyped]
+    import msal
 
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_pem_file))
     with SimulatedAuthority(ssl_context=server_ssl_context) as authority:

@@ -29,7 +29,7 @@ from aadhelper.config import ARC_TOKEN_URL, IMDS_TOKEN_URL, Profile, parse_confi
 from aadhelper.errors import AadhelperError, AuthenticationFailed, AuthorityUnavailable, ConfigError
 from aadhelper.grants.managed_identity import ManagedIdentitySource
 from aadhelper.testing import GRAPH, Fault, SimulatedAuthority
-from aadhelper.testing.managed_identity import ENDPOINT, SimulatedManagedIdentity
+from aadhelper.testing.managed_identity import ENDPOINT, SimulatedManagedIdentity, Source
 from aadhelper.testing.server import DROP, HttpRequest
 
 from .harness import TENANT, cli_env, run, wall
@@ -166,8 +166,9 @@ def arc_key_dir(tmp_path: Path) -> Path:
     return path
 
 
-def endpoint_for(authority: SimulatedAuthority, source: str, key_dir: Path | None = None) -> SimulatedManagedIdentity:
-    return SimulatedManagedIdentity(authority, source=source, tenant=TENANT,  # type: ignore[arg-type]
+def endpoint_for(authority: SimulatedAuthority, source: Source,
+                 key_dir: Path | None = None) -> SimulatedManagedIdentity:
+    return SimulatedManagedIdentity(authority, source=source, tenant=TENANT,
                                     key_dir=str(key_dir) if key_dir else None, clock=wall)
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from aadhelper.cache import FLIGHT_ATTEMPTS
 from aadhelper.testing import GRAPH, Fault, ProtectedResource, SimulatedAuthority
-from aadhelper.testing.managed_identity import ENDPOINT, SimulatedManagedIdentity
+from aadhelper.testing.managed_identity import ENDPOINT, SimulatedManagedIdentity, Source
 
 from .harness import TENANT, DaemonProcess, cli, one_error_line, sensitive, token_of
 
@@ -49,8 +49,8 @@ def mi_env(isolated_env: dict[str, str], secret_service: object) -> dict[str, st
     return env
 
 
-def identity(authority: SimulatedAuthority, source: str, key_dir: Path | None = None) -> SimulatedManagedIdentity:
-    endpoint = SimulatedManagedIdentity(authority, source=source,  # type: ignore[arg-type]
+def identity(authority: SimulatedAuthority, source: Source, key_dir: Path | None = None) -> SimulatedManagedIdentity:
+    endpoint = SimulatedManagedIdentity(authority, source=source,
                                         tenant=TENANT, key_dir=str(key_dir) if key_dir else None)
     sensitive(endpoint.header)
     return endpoint
@@ -235,7 +235,7 @@ print(credential.get_token(sys.argv[2]).token)
 
 
 @pytest.mark.parametrize("source", ["imds", "app_service"])
-def test_the_simulated_endpoints_serve_azure_identity_itself(authority: SimulatedAuthority, source: str) -> None:
+def test_the_simulated_endpoints_serve_azure_identity_itself(authority: SimulatedAuthority, source: Source) -> None:
     """If azure-identity's ManagedIdentityCredential (the peer these endpoints imitate) is pointed at the simulated
     IMDS (AZURE_POD_IDENTITY_AUTHORITY_HOST) or App Service endpoint (IDENTITY_ENDPOINT + IDENTITY_HEADER), then
     it gets the user-assigned identity's token: the simulation speaks the protocol the real SDK speaks."""
