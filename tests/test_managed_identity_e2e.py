@@ -163,6 +163,24 @@ def test_arc_challenge_file_flow_with_a_user_assigned_object_id(
             assert status(env)["profiles"][0]["managed_identity"]["source"] == "arc"
 
 
+def test_an_arc_key_file_ending_in_a_newline_gets_a_token_and_never_shows_the_key(
+        env: dict[str, str], authority: SimulatedAuthority, tmp_path: Path) -> None:
+    """If the Arc agent's key file ends in a newline, then the daemon sends the key without it and gets the token
+    (sent as is, the header was invalid and httpx's error, which quotes the header, became the client's line and the
+    daemon's log); the key is in no output."""
+    key_dir = tmp_path / "azcmagent-tokens"
+    key_dir.mkdir(mode=0o700)
+    with identity(authority, "arc", key_dir) as arc:
+        arc.arc_key_suffix = "\n"
+        write_config(env, {"arc": {"arc_key_dir": str(key_dir)}})
+        daemon_env = dict(env, IDENTITY_ENDPOINT=arc.endpoint, IMDS_ENDPOINT="http://127.0.0.1:1")
+        with DaemonProcess(daemon_env):
+            result = cli(env, "token", "arc")
+            sensitive(*(path.read_text().strip() for path in key_dir.iterdir()))
+            assert result.returncode == 0, result.stderr
+            assert [(r.authorized, r.status) for r in arc.requests] == [(False, 401), (True, 200)]
+
+
 def test_arc_challenge_outside_the_agents_directory_is_refused(
         env: dict[str, str], authority: SimulatedAuthority, tmp_path: Path) -> None:
     """If whatever answers on the Arc port points the challenge at a file outside the agent's key directory, then

@@ -254,6 +254,12 @@ async def _exchange(client: httpx.AsyncClient, method: str, url: str, *, profile
         if unreachable is not None and not _tls_failure(exc):
             raise AuthorityUnavailable(f"{unreachable} ({_reason(exc)})", profile=profile, hint=_RETRY_HINT) from None
         raise _transport_error(exc, url, profile, replied=replied, proxy=_PROXIES.get(client), peer=peer) from None
+    except httpx.LocalProtocolError:
+        # httpx refuses, before sending anything, a header value or URL that HTTP does not allow, and its message
+        # quotes the value: that may be a secret (a managed identity's header), so it is never shown.
+        raise AuthorityUnavailable(f"the request to {peer} at {_host(url)} was not sent: a header or the URL holds "
+                                   "characters HTTP does not allow", profile=profile,
+                                   hint=f"check the endpoint's settings; {_RETRY_HINT}") from None
     except httpx.HTTPError as exc:
         raise _transport_error(exc, url, profile, replied=replied, proxy=_PROXIES.get(client), peer=peer) from None
     finally:

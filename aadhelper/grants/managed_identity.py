@@ -184,9 +184,10 @@ def read_arc_key(headers: Mapping[str, str], key_dir: str, profile: str) -> Secr
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         text = ""
-    if not text or len(data) > MAX_ARC_KEY_BYTES or not text.strip().isprintable():
+    key = text.strip()  # a file ending in a newline is usual; the key itself has no white space
+    if not key or len(data) > MAX_ARC_KEY_BYTES or not key.isprintable() or any(c.isspace() for c in key):
         raise AuthenticationFailed(f"the Azure Arc key file {path} is empty or not a printable key", profile=profile)
-    return Secret(text)
+    return Secret(key)
 
 
 def raise_for_reply(source: str, status: int, headers: Mapping[str, str], body: Mapping[str, Any] | None, *,

@@ -94,6 +94,9 @@ class SimulatedManagedIdentity(LoopbackApp):
         self.echo_identity = True
         #: Arc: the realm of the next challenges (None: a fresh key file in key_dir); a test points it elsewhere.
         self.challenge_realm: str | None = None
+        #: Arc: written after the key in each key file (the agent's files may end in a newline, which is not part
+        #: of the key).
+        self.arc_key_suffix = ""
         self._faults = FaultQueue()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -244,7 +247,7 @@ class SimulatedManagedIdentity(LoopbackApp):
             secret = secrets.token_urlsafe(32)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as file:
-                file.write(secret)
+                file.write(secret + self.arc_key_suffix)
             self._arc_secrets[path] = secret
         realm = self.challenge_realm or path
         return Response.json(401, {"error": "unauthorized", "error_description": "Authorization required"},
