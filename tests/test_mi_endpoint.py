@@ -422,3 +422,29 @@ def test_daemon_connection_is_kept_and_replaced_when_the_daemon_dropped_it(tmp_p
     finally:
         daemon.close()
     assert daemon.connections == (3 if close_after_reply else 1)
+
+
+def test_a_malformed_header_line_is_refused_without_quoting_its_value(endpoint: Endpoint) -> None:
+    """If the secret header is mistyped into a malformed line (a space before the colon), then the refusal names
+    the line's header and never shows its value (refusals reach the SDK's exception and its logs)."""
+    with connect(endpoint) as conn:
+        conn.sendall(request()[:-2] + f"X-IDENTITY-HEADER : {SECRET}\r\n\r\n".encode())
+        status, _, body = read_reply(conn)
+        assert status == 400 and SECRET not in str(body) and SECRET[:8] not in str(body)
+
+
+def test_a_refused_client_that_keeps_dripping_loses_its_connection(endpoint: Endpoint) -> None:
+    """If a client refused with `Connection: close` keeps sending a byte now and then, then the endpoint closes the
+    connection after its drain time in all, not after each byte's wait: a slot cannot be held that way."""
+    from aadhelper.loopback_http import DRAIN_SECONDS
+
+    with connect(endpoint) as conn:
+        conn.sendall(b"GET /msi/token HTTP/1.1\r\nConnection: close\r\n\r\n")
+        assert read_reply(conn)[0] == 401
+        dripped = 0
+        with contextlib.suppress(OSError):
+            while dripped < 50 * DRAIN_SECONDS:  # one byte every 0.1 s for up to 50 drain times
+                conn.sendall(b"x")
+                dripped += 1
+                time.sleep(0.1)
+        assert dripped < 50 * DRAIN_SECONDS, "the endpoint kept draining a client that drips"
