@@ -128,8 +128,8 @@ def test_a_subcommand_added_later_is_completed(env: dict[str, str], tmp_path: Pa
 
 
 def test_profile_names_are_read_without_parsing_the_toml() -> None:
-    """If the config file has profile tables (quoted or not), git mapping tables and sub-tables, then exactly the
-    profile names come out, in order and once each."""
+    """If the config file has profile tables (quoted or not), git mapping tables, sub-tables and half-typed headers,
+    then exactly the profile names come out, in order and once each (and never an exception)."""
     text = """
 default_profile = "graph"
 [daemon]
@@ -140,6 +140,8 @@ url = "https://dev.azure.com/x/"
   [profiles."ado.team"]
 [profiles.graph]
 [profiles.bad name]
+[profiles.]
+[profiles."]
 """
     assert profile_names(text) == ["graph", "ado.team"]
 

@@ -57,7 +57,7 @@ def profile_names(text: str) -> list[str]:
         if not header.startswith("[profiles.") or header.startswith("[["):
             continue
         key = header[len("[profiles."):].split("]", 1)[0].strip()
-        if key[:1] in "\"'":
+        if key[:1] in ('"', "'"):  # (not `in "\"'"`: an empty key is "in" any string)
             quote = key[0]
             key = key[1:].split(quote, 1)[0]
         elif "." in key:
