@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import signal
 
 log = logging.getLogger("aadhelper.daemon")
 
@@ -53,6 +54,10 @@ def run_daemon(*, config_path: str | None, socket_path: str | None, secret_store
         if os.environ.get(name):
             os.environ[name] = os.path.abspath(os.environ[name])
     kept = clean_start_environment()
+    # A starter may have had the signals we stop on blocked (the thread of `aadhelper exec`'s endpoint that
+    # autostarts a daemon blocks them for exec's own handling), and a signal mask survives fork and exec: unblock
+    # them, or SIGTERM from systemd, kill or a closing session would never reach the daemon (or its fetcher).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     # 2.
     level, certificates = _start_settings(config_path)
     configure_logging(verbose, level)

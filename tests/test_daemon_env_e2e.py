@@ -137,3 +137,18 @@ def test_config_proxy_is_used_and_its_password_never_shown(env: dict[str, str], 
         assert f"proxy: from config: http://***@127.0.0.1:{counting_proxy.port} (not for login.example.com)" \
             in status
         assert password not in status
+
+
+def test_a_daemon_started_with_sigterm_blocked_still_stops_on_sigterm(isolated_env: dict[str, str]) -> None:
+    """If the daemon is started by a thread that blocks SIGTERM, SIGINT and SIGHUP (as `aadhelper exec`'s endpoint
+    threads do when they autostart one; the mask is inherited), then SIGTERM still stops it cleanly (exit 0, not
+    the SIGKILL the harness falls back to)."""
+    env = dict(isolated_env, AADHELPER_NO_AUTOSTART="1")
+    blocked = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        daemon = DaemonProcess(env).spawn()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    client.wait_for_daemon(daemon.socket_path, 20.0, exited=lambda: not daemon.alive(), grace=0.0)
+    assert daemon.stop(timeout=10.0) == 0, daemon.log()[-2000:]
