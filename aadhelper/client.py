@@ -12,7 +12,7 @@ import os
 import sys
 
 from . import paths, protocol
-from .errors import AadhelperError, DaemonNotRunning, ProtocolError, UnsafeSocket, error_from_wire
+from .errors import AadhelperError, DaemonNotRunning, DaemonTimedOut, ProtocolError, UnsafeSocket, error_from_wire
 
 TYPE_CHECKING = False  # not `from typing import ...`: the client path must not load typing (tests/test_import_rules.py)
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def _call(message: dict[str, Any], path: str, timeout: float, autostart: bool) -
             sock.sendall(data)
             line = _read_line(sock, protocol.MAX_REPLY_BYTES)
         except TimeoutError:
-            raise DaemonNotRunning(f"the daemon on {path} did not answer within {timeout:g} s",
+            raise DaemonTimedOut(f"the daemon on {path} did not answer within {timeout:g} s",
                                    hint=log_hint()) from None
         except OSError as exc:
             raise DaemonNotRunning(f"the connection to the daemon on {path} broke: {exc.strerror or exc}",
@@ -152,6 +152,11 @@ class Session:
             try:
                 self._sock.sendall(data)
                 line = _read_line(self._sock, protocol.MAX_REPLY_BYTES)
+            except TimeoutError:
+                # The daemon has the request: sending it again on a new connection would only wait again.
+                self.close()
+                raise DaemonTimedOut(f"the daemon on {self.path} did not answer within {self.timeout:g} s",
+                                     hint=log_hint()) from None
             except OSError:
                 line = b""
             if line:

@@ -20,6 +20,7 @@ raises the same class the daemon raised, and a distinct ``exit_code`` so scripts
     │   ├── LoginFailed                code "login_failed"          exit 6   an interactive login ended without tokens
     │   └── AuthorityUnavailable       code "authority_unavailable" exit 7   network, 5xx, 429, malformed reply
     ├── DaemonNotRunning               code "daemon_not_running"    exit 8   nothing answers on the socket
+    │   └── DaemonTimedOut             (the same code)                     it took the request, no reply in time
     ├── DaemonAlreadyRunning           code "daemon_already_running" exit 11 another daemon owns the socket path
     ├── ProtocolError                  code "protocol"              exit 9   a malformed message (socket, fetcher, git)
     ├── UnsafeSocket                   code "unsafe_socket"         exit 10  the socket's directory or peer is not ours
@@ -254,6 +255,11 @@ class AuthorityUnavailable(AuthorityError):
 class DaemonNotRunning(AadhelperError):
     code = "daemon_not_running"
     exit_code = 8
+
+
+class DaemonTimedOut(DaemonNotRunning):
+    """The daemon took the request but did not answer in time: asking it again, or starting another daemon (which
+    the socket's lock would refuse), would only wait again. Client-side only."""
 
 
 class DaemonAlreadyRunning(AadhelperError):

@@ -71,6 +71,7 @@ from .errors import (
     AuthorityUnavailable,
     ConfigError,
     DaemonNotRunning,
+    DaemonTimedOut,
     ProtocolError,
     SecretStoreError,
 )
@@ -277,6 +278,8 @@ class Endpoint:
             session = self._local.session = client.Session(self._socket_path)
         try:
             reply = session.call(message)
+        except DaemonTimedOut:
+            raise  # it has the request; asking again (or starting another daemon) would only wait again
         except DaemonNotRunning:
             reply = client.call(message, socket_path=self._socket_path, autostart=True)
         if not isinstance(reply.get("access_token"), str) or not isinstance(reply.get("expires_on"), int):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import threading
 import time
@@ -448,3 +449,36 @@ def test_a_refused_client_that_keeps_dripping_loses_its_connection(endpoint: End
                 dripped += 1
                 time.sleep(0.1)
         assert dripped < 50 * DRAIN_SECONDS, "the endpoint kept draining a client that drips"
+
+
+def test_a_daemon_that_takes_a_request_and_never_answers_is_asked_once(tmp_path: Path) -> None:
+    """If the daemon accepts a token request and does not answer in time, then the endpoint's session reports that
+    (DaemonTimedOut) after one wait, having sent the request once: not again on a new connection, and not to an
+    autostarted second daemon, each of which would wait as long again."""
+    from aadhelper import client
+    from aadhelper.errors import DaemonTimedOut
+
+    path = str(tmp_path / "d.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    os.chmod(tmp_path, 0o700)
+    server.listen()
+    received: list[bytes] = []
+
+    def silent() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            received.append(conn.recv(65536))  # and never a reply
+
+    threading.Thread(target=silent, daemon=True).start()
+    session = client.Session(path, timeout=0.3)
+    try:
+        with pytest.raises(DaemonTimedOut):
+            session.call({"op": "ping", "v": 1})
+    finally:
+        session.close()
+        server.close()
+    assert len(received) == 1
