@@ -125,6 +125,9 @@ def test_from_env_federated_writes_the_token_file_and_stores_nothing(
 @pytest.mark.parametrize("args, words", [
     (["--tenant", TENANT], "--from-env takes the tenant, client id and credential from AZURE_*; drop --tenant"),
     (["--credential", "federated"], "drop --credential"),
+    (["--assertion-alg", "RS256"], "drop --assertion-alg"),
+    (["--x5c"], "drop --x5c"),
+    (["--source", "imds"], "drop --source"),
     (["--keep-path"], "--keep-path is for a certificate"),
 ])
 def test_from_env_with_conflicting_options_is_one_line(isolated_env: dict[str, str], args: list[str],

@@ -24,9 +24,13 @@ from .from_env import CERTIFICATE_PATH, EnvProfile, from_environment
 if TYPE_CHECKING:
     from ..certificates import CertificateSummary
 
-#: Options that --from-env replaces: the environment decides them.
+#: Options that --from-env replaces: the environment decides them (the credential kind's own options included:
+#: given with --from-env they would otherwise be dropped without a word).
 _EXCLUSIVE = (("tenant", "--tenant"), ("client_id", "--client-id"), ("credential", "--credential"),
-              ("user", "--user"), ("token_file", "--token-file"), ("token_command", "--token-command"))
+              ("user", "--user"), ("token_file", "--token-file"), ("token_command", "--token-command"),
+              ("certificate_path", "--certificate-path"), ("x5c", "--x5c"), ("assertion_alg", "--assertion-alg"),
+              ("source", "--source"), ("object_id", "--object-id"), ("msi_res_id", "--msi-res-id"),
+              ("endpoint", "--endpoint"))
 
 
 def add_from_env(args: argparse.Namespace) -> int:
