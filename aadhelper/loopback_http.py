@@ -49,6 +49,8 @@ MAX_CONNECTIONS = 256
 #: Bytes and seconds a closing connection's unread input is drained for (module docstring).
 DRAIN_BYTES = 65536
 DRAIN_SECONDS = 1.0
+#: Seconds the acceptor waits after accept() failed on an open listener (out of file descriptors, say).
+ACCEPT_RETRY = 0.05
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 424: "Failed Dependency", 431: "Request Header Fields Too Large"}
@@ -122,7 +124,12 @@ class JsonHttpServer:
             try:
                 conn, _ = self._listener.accept()
             except OSError:
-                return  # closed
+                if self._closed:
+                    return
+                # Out of file descriptors or memory for a moment (EMFILE, ENFILE, ENOBUFS): the listener stays
+                # open, so stopping here would leave every later connection unanswered while CMD runs.
+                time.sleep(ACCEPT_RETRY)
+                continue
             with self._lock:
                 if not self._closed and len(self._connections) >= self._max_connections and self._waiting:
                     self._evict(min(self._waiting, key=self._waiting.__getitem__))
@@ -130,7 +137,12 @@ class JsonHttpServer:
                     conn.close()
                     continue
                 self._connections.add(conn)
-            threading.Thread(target=self._serve, args=(conn,), name=f"{self._name}-conn", daemon=True).start()
+            try:
+                threading.Thread(target=self._serve, args=(conn,), name=f"{self._name}-conn", daemon=True).start()
+            except RuntimeError:  # "can't start new thread": this connection is refused, the next one may not be
+                with self._lock:
+                    self._connections.discard(conn)
+                conn.close()
 
     def _evict(self, victim: socket.socket) -> None:
         """Close a connection waiting for a request head to make room (the lock is held); its thread sees the end

@@ -482,3 +482,33 @@ def test_a_daemon_that_takes_a_request_and_never_answers_is_asked_once(tmp_path:
         session.close()
         server.close()
     assert len(received) == 1
+
+
+def test_the_endpoint_keeps_accepting_after_running_out_of_file_descriptors(daemon: FakeDaemon) -> None:
+    """If accept() fails for a while with the listener still open (EMFILE: no file descriptor left), then the endpoint
+    answers the connections that come once it succeeds again, instead of never accepting another."""
+    import errno
+
+    class Exhausted:
+        """The endpoint's listener, whose first accept() calls fail as when the process is out of descriptors."""
+
+        def __init__(self, listener: socket.socket, failures: int) -> None:
+            self.listener, self.failures = listener, failures
+
+        def accept(self) -> tuple[socket.socket, Any]:
+            if self.failures > 0:
+                self.failures -= 1
+                time.sleep(0.01)
+                raise OSError(errno.EMFILE, "Too many open files")
+            return self.listener.accept()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.listener, name)
+
+    endpoint = Endpoint("graph", client_id="app-id", socket_path=daemon.socket_path, secret=SECRET)
+    server = endpoint._server  # the test swaps the listener before the acceptor starts
+    exhausted = Exhausted(server._listener, failures=5)
+    server._listener = exhausted  # type: ignore[assignment]
+    with endpoint:
+        assert ask(endpoint, request())[0] == 200
+    assert exhausted.failures == 0
