@@ -433,3 +433,42 @@ def test_real_msal_gets_a_token_from_the_simulated_authority(material: Certifica
         assert authority.validate(result["access_token"])["appid"] == APP
         (assertion,) = authority.presented_assertions()
         assert "x5c" in segments(assertion)[0]
+
+
+async def test_a_certificate_file_is_loaded_off_the_event_loop(material: CertificateMaterial, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """If a profile's certificate is a file, then the fetcher parses it in a worker thread (a full parse includes
+    cryptography's ~40 ms RSA key check, which would hold up every other profile's fetch on the loop)."""
+    import threading
+
+    import httpx
+
+    from aadhelper.config import CertificateSettings, Profile
+    from aadhelper.grants import certificate as certificate_source
+
+    path = tmp_path / "app.pem"
+    path.write_bytes(material.pem())
+    path.chmod(0o600)
+    on_loop_thread: list[bool] = []
+    real = load_certificate
+
+    def spy(*args: Any, **kwargs: Any) -> ClientCertificate:
+        on_loop_thread.append(threading.current_thread() is threading.main_thread())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(certificate_source, "load_certificate", spy)
+    profile = Profile(name="app", tenant="contoso.onmicrosoft.com", client_id=APP, scopes=("x/.default",),
+                      authority="https://login.example", credential="certificate",
+                      certificate=CertificateSettings(path=str(path)))
+    class NoSecrets:
+        async def get(self, profile: str, kind: str) -> Secret | None:
+            raise AssertionError("an unencrypted file needs nothing from the keyring")
+
+        async def set(self, profile: str, kind: str, value: Secret) -> None:
+            raise AssertionError("nothing is stored")
+
+    async with httpx.AsyncClient() as client:
+        source = certificate_source.CertificateSource(profile, client=client, secrets=NoSecrets(), clock=time.time)
+        loaded = await source.certificate()
+    assert loaded.summary() == load_certificate(material.pem(), source="x").summary()
+    assert on_loop_thread == [False]

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import trio
 
 from ..certificates import (
     CertificateSummary,
@@ -66,16 +68,22 @@ class CertificateSource(AppCredentialSource):
         path = self._settings.path
         if path is not None:
             source = f"the certificate file {path}"
+            # In a worker thread: a full parse includes cryptography's RSA key check (~40 ms) and, for a PFX, its
+            # key derivation, during which other profiles' fetches on this loop would wait.
             try:
-                data = read_certificate_file(path)
+                data = await trio.to_thread.run_sync(read_certificate_file, path)
                 try:
-                    return load_certificate(data, source=source)
-                except PasswordNeeded:
-                    # Only an encrypted file costs a keyring read.
-                    password = await self._secrets.get(profile.name, CERTIFICATE_PASSWORD)
-                    if password is None:
-                        raise
-                    return load_certificate(data, password, source=source)
+                    try:
+                        return await trio.to_thread.run_sync(partial(load_certificate, data, source=source))
+                    except PasswordNeeded:
+                        # Only an encrypted file costs a keyring read.
+                        password = await self._secrets.get(profile.name, CERTIFICATE_PASSWORD)
+                        if password is None:
+                            raise
+                        return await trio.to_thread.run_sync(partial(load_certificate, data, password,
+                                                                     source=source))
+                finally:
+                    wipe(data)  # our copy of the file's key, as for the keyring's below
             except ConfigError as exc:
                 error = exc.copy(f"profile {profile.name!r}: {exc.message}")
                 error.profile = profile.name
