@@ -99,7 +99,8 @@ _PROFILE_KEYS: tuple[str, ...] = ("tenant", "client_id", "scopes", "authority", 
                                    "ca_bundle", "git", "certificate_path", "x5c", "assertion_alg", "token_file",
                                    "token_command")
 _CERTIFICATE_KEYS = ("certificate_path", "x5c", "assertion_alg")
-_ASSERTION_ALGS = ("PS256", "RS256")
+#: The client-assertion signing algorithms a certificate profile may use (``assertion_alg``).
+ASSERTION_ALGS = ("PS256", "RS256")
 #: The variable azure-identity's WorkloadIdentityCredential reads (set by the Azure Workload Identity webhook).
 FEDERATED_TOKEN_FILE_VARIABLE = "AZURE_FEDERATED_TOKEN_FILE"
 #: The audience Entra expects of a federated token (what the portal fills in for a federated credential).
@@ -146,7 +147,7 @@ class CertificateSettings:
         if not isinstance(data, dict):
             raise ValueError("certificate settings must be an object")
         path, x5c, alg = data.get("certificate_path"), data.get("x5c"), data.get("assertion_alg")
-        if not isinstance(path, (str, type(None))) or not isinstance(x5c, bool) or alg not in _ASSERTION_ALGS:
+        if not isinstance(path, (str, type(None))) or not isinstance(x5c, bool) or alg not in ASSERTION_ALGS:
             raise ValueError("malformed certificate settings")
         return cls(path, x5c, str(alg))
 
@@ -487,9 +488,9 @@ def _parse_certificate(raw: Mapping[str, object], credential: str, where: _Where
             raise where.error(stray, f"applies to credential 'certificate' only, not {credential!r}")
         return None
     path = _get_path(raw, "certificate_path", where, environ)
-    alg = _get(raw, "assertion_alg", str, where, f"must be one of {', '.join(_ASSERTION_ALGS)}", "PS256")
-    if alg not in _ASSERTION_ALGS:
-        raise where.error("assertion_alg", f"must be one of {', '.join(_ASSERTION_ALGS)}, not {_shown(alg)}")
+    alg = _get(raw, "assertion_alg", str, where, f"must be one of {', '.join(ASSERTION_ALGS)}", "PS256")
+    if alg not in ASSERTION_ALGS:
+        raise where.error("assertion_alg", f"must be one of {', '.join(ASSERTION_ALGS)}, not {_shown(alg)}")
     x5c = _get(raw, "x5c", bool, where, "must be true or false", False)
     return CertificateSettings(path, x5c, alg)
 

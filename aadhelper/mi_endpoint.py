@@ -77,6 +77,7 @@ from .errors import (
 )
 from .loopback_http import HEAD_DEADLINE, IDLE_TIMEOUT, MAX_CONNECTIONS, JsonHttpServer, Refusal, split_target
 from .proxy import NO_PROXY_VARIABLES
+from .token_request import MAX_SCOPE
 
 #: Where the endpoint answers (App Service's own is ``/msi/token`` too); the query carries the request.
 PATH = "/msi/token"
@@ -90,7 +91,7 @@ MIN_VALID = 600
 #: Most query parameters in one request (the SDKs send two or three).
 MAX_QUERY_FIELDS = 16
 #: Longest resource accepted (the daemon's own limit on a scope, less "/.default").
-MAX_RESOURCE = 2000 - len("/.default")
+MAX_RESOURCE = MAX_SCOPE - len("/.default")
 #: The variables the child gets, and those it must not inherit: each would make an SDK pick another managed-identity
 #: source (msal picks Service Fabric when IDENTITY_SERVER_THUMBPRINT merely exists, even empty) or make
 #: DefaultAzureCredential use another credential before managed identity (environment, workload identity).

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from .. import git_helper
-from ..config import CREDENTIALS, MANAGED_IDENTITY_SOURCES, Config, GitUrl, Profile, load_config
+from ..config import ASSERTION_ALGS, CREDENTIALS, MANAGED_IDENTITY_SOURCES, Config, GitUrl, Profile, load_config
 from ..errors import SecretStoreError, UsageError
 from ..protocol import MAX_MIN_VALID
 from ..secret_chunks import SECRET_KINDS
@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                           "the keyring")
     add.add_argument("--x5c", action="store_true",
                      help="certificate: send the certificate chain (subject name + issuer authentication)")
-    add.add_argument("--assertion-alg", choices=("PS256", "RS256"),
+    add.add_argument("--assertion-alg", choices=ASSERTION_ALGS,
                      help="certificate: sign assertions with PS256 (default) or RS256 (SHA-1 x5t)")
     add.add_argument("--token-file", metavar="FILE", help="federated: the file holding the assertion, re-read at "
                      "every exchange (default: $AZURE_FEDERATED_TOKEN_FILE of the daemon)")

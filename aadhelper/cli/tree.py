@@ -101,12 +101,6 @@ def options(parser: argparse.ArgumentParser) -> list[str]:
     return [string for action in parser._actions for string in action.option_strings]
 
 
-def takes_value(parser: argparse.ArgumentParser, option: str) -> bool:
-    """Whether ``option`` of ``parser`` is followed by a value (``--scope X``) rather than a flag."""
-    action = parser._option_string_actions.get(option)
-    return action is not None and action.nargs != 0
-
-
 def walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[
         tuple[tuple[str, ...], argparse.ArgumentParser]]:
     """Every parser of the tree with its command path (``()`` for the top, ``("profile", "add")``...)."""

@@ -27,8 +27,6 @@ from ..certificates import SigningCertificate
 
 #: Seconds an assertion is valid: a few minutes, like MSAL's 600 s (it is sent within milliseconds of signing).
 LIFETIME = 600
-#: The signing algorithms offered (``assertion_alg``); PS256 is what Entra's docs and MSAL use.
-ALGORITHMS = ("PS256", "RS256")
 
 
 def sign_assertion(certificate: SigningCertificate, *, client_id: str, audience: str, now: float,

@@ -37,11 +37,9 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import httpx
 import trio
 
 from ..config import FEDERATED_TOKEN_FILE_VARIABLE, FEDERATION_AUDIENCE, Profile
@@ -78,9 +76,6 @@ _RETRY = "aadhelper retries with backoff"
 
 class FederatedSource(AppCredentialSource):
     """Proof by an assertion from another issuer, read from ``token_file`` or printed by ``token_command``."""
-
-    def __init__(self, profile: Profile, *, client: httpx.AsyncClient, clock: Callable[[], float]) -> None:
-        super().__init__(profile, client=client, clock=clock)
 
     async def proof(self) -> dict[str, str]:
         profile = self._profile
