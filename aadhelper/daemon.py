@@ -97,7 +97,10 @@ class Daemon:
         return wire
 
     async def _op_ping(self, message: dict[str, Any]) -> dict[str, Any]:
-        return protocol.ok_reply(pid=os.getpid(), version=__version__, protocol=protocol.VERSION)
+        # socket_activated and log too: `daemon stop|restart` and `logs` need only these, and `status` asks the
+        # fetcher and the keyring about every profile.
+        return protocol.ok_reply(pid=os.getpid(), version=__version__, protocol=protocol.VERSION,
+                                 socket_activated=self.socket_activated, log=self.log)
 
     async def _op_token(self, message: dict[str, Any]) -> dict[str, Any]:
         request = TokenRequest.from_message(message)

@@ -17,7 +17,8 @@ Operations:
 =============  ===============================================  ===========================================
 op             request fields                                   reply fields
 =============  ===============================================  ===========================================
-``ping``       --                                               ``pid``, ``version``
+``ping``       --                                               ``pid``, ``version``, ``log``,
+                                                                ``socket_activated``
 ``token``      ``profile``?, ``scopes``?, ``min_valid``?,         ``access_token``, ``token_type``,
                ``url``?                                         ``expires_on``, ``profile``, ``scopes``,
                                                                 ``username`` (with ``url``), ``tenant``,

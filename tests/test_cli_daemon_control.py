@@ -134,8 +134,8 @@ def systemctl_log(tmp_path: Path, env: dict[str, str]) -> Path:
 
 def _status(socket_activated: bool, pid: int) -> Any:
     def answer(request: dict[str, Any]) -> dict[str, Any]:
-        if request["op"] == "status":
-            return {"v": 1, "ok": True, "daemon": {"pid": pid, "socket_activated": socket_activated}, "profiles": []}
+        if request["op"] == "ping":
+            return {"v": 1, "ok": True, "pid": pid, "socket_activated": socket_activated}
         return {"v": 1, "ok": False, "error": {"code": "protocol", "message": f"unknown operation {request['op']!r}"}}
 
     return answer
@@ -152,7 +152,7 @@ def test_a_socket_activated_daemon_is_managed_through_systemctl(env: dict[str, s
     assert result.returncode == 0, result.stderr
     assert systemctl_log.read_text().splitlines() == ["--user show-environment", expected]
     assert f"`systemctl {expected}`" in result.stderr
-    assert [r["op"] for r in daemon.requests] == ["status"]
+    assert [r["op"] for r in daemon.requests] == ["ping"]
 
 
 def test_a_daemon_without_the_stop_operation_gets_sigterm(env: dict[str, str]) -> None:
@@ -203,9 +203,7 @@ def test_stop_waits_at_most_its_timeout(env: dict[str, str]) -> None:
     stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
         def answer(request: dict[str, Any]) -> dict[str, Any]:
-            if request["op"] == "status":
-                return {"v": 1, "ok": True, "daemon": {"pid": stuck.pid}, "profiles": []}
-            return {"v": 1, "ok": True, "pid": stuck.pid}
+            return {"v": 1, "ok": True, "pid": stuck.pid}  # ping and stop alike
 
         with FakeDaemon(env["AADHELPER_SOCKET"], answer):
             result = cli(env, "daemon", "stop", "--timeout", "1")

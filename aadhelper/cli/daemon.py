@@ -147,13 +147,11 @@ def _socket(args: argparse.Namespace) -> str:
 
 
 def _daemon_status(path: str, timeout: float) -> dict[str, Any] | None:
-    """The running daemon's ``status.daemon`` (pid, socket_activated, log...), or None when none answers."""
+    """The running daemon's ``ping`` reply (pid, socket_activated, log...), or None when none answers."""
     try:
-        reply = client.call(protocol.request("status"), socket_path=path, timeout=timeout)
+        return client.call(protocol.request("ping"), socket_path=path, timeout=timeout)
     except DaemonNotRunning:
         return None
-    daemon = reply.get("daemon")
-    return daemon if isinstance(daemon, dict) else {}
 
 
 def _managed_by_systemd(daemon: dict[str, Any]) -> bool:

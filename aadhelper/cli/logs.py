@@ -64,13 +64,12 @@ def _destination() -> dict[str, Any]:
     from .. import autostart
 
     try:
-        reply = client.call(protocol.request("status"), timeout=STATUS_TIMEOUT)
+        daemon = client.call(protocol.request("ping"), timeout=STATUS_TIMEOUT)
     except AadhelperError:
-        reply = {}
-    daemon = reply.get("daemon")
-    log = daemon.get("log") if isinstance(daemon, dict) else None
+        daemon = {}
+    log = daemon.get("log")
     if isinstance(log, dict) and log.get("kind") in ("journal", "file", "terminal", "other"):
-        return {**log, "pid": daemon.get("pid") if isinstance(daemon, dict) else None}
+        return {**log, "pid": daemon.get("pid")}
     if autostart.systemd_socket_enabled():
         return {"kind": "journal"}
     return {"kind": "file", "path": autostart.log_path()}
