@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from typing import Any
 
@@ -59,11 +58,4 @@ def forget(profile: str) -> None:
 
 def _write(entries: dict[str, dict[str, Any]]) -> None:
     directory = paths.ensure_private_dir(paths.state_dir())
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=".accounts-", suffix=".tmp")  # mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            json.dump(entries, file, indent=1, sort_keys=True)
-        os.replace(temp, os.path.join(directory, FILE_NAME))
-    except BaseException:
-        os.unlink(temp)
-        raise
+    paths.write_file_atomically(os.path.join(directory, FILE_NAME), json.dumps(entries, indent=1, sort_keys=True))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -183,7 +182,7 @@ def _edit(path: str | None, environ: Mapping[str, str],
             # The file's own content is checked; not this shell's proxy variables, which are not the daemon's
             # start environment (`proxy_from_environment` reads those where the daemon starts).
             config = parse_config(new_text, where, environ, proxy_environ={})
-            _write_atomically(target, new_text)
+            paths.write_file_atomically(target, new_text)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{where}: not UTF-8 text (bad byte at offset {exc.start})") from None
     except OSError as exc:
@@ -200,19 +199,6 @@ def _locked(directory: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def _write_atomically(target: str, text: str) -> None:
-    fd, temp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".config-", suffix=".tmp")  # mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        os.unlink(temp)
-        raise
 
 
 def _profiles(doc: tomlkit.TOMLDocument, where: str, *, create: bool) -> _Table:

@@ -4,7 +4,8 @@ Environment overrides come first (``AADHELPER_SOCKET``, ``AADHELPER_CONFIG``, ``
 The socket path is computed with the standard library only, because the thin client needs it on every
 call and importing platformdirs costs ~13 ms; it follows the XDG rule platformdirs and systemd use
 (``$XDG_RUNTIME_DIR/aadhelper``, which is what ``%t/aadhelper`` means in a user unit). The config and
-state directories come from platformdirs, imported only when asked for.
+state directories come from platformdirs, imported only when asked for. :func:`write_file_atomically` is the one
+way aadhelper writes a file of its own (the config, the sign-in accounts, the az shim).
 """
 
 from __future__ import annotations
@@ -135,3 +136,24 @@ def console_script(name: str = APP_NAME) -> list[str]:
     if os.access(candidate, os.X_OK):
         return [candidate]
     return [sys.executable, "-m", "aadhelper"]
+
+
+def write_file_atomically(target: str, text: str, *, mode: int = 0o600) -> None:
+    """Write ``target`` whole or not at all: a temporary file in its directory (created 0600, then given ``mode``
+    exactly, not through the umask), flushed to disk, then renamed over it. A reader sees the old content or the
+    new, never part of either (the config file, the sign-in accounts, the az shim)."""
+    import tempfile  # here: this module is on the thin client's path, which never writes a file
+
+    fd, temp = tempfile.mkstemp(dir=os.path.dirname(target) or ".", prefix=f".{os.path.basename(target)}-",
+                                suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        if mode != 0o600:
+            os.chmod(temp, mode)
+        os.replace(temp, target)
+    except BaseException:
+        os.unlink(temp)
+        raise

@@ -80,16 +80,8 @@ def write_az_shim(directory: str, profile: str, *, force: bool = False) -> str:
         if not force and os.path.lexists(path) and not _is_shim(path):
             raise ConfigError(f"{path} exists and is not an aadhelper az shim (a real Azure CLI?)",
                               hint="choose another directory, or pass --force to replace it")
-        scratch = os.path.join(directory, f".{SHIM_NAME}.aadhelper-{os.getpid()}")
-        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o700)
-        try:
-            with os.fdopen(fd, "w") as out:
-                out.write(az_format.shim_script(paths.console_script(), profile))
-            os.chmod(scratch, 0o755)  # not through the umask: the shim must be executable by its callers
-            os.replace(scratch, path)
-        finally:
-            if os.path.lexists(scratch):
-                os.unlink(scratch)
+        # 0755 exactly, not through the umask: the shim must be executable by its callers.
+        paths.write_file_atomically(path, az_format.shim_script(paths.console_script(), profile), mode=0o755)
     except OSError as exc:
         raise ConfigError(f"cannot write the az shim in {directory}: {exc.strerror or exc}") from None
     return path
