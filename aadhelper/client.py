@@ -326,6 +326,15 @@ def get_token(profile: str | None = None, *, scopes: list[str] | None = None, mi
     return reply
 
 
+def check_expiry(reply: dict[str, Any]) -> int:
+    """The reply's ``expires_on``, for callers that hand the token on with its expiry (the az shim, the kubectl plugin,
+    exec's endpoint): an integer (epoch seconds), else a :class:`ProtocolError`."""
+    expires_on = reply.get("expires_on")
+    if type(expires_on) is not int:
+        raise ProtocolError("malformed token reply from the daemon: no integer expires_on")
+    return expires_on
+
+
 def invalidate(profile: str | None = None, *, scopes: list[str] | None = None, url: str | None = None,
                socket_path: str | None = None) -> int:
     """Drop cached tokens of a profile (all its scope sets when ``scopes`` is None); returns how many."""

@@ -283,8 +283,9 @@ class Endpoint:
             raise  # it has the request; asking again (or starting another daemon) would only wait again
         except DaemonNotRunning:
             reply = client.call(message, socket_path=self._socket_path, autostart=True)
-        if not isinstance(reply.get("access_token"), str) or not isinstance(reply.get("expires_on"), int):
+        if not isinstance(reply.get("access_token"), str):
             raise ProtocolError("malformed token reply from the daemon")
+        client.check_expiry(reply)
         return reply
 
 

@@ -46,11 +46,7 @@ def run(argv: Sequence[str]) -> int:
 def get_access_token(command: az_format.AzCommand) -> int:
     reply = client.get_token(command.profile, scopes=command.scopes, autostart=True)
     token: str = reply["access_token"]
-    expires_on = reply.get("expires_on")
-    if type(expires_on) is not int:
-        from ..errors import ProtocolError
-
-        raise ProtocolError("malformed token reply from the daemon: no integer expires_on")
+    expires_on = client.check_expiry(reply)
     configured = reply.get("tenant")
     tid = az_format.token_tenant(token)
     if command.tenant is not None:

@@ -67,11 +67,7 @@ def credential(profile: str, scopes: list[str] | None) -> int:
     """Print the ExecCredential kubectl asked for; bad ``KUBERNETES_EXEC_INFO`` fails before the daemon is asked."""
     version = kube_exec.answer_version(os.environ.get(kube_exec.EXEC_INFO_ENV))
     reply = client.get_token(profile, scopes=scopes, autostart=True)
-    expires_on = reply.get("expires_on")
-    if type(expires_on) is not int:
-        from ..errors import ProtocolError
-
-        raise ProtocolError("malformed token reply from the daemon: no integer expires_on")
+    expires_on = client.check_expiry(reply)
     min_valid = reply.get("min_valid")  # absent from an older daemon: the token's own expiry
     margin = min_valid if type(min_valid) is int else 0
     expiry = kube_exec.credential_expiry(expires_on, margin, time.time())
